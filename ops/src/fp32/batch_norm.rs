@@ -1,0 +1,31 @@
+//! SpatialBN in test mode.
+//!
+//! STUB: not implemented yet.
+
+use crate::{NodeSpec, Op, OpError, OpResult, Tensor, TensorInfo};
+
+/// `SpatialBn` operator (not implemented yet).
+#[derive(Debug)]
+pub struct SpatialBn {
+    op_type: String,
+}
+
+impl SpatialBn {
+    /// Builds the operator from its spec.
+    pub fn from_spec(spec: &NodeSpec) -> OpResult<Self> {
+        let _ = &spec.args;
+        Err(OpError::Unsupported(format!("{} is not implemented yet", spec.op_type)))
+    }
+}
+
+impl Op for SpatialBn {
+    fn op_type(&self) -> &str {
+        &self.op_type
+    }
+    fn infer(&self, _inputs: &[TensorInfo]) -> OpResult<Vec<TensorInfo>> {
+        Err(OpError::Unsupported(self.op_type.clone()))
+    }
+    fn eval(&self, _inputs: &[&Tensor]) -> OpResult<Vec<Tensor>> {
+        Err(OpError::Unsupported(self.op_type.clone()))
+    }
+}

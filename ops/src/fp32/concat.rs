@@ -1,0 +1,31 @@
+//! Concat with its optional split_info output.
+//!
+//! STUB: not implemented yet.
+
+use crate::{NodeSpec, Op, OpError, OpResult, Tensor, TensorInfo};
+
+/// `Concat` operator (not implemented yet).
+#[derive(Debug)]
+pub struct Concat {
+    op_type: String,
+}
+
+impl Concat {
+    /// Builds the operator from its spec.
+    pub fn from_spec(spec: &NodeSpec) -> OpResult<Self> {
+        let _ = &spec.args;
+        Err(OpError::Unsupported(format!("{} is not implemented yet", spec.op_type)))
+    }
+}
+
+impl Op for Concat {
+    fn op_type(&self) -> &str {
+        &self.op_type
+    }
+    fn infer(&self, _inputs: &[TensorInfo]) -> OpResult<Vec<TensorInfo>> {
+        Err(OpError::Unsupported(self.op_type.clone()))
+    }
+    fn eval(&self, _inputs: &[&Tensor]) -> OpResult<Vec<Tensor>> {
+        Err(OpError::Unsupported(self.op_type.clone()))
+    }
+}

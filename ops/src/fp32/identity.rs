@@ -1,0 +1,57 @@
+//! Copy, and Dropout at inference (identity).
+//!
+//! STUB: not implemented yet.
+
+use crate::{NodeSpec, Op, OpError, OpResult, Tensor, TensorInfo};
+
+/// `Copy` operator (not implemented yet).
+#[derive(Debug)]
+pub struct Copy {
+    op_type: String,
+}
+
+impl Copy {
+    /// Builds the operator from its spec.
+    pub fn from_spec(spec: &NodeSpec) -> OpResult<Self> {
+        let _ = &spec.args;
+        Err(OpError::Unsupported(format!("{} is not implemented yet", spec.op_type)))
+    }
+}
+
+impl Op for Copy {
+    fn op_type(&self) -> &str {
+        &self.op_type
+    }
+    fn infer(&self, _inputs: &[TensorInfo]) -> OpResult<Vec<TensorInfo>> {
+        Err(OpError::Unsupported(self.op_type.clone()))
+    }
+    fn eval(&self, _inputs: &[&Tensor]) -> OpResult<Vec<Tensor>> {
+        Err(OpError::Unsupported(self.op_type.clone()))
+    }
+}
+
+/// `Dropout` operator (not implemented yet).
+#[derive(Debug)]
+pub struct Dropout {
+    op_type: String,
+}
+
+impl Dropout {
+    /// Builds the operator from its spec.
+    pub fn from_spec(spec: &NodeSpec) -> OpResult<Self> {
+        let _ = &spec.args;
+        Err(OpError::Unsupported(format!("{} is not implemented yet", spec.op_type)))
+    }
+}
+
+impl Op for Dropout {
+    fn op_type(&self) -> &str {
+        &self.op_type
+    }
+    fn infer(&self, _inputs: &[TensorInfo]) -> OpResult<Vec<TensorInfo>> {
+        Err(OpError::Unsupported(self.op_type.clone()))
+    }
+    fn eval(&self, _inputs: &[&Tensor]) -> OpResult<Vec<Tensor>> {
+        Err(OpError::Unsupported(self.op_type.clone()))
+    }
+}

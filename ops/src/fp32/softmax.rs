@@ -1,0 +1,31 @@
+//! Softmax over the trailing dimensions from `axis`.
+//!
+//! STUB: not implemented yet.
+
+use crate::{NodeSpec, Op, OpError, OpResult, Tensor, TensorInfo};
+
+/// `Softmax` operator (not implemented yet).
+#[derive(Debug)]
+pub struct Softmax {
+    op_type: String,
+}
+
+impl Softmax {
+    /// Builds the operator from its spec.
+    pub fn from_spec(spec: &NodeSpec) -> OpResult<Self> {
+        let _ = &spec.args;
+        Err(OpError::Unsupported(format!("{} is not implemented yet", spec.op_type)))
+    }
+}
+
+impl Op for Softmax {
+    fn op_type(&self) -> &str {
+        &self.op_type
+    }
+    fn infer(&self, _inputs: &[TensorInfo]) -> OpResult<Vec<TensorInfo>> {
+        Err(OpError::Unsupported(self.op_type.clone()))
+    }
+    fn eval(&self, _inputs: &[&Tensor]) -> OpResult<Vec<Tensor>> {
+        Err(OpError::Unsupported(self.op_type.clone()))
+    }
+}

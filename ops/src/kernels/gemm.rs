@@ -1,0 +1,3 @@
+//! Single-precision GEMM.
+//!
+//! STUB: not implemented yet.

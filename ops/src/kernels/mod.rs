@@ -1,0 +1,3 @@
+//! Compute kernels (GEMM and friends). Operators call these; kernels know nothing of graphs.
+
+pub mod gemm;
