@@ -1,0 +1,37 @@
+//! The `c2q` command line: argument definitions and one module per command.
+
+pub mod demo;
+pub mod info;
+pub mod model_args;
+pub mod run;
+
+use clap::{Parser, Subcommand};
+
+/// c2q: read, run, calibrate and quantize Caffe2 models on the CPU.
+#[derive(Debug, Parser)]
+#[command(name = "c2q", version, about)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// All commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an example model and images, and run them (no downloads needed).
+    Demo(demo::DemoArgs),
+    /// Summarize a model: inputs, outputs, op counts, parameters, shapes, unsupported ops.
+    Info(info::InfoArgs),
+    /// Run a model on a tensor file or an image and print the top classes.
+    Run(run::RunArgs),
+}
+
+/// Runs a parsed command line.
+pub fn main_with(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Run(a) => run::run(a),
+    }
+}

@@ -1,0 +1,156 @@
+//! `c2q run`: one forward pass on a tensor file or an image, printing the top classes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use caffe2_proto::{io, TensorProto, TensorProtos};
+use clap::Args;
+use ops::Tensor;
+use serde_json::json;
+
+use super::model_args::ModelArgs;
+use crate::graph::convert::{tensor_from_proto, tensor_to_proto};
+use crate::Executor;
+
+/// Flags of `c2q run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Input tensor file: a serialized caffe2 TensorProto or TensorProtos (.pb or .pbtxt).
+    #[arg(long, conflicts_with = "image", required_unless_present = "image")]
+    pub input: Option<PathBuf>,
+    /// Input image (JPEG/PNG), preprocessed as Caffe2 image_input (shorter side 256, centre
+    /// crop 224, zoo ResNet-50 mean/std, BGR planes, NCHW).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Class names, one per line (line i = class i).
+    #[arg(long)]
+    pub synsets: Option<PathBuf>,
+    /// How many top classes to print.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Write every external output as a serialized caffe2 TensorProtos (names set).
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Reads a tensor file holding one TensorProto or a TensorProtos; returns named tensors.
+pub fn read_tensor_file(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if let Ok((t, _)) = io::parse::<TensorProto>(&bytes, path) {
+        if let Ok(tensor) = tensor_from_proto(&t) {
+            if !tensor.is_empty() {
+                return Ok(vec![(t.name().to_string(), tensor)]);
+            }
+        }
+    }
+    let (ts, _) = io::parse::<TensorProtos>(&bytes, path)
+        .map_err(|e| anyhow::anyhow!("{e} (expected a TensorProto or TensorProtos)"))?;
+    let mut out = Vec::new();
+    for t in &ts.protos {
+        let tensor = tensor_from_proto(t).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        out.push((t.name().to_string(), tensor));
+    }
+    if out.is_empty() {
+        anyhow::bail!("{}: holds no tensor", path.display());
+    }
+    Ok(out)
+}
+
+/// Reads class names (one per line).
+pub fn read_synsets(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(text.lines().map(|l| l.trim().to_string()).collect())
+}
+
+/// Top-k (index, value) pairs of each row of a 2-D view `[rows, n / rows]` of the tensor.
+pub fn top_k(t: &Tensor, k: usize) -> anyhow::Result<Vec<Vec<(usize, f32)>>> {
+    let v = t.f32_slice().map_err(|e| anyhow::anyhow!("output: {e}"))?;
+    let rows = t.shape().first().copied().unwrap_or(1).max(1);
+    let cols = v.len() / rows;
+    Ok((0..rows)
+        .map(|r| {
+            let row = &v[r * cols..(r + 1) * cols];
+            let mut idx: Vec<usize> = (0..cols).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            idx.into_iter().take(k).map(|i| (i, row[i])).collect()
+        })
+        .collect())
+}
+
+/// Loads and preprocesses one image as a `[1, 3, crop, crop]` tensor.
+pub fn image_tensor(path: &Path, pre: &data::Preprocess) -> anyhow::Result<Tensor> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let img = data::decode_bgr(&bytes, &path.display().to_string())?;
+    let mut buf = vec![0f32; pre.image_len()];
+    pre.apply(&img, &mut buf)?;
+    let shape = match pre.layout {
+        data::Layout::Nchw => [1, 3, pre.crop, pre.crop],
+        data::Layout::Nhwc => [1, pre.crop, pre.crop, 3],
+    };
+    Ok(Tensor::from_f32(&shape, buf))
+}
+
+/// Runs `c2q run`.
+pub fn run(a: RunArgs) -> anyhow::Result<()> {
+    let model = a.model.load(true)?;
+    let data_inputs = model.data_inputs();
+    let first_input = data_inputs
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the model has no data input"))?;
+    let mut feed: HashMap<String, Tensor> = HashMap::new();
+    if let Some(p) = &a.input {
+        for (name, t) in read_tensor_file(p)? {
+            let key = if data_inputs.contains(&name) { name } else { first_input.clone() };
+            feed.insert(key, t);
+        }
+    } else if let Some(p) = &a.image {
+        feed.insert(first_input.clone(), image_tensor(p, &data::Preprocess::default())?);
+    }
+    let exec = Executor::new(&model, a.threads)?;
+    exec.check(&feed)?;
+    let outputs = exec.run(feed)?;
+    if let Some(path) = &a.save {
+        let mut protos = TensorProtos::new();
+        for name in model.outputs() {
+            if let Some(t) = outputs.get(&name) {
+                protos.protos.push(tensor_to_proto(t, &name));
+            }
+        }
+        io::write(&protos, path, io::format_for_path(path))?;
+    }
+    let synsets = a.synsets.as_deref().map(read_synsets).transpose()?;
+    let out_name = model.outputs().first().cloned().unwrap_or_default();
+    let out = outputs
+        .get(&out_name)
+        .ok_or_else(|| anyhow::anyhow!("output `{out_name}` missing"))?;
+    let tops = top_k(out, a.top)?;
+    let label = |i: usize| synsets.as_ref().and_then(|s| s.get(i)).cloned().unwrap_or_default();
+    if a.json {
+        let j = json!({
+            "output": out_name,
+            "shape": out.shape(),
+            "top": tops.iter().map(|row| row.iter().map(|(i, p)| json!({"class": i, "score": p, "label": label(*i)})).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        for (r, row) in tops.iter().enumerate() {
+            if tops.len() > 1 {
+                println!("image {r}:");
+            }
+            for (i, p) in row {
+                println!("  {i:>5}  {p:>10.6}  {}", label(*i));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! Bad models and bad inputs give clear errors naming the file or the op, never a panic.
+
+use std::collections::HashMap;
+
+use c2q::graph::builder::{Arg, NetBuilder};
+use c2q::{Error, Executor, Model, ModelPaths};
+use caffe2_proto::{io, Format};
+use ops::{Tensor, TensorInfo};
+
+/// data [1,2,4,4] -> Conv(k3, pad 1, 3 filters) -> Relu -> out.
+fn small_net() -> NetBuilder {
+    let mut b = NetBuilder::new("small");
+    b.input("data")
+        .param("w", &[3, 2, 3, 3], (0..54).map(|i| i as f32 * 0.01).collect())
+        .param("b", &[3], vec![0.1, 0.2, 0.3])
+        .op("Conv", &["data", "w", "b"], &["c"], vec![("kernel", Arg::I(3)), ("pad", Arg::I(1))])
+        .op("Relu", &["c"], &["out"], vec![])
+        .output("out");
+    b
+}
+
+fn input(shape: &[usize]) -> HashMap<String, Tensor> {
+    let n = shape.iter().product();
+    HashMap::from([("data".to_string(), Tensor::from_f32(shape, vec![1.0; n]))])
+}
+
+#[test]
+fn unknown_op_loads_but_running_names_it() {
+    let mut b = small_net();
+    b.op("FancyOp", &["out"], &["fancy"], vec![]);
+    b.predict.op.last_mut().unwrap().set_name("my_fancy".into());
+    let (init, predict) = b.build();
+    let model = Model::from_nets(init, predict).expect("unknown ops still load");
+    assert_eq!(model.net.unsupported_ops(), vec![("FancyOp".to_string(), 1)]);
+    let exec = Executor::new(&model, 1).unwrap();
+    let err = exec.check(&input(&[1, 2, 4, 4])).unwrap_err().to_string();
+    assert!(err.contains("op #2") && err.contains("FancyOp") && err.contains("my_fancy"), "{err}");
+    assert!(err.contains("not supported"), "{err}");
+}
+
+#[test]
+fn missing_blob_is_named() {
+    let mut b = small_net();
+    b.op("Relu", &["nowhere"], &["x"], vec![]);
+    let (init, predict) = b.build();
+    let model = Model::from_nets(init, predict).unwrap();
+    let exec = Executor::new(&model, 1).unwrap();
+    let err = exec.check(&input(&[1, 2, 4, 4])).unwrap_err();
+    assert!(matches!(err, Error::MissingBlob { ref blob, .. } if blob == "nowhere"), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("op #2") && msg.contains("Relu") && msg.contains("`nowhere`"), "{msg}");
+}
+
+#[test]
+fn shape_mismatch_names_op_and_shapes() {
+    let (init, predict) = small_net().build();
+    let model = Model::from_nets(init, predict).unwrap();
+    let exec = Executor::new(&model, 1).unwrap();
+    // 5 channels where the weights expect 2.
+    let err = exec.check(&input(&[1, 5, 4, 4])).unwrap_err().to_string();
+    assert!(err.contains("op #0") && err.contains("Conv"), "{err}");
+    assert!(err.contains("[1, 5, 4, 4]") && err.contains("[3, 2, 3, 3]"), "{err}");
+    // Running without checking reports the same kind of error, not a panic.
+    let err = exec.run(input(&[1, 5, 4, 4])).unwrap_err().to_string();
+    assert!(err.contains("op #0") && err.contains("Conv"), "{err}");
+}
+
+#[test]
+fn missing_input_is_reported() {
+    let (init, predict) = small_net().build();
+    let model = Model::from_nets(init, predict).unwrap();
+    let exec = Executor::new(&model, 1).unwrap();
+    let err = exec.run(HashMap::new()).unwrap_err().to_string();
+    assert!(err.contains("`data`"), "{err}");
+}
+
+#[test]
+fn bad_argument_is_reported_with_op() {
+    let mut b = small_net();
+    b.op("Softmax", &["out"], &["sm"], vec![("axis", Arg::S("one".into()))]);
+    let (init, predict) = b.build();
+    let model = Model::from_nets(init, predict).unwrap();
+    let exec = Executor::new(&model, 1).unwrap();
+    let err = exec.check(&input(&[1, 2, 4, 4])).unwrap_err().to_string();
+    assert!(err.contains("op #2") && err.contains("Softmax") && err.contains("axis"), "{err}");
+}
+
+#[test]
+fn truncated_and_garbage_files_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (init, predict) = small_net().build();
+    let good = io::to_bytes(&predict, Format::Binary);
+    let trunc = dir.path().join("predict_net.pb");
+    std::fs::write(&trunc, &good[..good.len() - 3]).unwrap();
+    io::write(&init, dir.path().join("init_net.pb"), Format::Binary).unwrap();
+    let err = Model::load_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("predict_net.pb"), "{err}");
+
+    let garbage = dir.path().join("garbage.pbtxt");
+    std::fs::write(&garbage, "op { type: \"Relu\" input: \n ]]] nonsense {{").unwrap();
+    let err = Model::load(ModelPaths {
+        init: None,
+        predict: garbage.clone(),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("garbage.pbtxt"), "{err}");
+
+    let err = Model::load_dir(dir.path().join("nope")).unwrap_err().to_string();
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
+fn conv_relu_net_matches_hand_computation() {
+    // 1 input channel 3x3 of ones, one 3x3 filter of ones, pad 1, bias -4: interior = 9-4,
+    // edges 6-4, corners 4-4; Relu keeps them (all >= 0).
+    let mut b = NetBuilder::new("hand");
+    b.input("data")
+        .param("w", &[1, 1, 3, 3], vec![1.0; 9])
+        .param("b", &[1], vec![-4.0])
+        .op("Conv", &["data", "w", "b"], &["c"], vec![("kernel", Arg::I(3)), ("pad", Arg::I(1))])
+        .op("Relu", &["c"], &["c"], vec![])
+        .output("c");
+    let (init, predict) = b.build();
+    let model = Model::from_nets(init, predict).unwrap();
+    let shapes = model
+        .infer(&HashMap::from([("data".to_string(), TensorInfo::f32(vec![1, 1, 3, 3]))]))
+        .check()
+        .unwrap();
+    assert_eq!(shapes.blobs["c"].shape, vec![1, 1, 3, 3]);
+    let exec = Executor::new(&model, 1).unwrap();
+    let out = exec
+        .run(HashMap::from([("data".to_string(), Tensor::from_f32(&[1, 1, 3, 3], vec![1.0; 9]))]))
+        .unwrap();
+    assert_eq!(
+        out["c"].f32_slice().unwrap(),
+        &[0.0, 2.0, 0.0, 2.0, 5.0, 2.0, 0.0, 2.0, 0.0]
+    );
+}
