@@ -1,5 +1,6 @@
 //! The `c2q` command line: argument definitions and one module per command.
 
+pub mod bench;
 pub mod demo;
 pub mod info;
 pub mod model_args;
@@ -19,6 +20,8 @@ pub struct Cli {
 /// All commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Time a model: median ms per batch and images/s over repeated runs.
+    Bench(bench::BenchArgs),
     /// Build an example model and images, and run them (no downloads needed).
     Demo(demo::DemoArgs),
     /// Summarize a model: inputs, outputs, op counts, parameters, shapes, unsupported ops.
@@ -30,6 +33,7 @@ pub enum Command {
 /// Runs a parsed command line.
 pub fn main_with(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Bench(a) => bench::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Info(a) => info::run(a),
         Command::Run(a) => run::run(a),

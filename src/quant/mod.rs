@@ -1,0 +1,1 @@
+//! Quantization: activation histograms, choosing scale/zero point, graph rewrite passes.
