@@ -13,5 +13,9 @@ pub use generated::caffe2::{
 pub use protobuf::Message;
 
 pub mod io;
-mod text;
-pub use io::{Format, ProtoError};
+pub mod text;
+pub use io::{
+    format_for_path, read_net, read_tensor, read_tensors, write_net, write_tensor, write_tensors,
+    Format, ProtoError,
+};
+pub use text::TextError;
