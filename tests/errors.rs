@@ -89,7 +89,7 @@ fn bad_argument_is_reported_with_op() {
 fn truncated_and_garbage_files_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let (init, predict) = small_net().build();
-    let good = io::to_bytes(&predict, Format::Binary);
+    let good = io::to_bytes(&predict, Format::Binary).unwrap();
     let trunc = dir.path().join("predict_net.pb");
     std::fs::write(&trunc, &good[..good.len() - 3]).unwrap();
     io::write(&init, dir.path().join("init_net.pb"), Format::Binary).unwrap();

@@ -1,12 +1,22 @@
 //! LMDB image databases (Caffe `Datum` and Caffe2 `TensorProtos` records), image decoding,
 //! Caffe2 `image_input` preprocessing and batching.
 
+pub mod batch;
+pub mod db_info;
 pub mod error;
 pub mod image;
+pub mod lmdb;
+pub mod make_db;
 pub mod preprocess;
+pub mod record;
 pub mod resize;
 
+pub use batch::{Batch, BatchOptions, Batches, Prefetch, Skipped};
+pub use db_info::{db_info, DbInfo};
 pub use error::{DataError, DataResult};
 pub use image::{decode_bgr, Image};
-pub use preprocess::{ChannelOrder, Layout, Preprocess};
-pub use resize::resize_area;
+pub use lmdb::Lmdb;
+pub use make_db::{make_db, MakeDbOptions, MakeDbSummary, Source};
+pub use preprocess::{target_size, ChannelOrder, Layout, Preprocess};
+pub use record::{Label, Record, RecordFormat};
+pub use resize::{resize_area, resize_area_window};

@@ -1,10 +1,17 @@
 //! Caffe2 `image_input` preprocessing in test mode: shorter side to `scale` (INTER_AREA),
 //! centre crop, per-channel `(v - mean) * (1 / std)`, NCHW or NHWC float32.
 //!
-//! STUB: signatures fixed, implementation pending.
+//! Steps, exactly as Caffe2's `ImageInputOp` with `is_test=1` (facts sheet §3.1):
+//! 1. target size by [`target_size`] (float32 arithmetic, truncated toward zero);
+//! 2. [`resize_area`](crate::resize_area) (OpenCV `INTER_AREA`) only when the size changes
+//!    (only the crop window is computed);
+//! 3. centre crop at `((W - crop) / 2, (H - crop) / 2)` (integer division);
+//! 4. `(v - mean[c]) * inv_std[c]` with `inv_std[c] = 1.0f32 / std[c]`, where `c` is the
+//!    **source (OpenCV BGR) channel**: B = 0, G = 1, R = 2, whatever the output order.
 
 use crate::image::Image;
-use crate::DataResult;
+use crate::resize::resize_area_window;
+use crate::{DataError, DataResult};
 
 /// Channel order of the output planes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +38,13 @@ pub struct Preprocess {
     pub scale: usize,
     /// Side of the square centre crop.
     pub crop: usize,
-    /// Per-channel mean, in the order of `order`'s output planes as documented.
+    /// Per-channel mean, indexed by the **source BGR channel** (`[B, G, R]`, as Caffe2's
+    /// `mean_per_channel`), independent of `order`.
     pub mean: [f32; 3],
-    /// Per-channel standard deviation, same order as `mean`.
+    /// Per-channel standard deviation, indexed like `mean` (`[B, G, R]`).
     pub std: [f32; 3],
-    /// Output channel order.
+    /// Output channel order: only changes which plane each channel is written to
+    /// (`Rgb` writes planes R, G, B), never which mean/std a channel uses.
     pub order: ChannelOrder,
     /// Output layout.
     pub layout: Layout,
@@ -54,20 +63,142 @@ impl Default for Preprocess {
     }
 }
 
+/// Size `(height, width)` an image of `height` x `width` is resized to so that its shorter
+/// side becomes `scale`, as Caffe2 computes it: the other side is
+/// `trunc(f32(long) * f32(scale) / f32(short))`, all in float32. Square images and
+/// landscape images (`height <= width`) get height `scale`. A zero side gives `(0, 0)`.
+pub fn target_size(height: usize, width: usize, scale: usize) -> (usize, usize) {
+    if height == 0 || width == 0 {
+        return (0, 0);
+    }
+    let s = scale as f32;
+    if height > width {
+        let h = height as f32 * s / width as f32;
+        (h as usize, scale)
+    } else {
+        let w = width as f32 * s / height as f32;
+        (scale, w as usize)
+    }
+}
+
 impl Preprocess {
     /// Number of floats one preprocessed image occupies (`3 * crop * crop`).
     pub fn image_len(&self) -> usize {
-        3 * self.crop * self.crop
+        self.crop.saturating_mul(self.crop).saturating_mul(3)
     }
 
     /// Checks the parameters (crop > 0, scale >= crop, std != 0).
     pub fn validate(&self) -> DataResult<()> {
+        if self.crop == 0 {
+            return Err(DataError::Config("crop must be > 0".into()));
+        }
+        if self
+            .crop
+            .checked_mul(self.crop)
+            .and_then(|n| n.checked_mul(3))
+            .is_none()
+        {
+            return Err(DataError::Config(format!(
+                "crop {} is too large",
+                self.crop
+            )));
+        }
+        if self.scale < self.crop {
+            return Err(DataError::Config(format!(
+                "scale ({}) must be >= crop ({})",
+                self.scale, self.crop
+            )));
+        }
+        if let Some(c) = self.std.iter().position(|&s| s == 0.0 || !s.is_finite()) {
+            return Err(DataError::Config(format!(
+                "std[{c}] = {} must be finite and non-zero",
+                self.std[c]
+            )));
+        }
+        if let Some(c) = self.mean.iter().position(|m| !m.is_finite()) {
+            return Err(DataError::Config(format!(
+                "mean[{c}] = {} must be finite",
+                self.mean[c]
+            )));
+        }
         Ok(())
     }
 
     /// Preprocesses one BGR image into `out` (length `image_len()`).
+    ///
+    /// A 1-channel (gray) image is treated as if its gray value were replicated to B, G, R.
     pub fn apply(&self, img: &Image, out: &mut [f32]) -> DataResult<()> {
-        let _ = (img, out);
-        Err(crate::DataError::Config("not implemented yet".into()))
+        self.validate()?;
+        if out.len() != self.image_len() {
+            return Err(DataError::Config(format!(
+                "output buffer has {} floats, expected 3 x {} x {} = {}",
+                out.len(),
+                self.crop,
+                self.crop,
+                self.image_len()
+            )));
+        }
+        let (h, w, cn) = (img.height, img.width, img.channels);
+        if cn != 1 && cn != 3 {
+            return Err(DataError::Config(format!(
+                "expected a 1- or 3-channel image, got {cn} channels"
+            )));
+        }
+        if Some(img.data.len()) != h.checked_mul(w).and_then(|n| n.checked_mul(cn)) {
+            return Err(DataError::Config(format!(
+                "image {h}x{w}x{cn} has {} bytes of pixel data",
+                img.data.len()
+            )));
+        }
+        let (nh, nw) = target_size(h, w, self.scale);
+        if nh < self.crop || nw < self.crop {
+            return Err(DataError::Config(format!(
+                "image {w}x{h} (w x h) resized to {nw}x{nh} is smaller than the crop {}",
+                self.crop
+            )));
+        }
+        let crop = self.crop;
+        let (y0, x0) = ((nh - crop) / 2, (nw - crop) / 2);
+        // Only the crop window of the resized image is computed (same bytes as resizing the
+        // whole image and cropping).
+        let window = resize_area_window(img, nh, nw, y0..y0 + crop, x0..x0 + crop);
+        self.normalize(&window, out);
+        Ok(())
+    }
+
+    /// Normalization of the `crop` x `crop` window (1 or 3 channels, checked by the caller).
+    fn normalize(&self, src: &Image, out: &mut [f32]) {
+        let crop = self.crop;
+        let cn = src.channels;
+        let inv_std = [1.0f32 / self.std[0], 1.0 / self.std[1], 1.0 / self.std[2]];
+        // Source channel written to output plane p.
+        let plane_src: [usize; 3] = match self.order {
+            ChannelOrder::Bgr => [0, 1, 2],
+            ChannelOrder::Rgb => [2, 1, 0],
+        };
+        let plane_len = crop * crop;
+        for (y, row) in src.data.chunks_exact(crop * cn).enumerate() {
+            match self.layout {
+                Layout::Nchw => {
+                    for (p, &c) in plane_src.iter().enumerate() {
+                        let (m, s) = (self.mean[c], inv_std[c]);
+                        let sc = c.min(cn - 1);
+                        let dst =
+                            &mut out[p * plane_len + y * crop..p * plane_len + (y + 1) * crop];
+                        for (d, px) in dst.iter_mut().zip(row.chunks_exact(cn)) {
+                            *d = (f32::from(px[sc]) - m) * s;
+                        }
+                    }
+                }
+                Layout::Nhwc => {
+                    let dst = &mut out[y * crop * 3..(y + 1) * crop * 3];
+                    for (d, px) in dst.chunks_exact_mut(3).zip(row.chunks_exact(cn)) {
+                        for (p, &c) in plane_src.iter().enumerate() {
+                            d[p] = (f32::from(px[c.min(cn - 1)]) - self.mean[c]) * inv_std[c];
+                        }
+                    }
+                }
+            }
+        }
     }
 }

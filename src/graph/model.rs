@@ -106,14 +106,16 @@ impl Model {
         })
     }
 
-    /// The blobs the caller must feed: external inputs not produced by the init_net (or, if
-    /// the net declares none, blobs read before being written that are not parameters).
+    /// The blobs the caller must feed: external inputs that some op reads and the init_net
+    /// does not produce (or, if the net declares none, blobs read before being written that
+    /// are not parameters). Declared but unused inputs (e.g. a stray reader queue) are skipped.
     pub fn data_inputs(&self) -> Vec<String> {
+        let read: HashSet<&String> = self.net.nodes.iter().flat_map(|n| n.inputs.iter()).collect();
         let declared: Vec<String> = self
             .net
             .external_inputs
             .iter()
-            .filter(|n| !self.params.contains_key(*n))
+            .filter(|n| !self.params.contains_key(*n) && read.contains(n))
             .cloned()
             .collect();
         if !declared.is_empty() && self.init_def.is_some() {
