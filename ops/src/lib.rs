@@ -5,9 +5,11 @@ pub mod args;
 pub mod error;
 pub mod fill;
 pub mod fp32;
+pub mod int8;
 pub mod kernels;
 pub mod op;
 pub mod registry;
+pub mod rng;
 pub mod tensor;
 
 pub use args::{ArgValue, Args};

@@ -15,6 +15,7 @@ use crate::fp32::{
     reshape::{Flatten, Reshape},
     softmax::Softmax,
 };
+use crate::int8;
 use crate::{NodeSpec, Op, OpResult};
 
 /// Every op type this crate can build, for `info` and the docs.
@@ -46,6 +47,22 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Copy",
     "Dropout",
     "LRN",
+    "Int8Quantize",
+    "Int8Dequantize",
+    "Int8Conv",
+    "Int8ConvRelu",
+    "Int8FC",
+    "Int8FCRelu",
+    "Int8Sum",
+    "Int8SumRelu",
+    "Int8Add",
+    "Int8AddRelu",
+    "Int8MaxPool",
+    "Int8AveragePool",
+    "Int8Relu",
+    "Int8Concat",
+    "Int8Flatten",
+    "Int8Reshape",
 ];
 
 /// Builds the operator for a node, or `Ok(None)` when the op type is unknown (the graph
@@ -75,6 +92,17 @@ pub fn build_op(spec: &NodeSpec) -> OpResult<Option<Box<dyn Op>>> {
         "Copy" => b(Copy::from_spec(spec)),
         "Dropout" => b(Dropout::from_spec(spec)),
         "LRN" => b(Lrn::from_spec(spec)),
+        "Int8Quantize" => b(int8::quantize::Int8Quantize::from_spec(spec)),
+        "Int8Dequantize" => b(int8::quantize::Int8Dequantize::from_spec(spec)),
+        "Int8Conv" | "Int8ConvRelu" => b(int8::conv::Int8Conv::from_spec(spec)),
+        "Int8FC" | "Int8FCRelu" => b(int8::fc::Int8Fc::from_spec(spec)),
+        "Int8Sum" | "Int8SumRelu" | "Int8Add" | "Int8AddRelu" => {
+            b(int8::eltwise::Int8Sum::from_spec(spec))
+        }
+        "Int8MaxPool" | "Int8AveragePool" => b(int8::pool::Int8Pool::from_spec(spec)),
+        "Int8Relu" => b(int8::eltwise::Int8Relu::from_spec(spec)),
+        "Int8Concat" => b(int8::shape::Int8Concat::from_spec(spec)),
+        "Int8Flatten" | "Int8Reshape" => b(int8::shape::Int8Reshape::from_spec(spec)),
         t if crate::fill::is_fill_op(t) => b(Fill::from_spec(spec)),
         _ => Ok(None),
     }

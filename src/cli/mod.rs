@@ -1,9 +1,13 @@
 //! The `c2q` command line: argument definitions and one module per command.
 
 pub mod bench;
+pub mod db;
 pub mod demo;
 pub mod info;
+pub mod make_db;
 pub mod model_args;
+pub mod preprocess_args;
+pub mod progress;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +26,11 @@ pub struct Cli {
 pub enum Command {
     /// Time a model: median ms per batch and images/s over repeated runs.
     Bench(bench::BenchArgs),
+    /// Look inside an image LMDB.
+    #[command(subcommand)]
+    Db(db::DbCommand),
+    /// Build an image LMDB from a folder or a list file.
+    MakeDb(make_db::MakeDbArgs),
     /// Build an example model and images, and run them (no downloads needed).
     Demo(demo::DemoArgs),
     /// Summarize a model: inputs, outputs, op counts, parameters, shapes, unsupported ops.
@@ -34,6 +43,8 @@ pub enum Command {
 pub fn main_with(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(a) => bench::run(a),
+        Command::Db(c) => db::run(c),
+        Command::MakeDb(a) => make_db::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Info(a) => info::run(a),
         Command::Run(a) => run::run(a),

@@ -1,31 +1,256 @@
 //! MaxPool and AveragePool (windowed and global; padded cells never read).
 //!
-//! STUB: not implemented yet.
+//! The window of output index `p` is `start = p·stride − pad_head`,
+//! `end = min(start + kernel, in)`, `start = max(start, 0)` per spatial dim. MaxPool takes
+//! the maximum over it (starting from the lowest finite f32, so a window that lies
+//! entirely in the padding yields `f32::MIN` as in Caffe2); AveragePool divides the sum by
+//! the number of cells in the clipped window, or by the full kernel area when
+//! `count_include_pad` is set. 1-D pools run as 2-D pools of height 1; 3-D pools are not
+//! supported. Work is split over image planes (NCHW) or output rows (NHWC) only.
 
-use crate::{NodeSpec, Op, OpError, OpResult, Tensor, TensorInfo};
+use rayon::prelude::*;
 
-/// `Pool` operator (not implemented yet).
+use super::conv_pool::{ConvPoolGeometry, Order};
+use crate::{expect_inputs, NodeSpec, Op, OpError, OpResult, Tensor, TensorInfo};
+
+/// `MaxPool` / `AveragePool` operator (fp32).
 #[derive(Debug)]
 pub struct Pool {
     op_type: String,
+    max: bool,
+    count_include_pad: bool,
+    geo: ConvPoolGeometry,
+}
+
+/// One call's geometry normalized to 2-D.
+#[derive(Debug, Clone, Copy)]
+struct PDims {
+    c: usize,
+    ih: usize,
+    iw: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    pt: usize,
+    pl: usize,
 }
 
 impl Pool {
-    /// Builds the operator from its spec.
+    /// Builds the operator from its spec (`MaxPool` or `AveragePool`).
     pub fn from_spec(spec: &NodeSpec) -> OpResult<Self> {
-        let _ = &spec.args;
-        Err(OpError::Unsupported(format!("{} is not implemented yet", spec.op_type)))
+        spec.check_inputs(1, 1)?;
+        spec.check_outputs(1, 1)?;
+        let max = match spec.op_type.as_str() {
+            "MaxPool" => true,
+            "AveragePool" => false,
+            other => return Err(OpError::Unsupported(format!("pool type {other}"))),
+        };
+        let geo = ConvPoolGeometry::from_args(&spec.args, true)?;
+        if geo.ndim() > 2 {
+            return Err(OpError::Unsupported(format!(
+                "{} with {} spatial dims (kernel {:?}); only 1-D and 2-D are implemented",
+                spec.op_type,
+                geo.ndim(),
+                geo.kernel
+            )));
+        }
+        let count_include_pad = spec.args.int_or("count_include_pad", 0)? != 0;
+        Ok(Pool {
+            op_type: spec.op_type.clone(),
+            max,
+            count_include_pad,
+            geo,
+        })
     }
+
+    /// The resolved geometry.
+    pub fn geometry(&self) -> &ConvPoolGeometry {
+        &self.geo
+    }
+
+    fn resolve(&self, x: &[usize]) -> OpResult<(PDims, Vec<usize>)> {
+        let nd = self.geo.ndim();
+        if x.len() != nd + 2 {
+            return Err(OpError::Shape(format!(
+                "{}: input X {x:?} must have rank {} for a {nd}-D kernel {:?}",
+                self.op_type,
+                nd + 2,
+                self.geo.kernel
+            )));
+        }
+        let order = self.geo.order;
+        let c = x[order.channel_axis(x.len())];
+        let p = self.geo.plan(order.spatial(x)).map_err(|e| match e {
+            OpError::Shape(s) => OpError::Shape(format!("{}: X {x:?}: {s}", self.op_type)),
+            other => other,
+        })?;
+        let d = if nd == 1 {
+            PDims {
+                c,
+                ih: 1,
+                iw: p.input[0],
+                oh: 1,
+                ow: p.output[0],
+                kh: 1,
+                kw: p.kernel[0],
+                sh: 1,
+                sw: p.stride[0],
+                pt: 0,
+                pl: p.pad_head[0],
+            }
+        } else {
+            PDims {
+                c,
+                ih: p.input[0],
+                iw: p.input[1],
+                oh: p.output[0],
+                ow: p.output[1],
+                kh: p.kernel[0],
+                kw: p.kernel[1],
+                sh: p.stride[0],
+                sw: p.stride[1],
+                pt: p.pad_head[0],
+                pl: p.pad_head[1],
+            }
+        };
+        let mut out = vec![x[0]];
+        match order {
+            Order::Nchw => {
+                out.push(c);
+                out.extend_from_slice(&p.output);
+            }
+            Order::Nhwc => {
+                out.extend_from_slice(&p.output);
+                out.push(c);
+            }
+        }
+        Ok((d, out))
+    }
+}
+
+/// Clipped window `[start, end)` of output index `p` along one dim.
+fn window(p: usize, stride: usize, pad: usize, kernel: usize, len: usize) -> (usize, usize) {
+    let start = (p * stride) as isize - pad as isize;
+    let end = (start + kernel as isize).min(len as isize);
+    let start = start.max(0);
+    (start as usize, end.max(start) as usize)
 }
 
 impl Op for Pool {
     fn op_type(&self) -> &str {
         &self.op_type
     }
-    fn infer(&self, _inputs: &[TensorInfo]) -> OpResult<Vec<TensorInfo>> {
-        Err(OpError::Unsupported(self.op_type.clone()))
+
+    fn infer(&self, inputs: &[TensorInfo]) -> OpResult<Vec<TensorInfo>> {
+        expect_inputs(inputs, 1, 1)?;
+        if inputs[0].dtype != crate::DType::F32 {
+            return Err(OpError::DType(format!(
+                "{}: X must be f32, got {}",
+                self.op_type, inputs[0]
+            )));
+        }
+        let (_, out) = self.resolve(&inputs[0].shape)?;
+        Ok(vec![TensorInfo::f32(out)])
     }
-    fn eval(&self, _inputs: &[&Tensor]) -> OpResult<Vec<Tensor>> {
-        Err(OpError::Unsupported(self.op_type.clone()))
+
+    fn eval(&self, inputs: &[&Tensor]) -> OpResult<Vec<Tensor>> {
+        expect_inputs(inputs, 1, 1)?;
+        let xa = inputs[0]
+            .as_f32()
+            .map_err(|e| OpError::DType(format!("{}: X: {e}", self.op_type)))?;
+        let (d, out_shape) = self.resolve(xa.shape())?;
+        let x = inputs[0].f32_slice()?;
+        let mut y = vec![0.0f32; out_shape.iter().product()];
+        if !y.is_empty() {
+            match self.geo.order {
+                Order::Nchw => {
+                    let (ihw, ohw) = (d.ih * d.iw, d.oh * d.ow);
+                    y.par_chunks_mut(ohw)
+                        .enumerate()
+                        .for_each(|(pl, yp)| self.plane_nchw(&d, &x[pl * ihw..(pl + 1) * ihw], yp));
+                }
+                Order::Nhwc => {
+                    let ihwc = d.ih * d.iw * d.c;
+                    y.par_chunks_mut(d.ow * d.c)
+                        .enumerate()
+                        .for_each(|(r, yr)| {
+                            let (n, oy) = (r / d.oh, r % d.oh);
+                            self.row_nhwc(&d, &x[n * ihwc..(n + 1) * ihwc], oy, yr)
+                        });
+                }
+            }
+        }
+        Ok(vec![Tensor::try_f32(&out_shape, y)?])
+    }
+}
+
+impl Pool {
+    fn divisor(&self, d: &PDims, hs: usize, he: usize, ws: usize, we: usize) -> f32 {
+        if self.count_include_pad {
+            (d.kh * d.kw) as f32
+        } else {
+            ((he - hs) * (we - ws)) as f32
+        }
+    }
+
+    fn plane_nchw(&self, d: &PDims, x: &[f32], y: &mut [f32]) {
+        for oy in 0..d.oh {
+            let (hs, he) = window(oy, d.sh, d.pt, d.kh, d.ih);
+            for ox in 0..d.ow {
+                let (ws, we) = window(ox, d.sw, d.pl, d.kw, d.iw);
+                let v = if self.max {
+                    let mut m = f32::MIN;
+                    for iy in hs..he {
+                        for &xv in &x[iy * d.iw + ws..iy * d.iw + we] {
+                            // Caffe2 compares with `>`; NaN inputs are skipped the same way.
+                            if xv > m {
+                                m = xv;
+                            }
+                        }
+                    }
+                    m
+                } else {
+                    let mut s = 0.0f32;
+                    for iy in hs..he {
+                        for &xv in &x[iy * d.iw + ws..iy * d.iw + we] {
+                            s += xv;
+                        }
+                    }
+                    s / self.divisor(d, hs, he, ws, we)
+                };
+                y[oy * d.ow + ox] = v;
+            }
+        }
+    }
+
+    fn row_nhwc(&self, d: &PDims, x: &[f32], oy: usize, y: &mut [f32]) {
+        let c = d.c;
+        let (hs, he) = window(oy, d.sh, d.pt, d.kh, d.ih);
+        for ox in 0..d.ow {
+            let (ws, we) = window(ox, d.sw, d.pl, d.kw, d.iw);
+            let yo = &mut y[ox * c..(ox + 1) * c];
+            yo.fill(if self.max { f32::MIN } else { 0.0 });
+            for iy in hs..he {
+                for ix in ws..we {
+                    let xs = &x[(iy * d.iw + ix) * c..(iy * d.iw + ix + 1) * c];
+                    if self.max {
+                        yo.iter_mut().zip(xs).for_each(|(m, &v)| {
+                            if v > *m {
+                                *m = v
+                            }
+                        });
+                    } else {
+                        yo.iter_mut().zip(xs).for_each(|(s, &v)| *s += v);
+                    }
+                }
+            }
+            if !self.max {
+                let div = self.divisor(d, hs, he, ws, we);
+                yo.iter_mut().for_each(|s| *s /= div);
+            }
+        }
     }
 }

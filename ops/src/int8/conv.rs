@@ -1,0 +1,326 @@
+//! Int8Conv / Int8ConvRelu with DNNLOWP arithmetic (facts §6.4).
+//!
+//! For output channel `m` and output pixel `p`:
+//! `raw = Σ (x − z_x)(w − z_w) + b_q[m]` over the `kH·kW·C/G` window cells of `m`'s group,
+//! where padded cells take the value `z_x` (real 0) and so contribute nothing; then
+//! `y = clamp(lrint(raw · M) + z_y, lo, 255)` with `M = s_x · s_w / s_y` in f32 and
+//! `lo = z_y` for Int8ConvRelu ([`OutputStage`]). Accumulation is exact in 32 bits (for any
+//! K ≤ 2^31 / 255² ≈ 33 000; beyond that it wraps like int32 hardware), also for the
+//! `DNNLOWP_ACC16` engine, whose real 16-bit saturating accumulation is not emulated.
+//! The weights are used as `w_u8 − z_w_u8`, which equals DNNLOWP's `w_i8 − z_w_i8`.
+//!
+//! Layouts: NHWC (default) X `[N, H, W, C]`, W `[M, kH, kW, C/G]`, Y `[N, H', W', M]`;
+//! NCHW X `[N, C, H, W]`, W `[M, C/G, kH, kW]`, Y `[N, M, H', W']` (computed by converting to
+//! NHWC and back). Geometry (kernel, stride, pads, dilation, group, legacy padding) comes
+//! from [`ConvPoolGeometry`]. Only 2-D convolutions are implemented. Bias is optional (2 or
+//! 3 inputs) and may be Int8 int32 or f32.
+//!
+//! The work is split over output rows with rayon; every output is computed by one thread
+//! with a fixed summation order, so results never depend on the thread count.
+
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+
+use super::requant::OutputStage;
+use super::{
+    bias_values, centered_i16, check_bias_info, check_dnnlowp_args, dot_i16, qu8_from_vec,
+    qu8_info, qu8_tensor, static_output_params, Engine,
+};
+use crate::fp32::conv_pool::{ConvPoolGeometry, Order};
+use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
+
+/// `Int8Conv` / `Int8ConvRelu` operator (scalar reference).
+#[derive(Debug)]
+pub struct Int8Conv {
+    op_type: String,
+    relu: bool,
+    geo: ConvPoolGeometry,
+    y: QParams,
+}
+
+/// Sizes of one call, 2-D.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    n: usize,
+    c: usize,
+    m: usize,
+    g: usize,
+    ih: usize,
+    iw: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    pt: usize,
+    pl: usize,
+}
+
+impl Dims {
+    fn cg(&self) -> usize {
+        self.c / self.g
+    }
+    fn mg(&self) -> usize {
+        self.m / self.g
+    }
+    /// Reduction length per output channel.
+    fn kk(&self) -> usize {
+        self.kh * self.kw * self.cg()
+    }
+}
+
+/// Validated shapes and parameters of one call.
+struct Resolved {
+    d: Dims,
+    out_shape: Vec<usize>,
+    xq: QParams,
+    wq: QParams,
+}
+
+impl Int8Conv {
+    /// Builds the operator (`Int8Conv` or `Int8ConvRelu`; X, W and an optional bias).
+    pub fn from_spec(spec: &NodeSpec) -> OpResult<Self> {
+        spec.check_inputs(2, 3)?;
+        spec.check_outputs(1, 1)?;
+        Engine::parse(&spec.op_type, &spec.engine)?;
+        check_dnnlowp_args(spec)?;
+        let relu = spec.op_type.ends_with("Relu");
+        let mut args = spec.args.clone();
+        // Int8 convolutions default to NHWC (the layout of every published int8 net).
+        if !args.has("order") {
+            args.set("order", crate::ArgValue::S(b"NHWC".to_vec()));
+        }
+        let geo = ConvPoolGeometry::from_args(&args, false)?;
+        if geo.ndim() != 2 {
+            return Err(OpError::Unsupported(format!(
+                "{} with {} spatial dims (kernel {:?}); only 2-D is implemented",
+                spec.op_type,
+                geo.ndim(),
+                geo.kernel
+            )));
+        }
+        Ok(Int8Conv {
+            op_type: spec.op_type.clone(),
+            relu,
+            geo,
+            y: static_output_params(spec, relu)?,
+        })
+    }
+
+    /// The resolved geometry.
+    pub fn geometry(&self) -> &ConvPoolGeometry {
+        &self.geo
+    }
+
+    /// The output quantization parameters (after the ReLU re-derivation, if fused).
+    pub fn output_params(&self) -> QParams {
+        self.y
+    }
+
+    fn resolve(&self, x: &TensorInfo, w: &TensorInfo, b: Option<&TensorInfo>) -> OpResult<Resolved> {
+        let op = self.op_type.as_str();
+        let xq = qu8_info(op, "X", x)?;
+        let wq = qu8_info(op, "filter W", w)?;
+        let (xs, ws) = (&x.shape, &w.shape);
+        if xs.len() != 4 || ws.len() != 4 {
+            return Err(OpError::Shape(format!(
+                "{op}: X {xs:?} and filter W {ws:?} must both be 4-D for a 2-D convolution"
+            )));
+        }
+        let order = self.geo.order;
+        let c = xs[order.channel_axis(4)];
+        let m = ws[0];
+        let g = self.geo.group;
+        let (w_c, w_k) = match order {
+            Order::Nhwc => (ws[3], &ws[1..3]),
+            Order::Nchw => (ws[1], &ws[2..4]),
+        };
+        if !c.is_multiple_of(g) || c / g != w_c {
+            return Err(OpError::Shape(format!(
+                "{op}: X {xs:?} has {c} channels, filter W {ws:?} expects {w_c} per group x {g} \
+                 groups = {} ({order:?})",
+                w_c * g
+            )));
+        }
+        if m == 0 || !m.is_multiple_of(g) {
+            return Err(OpError::Shape(format!(
+                "{op}: filter W {ws:?} has {m} output channels, which must be a positive \
+                 multiple of group {g}"
+            )));
+        }
+        if w_k != self.geo.kernel.as_slice() {
+            return Err(OpError::Shape(format!(
+                "{op}: filter W {ws:?} has spatial dims {w_k:?}, kernel is {:?} ({order:?})",
+                self.geo.kernel
+            )));
+        }
+        if let Some(b) = b {
+            check_bias_info(op, b, m, xq, wq)?;
+        }
+        let plan = self.geo.plan(order.spatial(xs)).map_err(|e| match e {
+            OpError::Shape(s) => OpError::Shape(format!("{op}: X {xs:?}: {s}")),
+            other => other,
+        })?;
+        let d = Dims {
+            n: xs[0],
+            c,
+            m,
+            g,
+            ih: plan.input[0],
+            iw: plan.input[1],
+            oh: plan.output[0],
+            ow: plan.output[1],
+            kh: plan.kernel[0],
+            kw: plan.kernel[1],
+            sh: plan.stride[0],
+            sw: plan.stride[1],
+            dh: plan.dilation[0],
+            dw: plan.dilation[1],
+            pt: plan.pad_head[0],
+            pl: plan.pad_head[1],
+        };
+        let out_shape = match order {
+            Order::Nhwc => vec![d.n, d.oh, d.ow, m],
+            Order::Nchw => vec![d.n, m, d.oh, d.ow],
+        };
+        Ok(Resolved {
+            d,
+            out_shape,
+            xq,
+            wq,
+        })
+    }
+}
+
+impl Op for Int8Conv {
+    fn op_type(&self) -> &str {
+        &self.op_type
+    }
+
+    fn infer(&self, inputs: &[TensorInfo]) -> OpResult<Vec<TensorInfo>> {
+        expect_inputs(inputs, 2, 3)?;
+        let r = self.resolve(&inputs[0], &inputs[1], inputs.get(2))?;
+        Ok(vec![TensorInfo::new(DType::QU8(self.y), r.out_shape)])
+    }
+
+    fn eval(&self, inputs: &[&Tensor]) -> OpResult<Vec<Tensor>> {
+        expect_inputs(inputs, 2, 3)?;
+        let op = self.op_type.as_str();
+        let b = inputs.get(2).copied();
+        let r = self.resolve(&inputs[0].info(), &inputs[1].info(), b.map(|t| t.info()).as_ref())?;
+        let d = r.d;
+        let (x, _) = qu8_tensor(op, "X", inputs[0])?;
+        let (w, _) = qu8_tensor(op, "filter W", inputs[1])?;
+        let bias = bias_values(op, b, d.m, r.xq, r.wq)?;
+
+        // Weights as (w − z_w) in [M, kH, kW, C/G] order; one zero point and one scale per
+        // output channel (all equal for per-tensor parameters).
+        let w_zero_points = vec![r.wq.zero_point; d.m];
+        let w_scales = vec![r.wq.scale; d.m];
+        let w_khwc: Cow<'_, [u8]> = match self.geo.order {
+            Order::Nhwc => Cow::Borrowed(w),
+            Order::Nchw => Cow::Owned(chw_to_hwc(w, d.m, d.cg(), d.kh * d.kw)),
+        };
+        let kk = d.kk();
+        let mut wc: Vec<i16> = Vec::with_capacity(d.m * kk);
+        for (mi, &zw) in w_zero_points.iter().enumerate() {
+            wc.extend(centered_i16(&w_khwc[mi * kk..(mi + 1) * kk], zw));
+        }
+        let stage = OutputStage::new(r.xq.scale, &w_scales, self.y, self.relu);
+
+        let x_nhwc: Cow<'_, [u8]> = match self.geo.order {
+            Order::Nhwc => Cow::Borrowed(x),
+            Order::Nchw => Cow::Owned(chw_to_hwc(x, d.n, d.c, d.ih * d.iw)),
+        };
+        let mut y = vec![0u8; d.n * d.oh * d.ow * d.m];
+        if !y.is_empty() {
+            y.par_chunks_mut(d.ow * d.m)
+                .enumerate()
+                .for_each(|(row, yrow)| {
+                    conv_row(&d, &x_nhwc, r.xq.zero_point, &wc, &bias, &stage, row, yrow)
+                });
+        }
+        let y = match self.geo.order {
+            Order::Nhwc => y,
+            Order::Nchw => hwc_to_chw(&y, d.n, d.m, d.oh * d.ow),
+        };
+        Ok(vec![qu8_from_vec(&r.out_shape, y, self.y)?])
+    }
+}
+
+/// One output row `(n, oy)` of an NHWC convolution: `yrow` is `[W', M]`.
+#[allow(clippy::too_many_arguments)]
+fn conv_row(
+    d: &Dims,
+    x: &[u8],
+    zx: i32,
+    wc: &[i16],
+    bias: &[i32],
+    stage: &OutputStage,
+    row: usize,
+    yrow: &mut [u8],
+) {
+    let (n, oy) = (row / d.oh, row % d.oh);
+    let (cg, mg, kk) = (d.cg(), d.mg(), d.kk());
+    let image = &x[n * d.ih * d.iw * d.c..(n + 1) * d.ih * d.iw * d.c];
+    let mut patch = vec![0i16; kk];
+    for ox in 0..d.ow {
+        for g in 0..d.g {
+            // Gather the window of group g as (x − z_x); padded cells are real 0.
+            let mut at = 0;
+            for ky in 0..d.kh {
+                let iy = (oy * d.sh + ky * d.dh) as isize - d.pt as isize;
+                for kx in 0..d.kw {
+                    let ix = (ox * d.sw + kx * d.dw) as isize - d.pl as isize;
+                    let dst = &mut patch[at..at + cg];
+                    if iy >= 0 && (iy as usize) < d.ih && ix >= 0 && (ix as usize) < d.iw {
+                        let base = ((iy as usize) * d.iw + ix as usize) * d.c + g * cg;
+                        for (p, &q) in dst.iter_mut().zip(&image[base..base + cg]) {
+                            *p = (i32::from(q) - zx) as i16;
+                        }
+                    } else {
+                        dst.fill(0);
+                    }
+                    at += cg;
+                }
+            }
+            for m in g * mg..(g + 1) * mg {
+                let raw = dot_i16(&patch, &wc[m * kk..(m + 1) * kk]).wrapping_add(bias[m]);
+                yrow[ox * d.m + m] = stage.apply(raw, m);
+            }
+        }
+    }
+}
+
+/// `[outer, C, S]` → `[outer, S, C]` (NCHW → NHWC for images, `[M, C/G, kH·kW]` →
+/// `[M, kH·kW, C/G]` for filters).
+pub(crate) fn chw_to_hwc<T: Copy + Default>(src: &[T], outer: usize, c: usize, s: usize) -> Vec<T> {
+    let mut out = vec![T::default(); src.len()];
+    for o in 0..outer {
+        let (sp, dp) = (&src[o * c * s..(o + 1) * c * s], &mut out[o * c * s..(o + 1) * c * s]);
+        for ci in 0..c {
+            for si in 0..s {
+                dp[si * c + ci] = sp[ci * s + si];
+            }
+        }
+    }
+    out
+}
+
+/// `[outer, S, C]` → `[outer, C, S]` (NHWC → NCHW).
+pub(crate) fn hwc_to_chw<T: Copy + Default>(src: &[T], outer: usize, c: usize, s: usize) -> Vec<T> {
+    let mut out = vec![T::default(); src.len()];
+    for o in 0..outer {
+        let (sp, dp) = (&src[o * c * s..(o + 1) * c * s], &mut out[o * c * s..(o + 1) * c * s]);
+        for si in 0..s {
+            for ci in 0..c {
+                dp[ci * s + si] = sp[si * c + ci];
+            }
+        }
+    }
+    out
+}

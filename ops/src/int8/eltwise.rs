@@ -1,0 +1,160 @@
+//! Int8Sum / Int8SumRelu / Int8Add / Int8AddRelu and Int8Relu.
+//!
+//! Sum/Add (facts §6.5), element-wise over inputs of one shape (no broadcasting), all in f32:
+//! `acc = Σ_i s_i·(q_i − z_i)` (left to right, each difference formed in integers), then
+//! `y = clamp(nearbyint(acc · (1/s_y) + z_y), lo, 255)` with `1/s_y` computed once and
+//! `lo = z_y` for the `*Relu` variants. For two inputs this is DNNLOWP's AVX2 path written
+//! without fused multiply-adds: that path computes `fma(q, s, −z·s)` per input and
+//! `fma(acc, 1/s_y, z_y)`, so it can differ by one code when the value is within an f32
+//! rounding of a tie. For n > 2 inputs (and for two inputs on machines without AVX2) DNNLOWP
+//! instead requantizes every input to a 16-bit intermediate grid chosen from the inputs'
+//! ranges, adds in integers and requantizes; that is numerically different (typically by at
+//! most one code) and is not reproduced: the same float formula is used for any n.
+//!
+//! Int8Relu: `y = max(x, z_x)` with the input's parameters (DNNLOWP and QNNPACK alike;
+//! `Y_scale`/`Y_zero_point` are ignored, as in DNNLOWP).
+
+use rayon::prelude::*;
+
+use super::requant::requantize_real;
+use super::{
+    check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine,
+};
+use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
+
+/// Elements per parallel chunk.
+const CHUNK: usize = 1 << 14;
+
+/// `Int8Sum` / `Int8SumRelu` (n ≥ 1 inputs) and `Int8Add` / `Int8AddRelu` (2 inputs).
+#[derive(Debug)]
+pub struct Int8Sum {
+    op_type: String,
+    relu: bool,
+    y: QParams,
+}
+
+impl Int8Sum {
+    /// Builds the operator; Add forms take exactly two inputs and no broadcasting.
+    pub fn from_spec(spec: &NodeSpec) -> OpResult<Self> {
+        let is_add = spec.op_type.starts_with("Int8Add");
+        if is_add {
+            spec.check_inputs(2, 2)?;
+            if spec.args.int_or("broadcast", 0)? != 0 {
+                return Err(OpError::Unsupported(format!(
+                    "{} with broadcast = 1 (inputs must have one shape)",
+                    spec.op_type
+                )));
+            }
+        } else {
+            spec.check_inputs(1, usize::MAX)?;
+        }
+        spec.check_outputs(1, 1)?;
+        Engine::parse(&spec.op_type, &spec.engine)?;
+        check_dnnlowp_args(spec)?;
+        let relu = spec.op_type.ends_with("Relu");
+        Ok(Int8Sum {
+            op_type: spec.op_type.clone(),
+            relu,
+            y: static_output_params(spec, relu)?,
+        })
+    }
+
+    /// The output quantization parameters (after the ReLU re-derivation, if fused).
+    pub fn output_params(&self) -> QParams {
+        self.y
+    }
+
+    fn check(&self, inputs: &[TensorInfo]) -> OpResult<Vec<QParams>> {
+        let op = self.op_type.as_str();
+        let mut qs = Vec::with_capacity(inputs.len());
+        for (i, t) in inputs.iter().enumerate() {
+            qs.push(qu8_info(op, &format!("input {i}"), t)?);
+            if t.shape != inputs[0].shape {
+                return Err(OpError::Shape(format!(
+                    "{op}: input 0 has shape {:?}, input {i} has shape {:?} (no broadcasting)",
+                    inputs[0].shape, t.shape
+                )));
+            }
+        }
+        Ok(qs)
+    }
+}
+
+impl Op for Int8Sum {
+    fn op_type(&self) -> &str {
+        &self.op_type
+    }
+
+    fn infer(&self, inputs: &[TensorInfo]) -> OpResult<Vec<TensorInfo>> {
+        expect_inputs(inputs, 1, usize::MAX)?;
+        self.check(inputs)?;
+        Ok(vec![TensorInfo::new(
+            DType::QU8(self.y),
+            inputs[0].shape.clone(),
+        )])
+    }
+
+    fn eval(&self, inputs: &[&Tensor]) -> OpResult<Vec<Tensor>> {
+        expect_inputs(inputs, 1, usize::MAX)?;
+        let infos: Vec<TensorInfo> = inputs.iter().map(|t| t.info()).collect();
+        self.check(&infos)?;
+        let op = self.op_type.as_str();
+        let xs = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| qu8_tensor(op, &format!("input {i}"), t))
+            .collect::<OpResult<Vec<_>>>()?;
+        let inv = 1.0f32 / self.y.scale;
+        let (zy, lo) = (self.y.zero_point, if self.relu { self.y.zero_point } else { 0 });
+        let mut y = vec![0u8; xs[0].0.len()];
+        y.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, yc)| {
+            let start = ci * CHUNK;
+            for (j, out) in yc.iter_mut().enumerate() {
+                let mut acc = 0.0f32;
+                for (x, q) in &xs {
+                    acc += q.scale * (i32::from(x[start + j]) - q.zero_point) as f32;
+                }
+                *out = requantize_real(acc * inv, zy, lo);
+            }
+        });
+        Ok(vec![qu8_from_vec(inputs[0].shape(), y, self.y)?])
+    }
+}
+
+/// `Int8Relu`: `y = max(x, z_x)`; output parameters equal the input's.
+#[derive(Debug)]
+pub struct Int8Relu {
+    op_type: String,
+}
+
+impl Int8Relu {
+    /// Builds the operator (1 input, 1 output).
+    pub fn from_spec(spec: &NodeSpec) -> OpResult<Self> {
+        spec.check_inputs(1, 1)?;
+        spec.check_outputs(1, 1)?;
+        Engine::parse(&spec.op_type, &spec.engine)?;
+        Ok(Int8Relu {
+            op_type: spec.op_type.clone(),
+        })
+    }
+}
+
+impl Op for Int8Relu {
+    fn op_type(&self) -> &str {
+        &self.op_type
+    }
+
+    fn infer(&self, inputs: &[TensorInfo]) -> OpResult<Vec<TensorInfo>> {
+        expect_inputs(inputs, 1, 1)?;
+        qu8_info(&self.op_type, "X", &inputs[0])?;
+        Ok(vec![inputs[0].clone()])
+    }
+
+    fn eval(&self, inputs: &[&Tensor]) -> OpResult<Vec<Tensor>> {
+        expect_inputs(inputs, 1, 1)?;
+        let (x, q) = qu8_tensor(&self.op_type, "X", inputs[0])?;
+        let z = q.zero_point as u8;
+        let y: Vec<u8> = x.iter().map(|&v| v.max(z)).collect();
+        Ok(vec![qu8_from_vec(inputs[0].shape(), y, q)?])
+    }
+}

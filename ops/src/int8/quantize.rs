@@ -1,0 +1,129 @@
+//! Int8Quantize (f32 → Int8) and Int8Dequantize (Int8 → f32).
+//!
+//! Int8Quantize uses the current FBGEMM form `q = clamp(z + nearbyint(x · (1/s)), 0, 255)`
+//! with `1/s` computed once in f32 ([`super::requant::quantize_u8`]). The 2018–early-2020
+//! FBGEMM scalar form `clamp(nearbyint(z + x/s))` (the era of the published int8 ResNet-50;
+//! its AVX2 path used `fma(x, 1/s, z)`) can differ by one code when `x/s` is within rounding of
+//! a tie; it is available as [`super::requant::quantize_u8_legacy`]. QNNPACK's Int8Quantize
+//! divides (`z + nearbyint(x / s)`), which can also differ from `x · (1/s)` in the last bit.
+//! Output parameters must be static (`Y_scale`); the 3-input QNNPACK form (scale and zero
+//! point as tensors) is not supported.
+
+use rayon::prelude::*;
+
+use super::requant::{dequantize_u8, quantize_u8};
+use super::{check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine};
+use crate::{
+    expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo,
+};
+
+/// Elements per parallel chunk of the element-wise loops.
+const CHUNK: usize = 1 << 14;
+
+/// `Int8Quantize`: f32 X → Int8 Y with the static `Y_scale` / `Y_zero_point`.
+#[derive(Debug)]
+pub struct Int8Quantize {
+    op_type: String,
+    y: QParams,
+}
+
+impl Int8Quantize {
+    /// Builds the operator (1 input, 1 output, `Y_scale` required).
+    pub fn from_spec(spec: &NodeSpec) -> OpResult<Self> {
+        spec.check_inputs(1, 1)?;
+        spec.check_outputs(1, 1)?;
+        Engine::parse(&spec.op_type, &spec.engine)?;
+        check_dnnlowp_args(spec)?;
+        Ok(Int8Quantize {
+            op_type: spec.op_type.clone(),
+            y: static_output_params(spec, false)?,
+        })
+    }
+
+    /// The output quantization parameters.
+    pub fn output_params(&self) -> QParams {
+        self.y
+    }
+}
+
+impl Op for Int8Quantize {
+    fn op_type(&self) -> &str {
+        &self.op_type
+    }
+
+    fn infer(&self, inputs: &[TensorInfo]) -> OpResult<Vec<TensorInfo>> {
+        expect_inputs(inputs, 1, 1)?;
+        if inputs[0].dtype != DType::F32 {
+            return Err(OpError::DType(format!(
+                "{}: X must be f32, got {}",
+                self.op_type, inputs[0]
+            )));
+        }
+        Ok(vec![TensorInfo::new(
+            DType::QU8(self.y),
+            inputs[0].shape.clone(),
+        )])
+    }
+
+    fn eval(&self, inputs: &[&Tensor]) -> OpResult<Vec<Tensor>> {
+        expect_inputs(inputs, 1, 1)?;
+        let x = inputs[0]
+            .f32_slice()
+            .map_err(|e| OpError::DType(format!("{}: X: {e}", self.op_type)))?;
+        let inv = 1.0f32 / self.y.scale;
+        let z = self.y.zero_point;
+        let mut q = vec![0u8; x.len()];
+        q.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(qc, xc)| {
+                for (o, &v) in qc.iter_mut().zip(xc) {
+                    *o = quantize_u8(v, inv, z);
+                }
+            });
+        Ok(vec![qu8_from_vec(inputs[0].shape(), q, self.y)?])
+    }
+}
+
+/// `Int8Dequantize`: Int8 X → f32 Y = s·(q − z).
+#[derive(Debug)]
+pub struct Int8Dequantize {
+    op_type: String,
+}
+
+impl Int8Dequantize {
+    /// Builds the operator (1 input, 1 output).
+    pub fn from_spec(spec: &NodeSpec) -> OpResult<Self> {
+        spec.check_inputs(1, 1)?;
+        spec.check_outputs(1, 1)?;
+        Engine::parse(&spec.op_type, &spec.engine)?;
+        Ok(Int8Dequantize {
+            op_type: spec.op_type.clone(),
+        })
+    }
+}
+
+impl Op for Int8Dequantize {
+    fn op_type(&self) -> &str {
+        &self.op_type
+    }
+
+    fn infer(&self, inputs: &[TensorInfo]) -> OpResult<Vec<TensorInfo>> {
+        expect_inputs(inputs, 1, 1)?;
+        qu8_info(&self.op_type, "X", &inputs[0])?;
+        Ok(vec![TensorInfo::f32(inputs[0].shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[&Tensor]) -> OpResult<Vec<Tensor>> {
+        expect_inputs(inputs, 1, 1)?;
+        let (x, p) = qu8_tensor(&self.op_type, "X", inputs[0])?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(yc, xc)| {
+                for (o, &q) in yc.iter_mut().zip(xc) {
+                    *o = dequantize_u8(q, p);
+                }
+            });
+        Ok(vec![Tensor::try_f32(inputs[0].shape(), y)?])
+    }
+}

@@ -1,0 +1,165 @@
+//! Shared helpers for the operator tests: concise specs, running through the registry with
+//! an infer/eval consistency check, deterministic test data and float comparisons.
+#![allow(dead_code)]
+
+use ops::{build_op, ArgValue, Args, NodeSpec, Op, OpError, Tensor};
+
+/// Integer argument.
+pub fn i(v: i64) -> ArgValue {
+    ArgValue::I(v)
+}
+/// Float argument.
+pub fn f(v: f32) -> ArgValue {
+    ArgValue::F(v)
+}
+/// String argument.
+pub fn s(v: &str) -> ArgValue {
+    ArgValue::S(v.as_bytes().to_vec())
+}
+/// Repeated-int argument.
+pub fn ints(v: &[i64]) -> ArgValue {
+    ArgValue::Ints(v.to_vec())
+}
+/// Repeated-float argument.
+pub fn floats(v: &[f32]) -> ArgValue {
+    ArgValue::Floats(v.to_vec())
+}
+
+/// A spec from an op type, `(name, value)` arguments and the arity.
+pub fn spec(op: &str, args: &[(&str, ArgValue)], n_in: usize, n_out: usize) -> NodeSpec {
+    let mut a = Args::new();
+    for (n, v) in args {
+        a.set(n, v.clone());
+    }
+    NodeSpec::new(op, a, n_in, n_out)
+}
+
+/// Builds through the registry; panics (test failure) if the op type is unknown.
+pub fn try_build(
+    op: &str,
+    args: &[(&str, ArgValue)],
+    n_in: usize,
+    n_out: usize,
+) -> Result<Box<dyn Op>, OpError> {
+    build_op(&spec(op, args, n_in, n_out)).map(|o| o.expect("op type is registered"))
+}
+
+/// Builds through the registry, failing the test on error.
+pub fn build(op: &str, args: &[(&str, ArgValue)], n_in: usize, n_out: usize) -> Box<dyn Op> {
+    match try_build(op, args, n_in, n_out) {
+        Ok(o) => o,
+        Err(e) => panic!("building {op}: {e}"),
+    }
+}
+
+/// Runs `eval`, and checks that `infer` on the inputs' descriptions predicts the outputs'.
+pub fn run(op: &dyn Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+    let infos: Vec<_> = inputs.iter().map(|t| t.info()).collect();
+    let inferred = op.infer(&infos);
+    let out = op.eval(inputs);
+    if let (Ok(inf), Ok(out)) = (&inferred, &out) {
+        let got: Vec<_> = out.iter().map(|t| t.info()).collect();
+        assert_eq!(inf, &got, "infer disagrees with eval for {}", op.op_type());
+    }
+    if let (Err(_), Ok(_)) = (&inferred, &out) {
+        panic!(
+            "infer failed but eval succeeded for {}: {:?}",
+            op.op_type(),
+            inferred
+        );
+    }
+    out
+}
+
+/// Runs and fails the test on error.
+pub fn run_ok(op: &dyn Op, inputs: &[&Tensor]) -> Vec<Tensor> {
+    run(op, inputs).unwrap_or_else(|e| panic!("{}: {e}", op.op_type()))
+}
+
+/// f32 tensor literal.
+pub fn t(shape: &[usize], v: Vec<f32>) -> Tensor {
+    Tensor::from_f32(shape, v)
+}
+
+/// Deterministic pseudo-random values in [-2, 2) from a tiny LCG (independent of ops::rng).
+pub fn data(n: usize, seed: u32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
+        })
+        .collect()
+}
+
+/// The f32 values of a tensor.
+pub fn vals(t: &Tensor) -> Vec<f32> {
+    t.f32_slice().expect("f32 tensor").to_vec()
+}
+
+/// Element-wise comparison with an absolute + relative tolerance.
+pub fn assert_close(got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    for (k, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = (g - w).abs() <= tol * (1.0 + w.abs());
+        assert!(ok, "element {k}: got {g}, want {w} (tol {tol})");
+    }
+}
+
+/// Row-major strides of a shape.
+pub fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1usize; shape.len()];
+    for k in (0..shape.len().saturating_sub(1)).rev() {
+        s[k] = s[k + 1] * shape[k + 1];
+    }
+    s
+}
+
+/// Multi-index of flat index `i` in `shape`.
+pub fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0usize; shape.len()];
+    for k in (0..shape.len()).rev() {
+        idx[k] = i % shape[k];
+        i /= shape[k];
+    }
+    idx
+}
+
+/// Flat index of a multi-index in `shape`.
+pub fn ravel(idx: &[usize], shape: &[usize]) -> usize {
+    idx.iter().zip(strides(shape)).map(|(a, b)| a * b).sum()
+}
+
+/// Asserts an error of the given variant whose message contains `needle`.
+#[macro_export]
+macro_rules! assert_err {
+    ($res:expr, $variant:ident, $needle:expr) => {{
+        match $res {
+            Err(ops::OpError::$variant(ref m)) => {
+                assert!(m.contains($needle), "message {m:?} lacks {:?}", $needle)
+            }
+            Err(ref e) => panic!(
+                "expected {} error containing {:?}, got {e:?}",
+                stringify!($variant),
+                $needle
+            ),
+            Ok(_) => panic!(
+                "expected {} error containing {:?}, got Ok",
+                stringify!($variant),
+                $needle
+            ),
+        }
+    }};
+}
+
+/// Asserts a BadArg error for argument `name`.
+#[macro_export]
+macro_rules! assert_bad_arg {
+    ($res:expr, $name:expr) => {{
+        match $res {
+            Err(ops::OpError::BadArg { ref name, .. }) => assert_eq!(name, $name),
+            Err(ref e) => panic!("expected BadArg for {:?}, got {e:?}", $name),
+            Ok(_) => panic!("expected BadArg for {:?}, got Ok", $name),
+        }
+    }};
+}

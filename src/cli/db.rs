@@ -1,0 +1,135 @@
+//! `c2q db info` and `c2q db show`: look inside an image LMDB.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::preprocess_args::PreprocessArgs;
+use super::progress::bar;
+
+/// `c2q db` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Count, record format, label histogram and image size range of an LMDB.
+    Info(DbInfoArgs),
+    /// Write the preprocessed crop of one record, de-normalized, as a picture.
+    Show(DbShowArgs),
+}
+
+/// Flags of `c2q db info`.
+#[derive(Debug, Args)]
+pub struct DbInfoArgs {
+    /// The LMDB folder (or its data.mdb).
+    pub db: PathBuf,
+    /// Record format (`datum` or `tensorprotos`); detected when omitted.
+    #[arg(long)]
+    pub format: Option<data::RecordFormat>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Print every label's count (default: a summary).
+    #[arg(long)]
+    pub labels: bool,
+}
+
+/// Flags of `c2q db show`.
+#[derive(Debug, Args)]
+pub struct DbShowArgs {
+    /// The LMDB folder (or its data.mdb).
+    pub db: PathBuf,
+    /// The record's key.
+    #[arg(long)]
+    pub key: String,
+    /// Output picture (PNG or JPEG by extension).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Record format; detected when omitted.
+    #[arg(long)]
+    pub format: Option<data::RecordFormat>,
+    /// Preprocessing.
+    #[command(flatten)]
+    pub pre: PreprocessArgs,
+}
+
+/// Runs a `c2q db` subcommand.
+pub fn run(cmd: DbCommand) -> anyhow::Result<()> {
+    match cmd {
+        DbCommand::Info(a) => info(a),
+        DbCommand::Show(a) => show(a),
+    }
+}
+
+fn info(a: DbInfoArgs) -> anyhow::Result<()> {
+    let db = data::Lmdb::open(&a.db)?;
+    let pb = bar(db.len()? as u64, "scanning");
+    let progress = |n: usize| pb.set_position(n as u64);
+    let info = data::db_info(&db, a.format, Some(&progress))?;
+    pb.finish_and_clear();
+    if a.json {
+        let j = json!({
+            "path": info.path, "count": info.count, "format": info.format.to_string(),
+            "labels": info.labels.iter().map(|(l, c)| json!({"label": l, "count": c})).collect::<Vec<_>>(),
+            "float_labels": info.float_labels, "encoded": info.encoded, "raw": info.raw,
+            "kinds": info.kinds, "width": info.width, "height": info.height,
+            "bad": info.bad.iter().map(|b| json!({"key": b.key, "reason": b.reason})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
+    println!("database: {}", info.path.display());
+    println!("records:  {}", info.count);
+    println!("format:   {}", info.format);
+    println!("payload:  {} encoded, {} raw", info.encoded, info.raw);
+    for (k, c) in &info.kinds {
+        println!("  {k:<10} {c}");
+    }
+    if let (Some((wmin, wmax)), Some((hmin, hmax))) = (info.width, info.height) {
+        println!("width:    {wmin}..{wmax}");
+        println!("height:   {hmin}..{hmax}");
+    }
+    let n_labels = info.labels.len();
+    if let (Some((lo, _)), Some((hi, _))) = (info.labels.iter().next(), info.labels.iter().next_back()) {
+        println!("labels:   {n_labels} distinct, {lo}..{hi}");
+    }
+    if info.float_labels > 0 {
+        println!("          ({} float labels, rounded in the histogram)", info.float_labels);
+    }
+    if a.labels {
+        for (l, c) in &info.labels {
+            println!("  {l:>6} {c}");
+        }
+    }
+    if !info.bad.is_empty() {
+        println!("bad records: {}", info.bad.len());
+        for b in info.bad.iter().take(20) {
+            println!("  {}: {}", b.key, b.reason);
+        }
+    }
+    Ok(())
+}
+
+fn show(a: DbShowArgs) -> anyhow::Result<()> {
+    let pre = a.pre.to_preprocess()?;
+    let db = data::Lmdb::open(&a.db)?;
+    let img = data::db_info::preprocessed_rgb(&db, &a.key, a.format, &pre)?;
+    let rgb = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data)
+        .ok_or_else(|| anyhow::anyhow!("internal: image buffer size mismatch"))?;
+    let tmp = a.out.with_file_name(format!(
+        ".{}.tmp{}",
+        a.out.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let fmt = image::ImageFormat::from_path(&a.out).unwrap_or(image::ImageFormat::Png);
+    rgb.save_with_format(&tmp, fmt)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.out.display()))?;
+    std::fs::rename(&tmp, &a.out).map_err(|e| anyhow::anyhow!("{}: {e}", a.out.display()))?;
+    println!(
+        "wrote {} ({}x{} crop of `{}`)",
+        a.out.display(),
+        img.width,
+        img.height,
+        a.key
+    );
+    Ok(())
+}
