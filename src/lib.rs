@@ -11,6 +11,7 @@ pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod graph;
+pub mod passes;
 pub mod quant;
 pub mod runtime;
 

@@ -8,7 +8,29 @@ use ops::Tensor;
 use serde_json::json;
 
 use super::model_args::{ModelArgs, Shape};
-use crate::Executor;
+use crate::{Executor, Node, Observer};
+
+/// Times each node as the gap since the previous node finished (the executor calls observers
+/// right after a node's outputs exist).
+struct OpTimer {
+    last: Instant,
+    by_type: Vec<(String, f64, usize)>,
+}
+
+impl Observer for OpTimer {
+    fn on_node(&mut self, node: &Node, _outputs: &[&Tensor]) {
+        let now = Instant::now();
+        let ms = (now - self.last).as_secs_f64() * 1e3;
+        self.last = now;
+        match self.by_type.iter_mut().find(|(t, _, _)| *t == node.op_type) {
+            Some(e) => {
+                e.1 += ms;
+                e.2 += 1;
+            }
+            None => self.by_type.push((node.op_type.clone(), ms, 1)),
+        }
+    }
+}
 
 /// Flags of `c2q bench`.
 #[derive(Debug, Args)]
@@ -16,6 +38,9 @@ pub struct BenchArgs {
     /// The model.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Run the net exactly as written (no SpatialBN folding or Relu fusion).
+    #[arg(long)]
+    pub no_optimize: bool,
     /// Images per run.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -31,6 +56,9 @@ pub struct BenchArgs {
     /// Per-image input shape (without the batch dimension).
     #[arg(long, default_value = "3,224,224")]
     pub input_shape: Shape,
+    /// Also print where the time goes: total time per op type over the timed runs.
+    #[arg(long)]
+    pub profile: bool,
     /// Machine-readable output (one JSON line).
     #[arg(long)]
     pub json: bool,
@@ -43,13 +71,22 @@ pub fn median_p90(mut ms: Vec<f64>) -> (f64, f64) {
     if n == 0 {
         return (f64::NAN, f64::NAN);
     }
-    let median = if n % 2 == 1 { ms[n / 2] } else { (ms[n / 2 - 1] + ms[n / 2]) / 2.0 };
+    let median = if n % 2 == 1 {
+        ms[n / 2]
+    } else {
+        (ms[n / 2 - 1] + ms[n / 2]) / 2.0
+    };
     (median, ms[((n - 1) as f64 * 0.9) as usize])
 }
 
 /// Runs `c2q bench`.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let model = a.model.load(true)?;
+    let model = if a.no_optimize {
+        model
+    } else {
+        model.optimized()?.0
+    };
     let input = model
         .data_inputs()
         .first()
@@ -58,7 +95,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut shape = vec![a.batch];
     shape.extend(&a.input_shape.0);
     let n: usize = shape.iter().product();
-    let x: Vec<f32> = (0..n).map(|i| ((i * 2654435761) % 1000) as f32 / 500.0 - 1.0).collect();
+    let x: Vec<f32> = (0..n)
+        .map(|i| ((i * 2654435761) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
     let x = Tensor::from_f32(&shape, x);
     let exec = Executor::new(&model, a.threads)?;
     let feed = || HashMap::from([(input.clone(), x.clone())]);
@@ -74,6 +113,27 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     let (median, p90) = median_p90(times);
+    if a.profile {
+        let mut timer = OpTimer {
+            last: Instant::now(),
+            by_type: Vec::new(),
+        };
+        for _ in 0..a.runs {
+            timer.last = Instant::now();
+            exec.run_observed(feed(), Some(&mut timer))?;
+        }
+        timer.by_type.sort_by(|x, y| y.1.total_cmp(&x.1));
+        let total: f64 = timer.by_type.iter().map(|t| t.1).sum();
+        eprintln!("per-op time (mean per run, {} runs):", a.runs);
+        for (t, ms, n) in &timer.by_type {
+            eprintln!(
+                "  {t:<18} {:>9.2} ms  {:>5.1}%  ({} calls/run)",
+                ms / a.runs as f64,
+                100.0 * ms / total,
+                n / a.runs
+            );
+        }
+    }
     let ips = a.batch as f64 * 1e3 / median;
     if a.json {
         println!(

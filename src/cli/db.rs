@@ -89,11 +89,16 @@ fn info(a: DbInfoArgs) -> anyhow::Result<()> {
         println!("height:   {hmin}..{hmax}");
     }
     let n_labels = info.labels.len();
-    if let (Some((lo, _)), Some((hi, _))) = (info.labels.iter().next(), info.labels.iter().next_back()) {
+    if let (Some((lo, _)), Some((hi, _))) =
+        (info.labels.iter().next(), info.labels.iter().next_back())
+    {
         println!("labels:   {n_labels} distinct, {lo}..{hi}");
     }
     if info.float_labels > 0 {
-        println!("          ({} float labels, rounded in the histogram)", info.float_labels);
+        println!(
+            "          ({} float labels, rounded in the histogram)",
+            info.float_labels
+        );
     }
     if a.labels {
         for (l, c) in &info.labels {
@@ -117,7 +122,10 @@ fn show(a: DbShowArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("internal: image buffer size mismatch"))?;
     let tmp = a.out.with_file_name(format!(
         ".{}.tmp{}",
-        a.out.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+        a.out
+            .file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let fmt = image::ImageFormat::from_path(&a.out).unwrap_or(image::ImageFormat::Png);

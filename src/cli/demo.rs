@@ -38,7 +38,10 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         let x = super::run::image_tensor(&path, &pre)?;
         let out = exec.run(HashMap::from([("data".to_string(), x)]))?;
         let top = super::run::top_k(&out["softmax"], 3)?;
-        let s: Vec<String> = top[0].iter().map(|(i, p)| format!("{i} ({p:.3})")).collect();
+        let s: Vec<String> = top[0]
+            .iter()
+            .map(|(i, p)| format!("{i} ({p:.3})"))
+            .collect();
         println!("{}: top-3 {}", path.display(), s.join(", "));
     }
     Ok(())

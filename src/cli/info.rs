@@ -115,7 +115,10 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
     }
     println!("ops:         {}", net.nodes.len());
     for i in &inputs {
-        println!("input:       {i}  (shape inference with {:?})", a.input_shape.0);
+        println!(
+            "input:       {i}  (shape inference with {:?})",
+            a.input_shape.0
+        );
     }
     for (o, i) in &outputs {
         match i {
@@ -159,7 +162,11 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
                     .join(", "),
                 None => "?".into(),
             };
-            let name = if n.name.is_empty() { String::new() } else { format!(" \"{}\"", n.name) };
+            let name = if n.name.is_empty() {
+                String::new()
+            } else {
+                format!(" \"{}\"", n.name)
+            };
             println!("  #{:<4} {:<16}{} -> {}", n.index, n.op_type, name, outs);
         }
     }

@@ -64,7 +64,11 @@ pub fn run(a: MakeDbArgs) -> anyhow::Result<()> {
         s.value_bytes,
         s.path.display(),
         a.format,
-        if a.raw { format!(", raw pixels, shorter side {}", a.scale) } else { String::new() }
+        if a.raw {
+            format!(", raw pixels, shorter side {}", a.scale)
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

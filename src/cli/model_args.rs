@@ -29,7 +29,9 @@ impl ModelArgs {
                 init: self.init.clone(),
                 predict: p.clone(),
             },
-            (None, None) => anyhow::bail!("name a model with --model DIR or --init FILE --predict FILE"),
+            (None, None) => {
+                anyhow::bail!("name a model with --model DIR or --init FILE --predict FILE")
+            }
         };
         if need_init && paths.init.is_none() {
             anyhow::bail!(
@@ -54,7 +56,11 @@ impl std::str::FromStr for Shape {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         s.split([',', 'x'])
-            .map(|d| d.trim().parse::<usize>().map_err(|_| format!("bad dimension `{d}` in shape `{s}`")))
+            .map(|d| {
+                d.trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("bad dimension `{d}` in shape `{s}`"))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Shape)
     }

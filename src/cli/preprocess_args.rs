@@ -28,12 +28,18 @@ pub struct PreprocessArgs {
 fn parse3(s: &str) -> Result<[f32; 3], String> {
     let v: Vec<f32> = s
         .split(',')
-        .map(|x| x.trim().parse::<f32>().map_err(|_| format!("bad number `{x}` in `{s}`")))
+        .map(|x| {
+            x.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("bad number `{x}` in `{s}`"))
+        })
         .collect::<Result<_, _>>()?;
     match v.as_slice() {
         [a] => Ok([*a; 3]),
         [a, b, c] => Ok([*a, *b, *c]),
-        _ => Err(format!("expected 1 or 3 comma-separated numbers, got `{s}`")),
+        _ => Err(format!(
+            "expected 1 or 3 comma-separated numbers, got `{s}`"
+        )),
     }
 }
 
@@ -45,8 +51,16 @@ impl PreprocessArgs {
             crop: self.crop,
             mean: self.mean,
             std: self.std,
-            order: if self.rgb { data::ChannelOrder::Rgb } else { data::ChannelOrder::Bgr },
-            layout: if self.nhwc { data::Layout::Nhwc } else { data::Layout::Nchw },
+            order: if self.rgb {
+                data::ChannelOrder::Rgb
+            } else {
+                data::ChannelOrder::Bgr
+            },
+            layout: if self.nhwc {
+                data::Layout::Nhwc
+            } else {
+                data::Layout::Nchw
+            },
         };
         p.validate()?;
         Ok(p)

@@ -5,7 +5,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// A progress bar over `len` items (a spinner when `len` is 0), drawn on stderr only if it
 /// is a terminal.
 pub fn bar(len: u64, what: &str) -> ProgressBar {
-    let pb = if len == 0 { ProgressBar::new_spinner() } else { ProgressBar::new(len) };
+    let pb = if len == 0 {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::new(len)
+    };
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }

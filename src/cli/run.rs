@@ -18,6 +18,9 @@ pub struct RunArgs {
     /// The model.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Run the net exactly as written (no SpatialBN folding or Relu fusion).
+    #[arg(long)]
+    pub no_optimize: bool,
     /// Input tensor file: a serialized caffe2 TensorProto or TensorProtos (.pb or .pbtxt).
     #[arg(long, conflicts_with = "image", required_unless_present = "image")]
     pub input: Option<PathBuf>,
@@ -56,7 +59,8 @@ pub fn read_tensor_file(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
         .map_err(|e| anyhow::anyhow!("{e} (expected a TensorProto or TensorProtos)"))?;
     let mut out = Vec::new();
     for t in &ts.protos {
-        let tensor = tensor_from_proto(t).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let tensor =
+            tensor_from_proto(t).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         out.push((t.name().to_string(), tensor));
     }
     if out.is_empty() {
@@ -67,7 +71,8 @@ pub fn read_tensor_file(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
 
 /// Reads class names (one per line).
 pub fn read_synsets(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(text.lines().map(|l| l.trim().to_string()).collect())
 }
 
@@ -102,6 +107,11 @@ pub fn image_tensor(path: &Path, pre: &data::Preprocess) -> anyhow::Result<Tenso
 /// Runs `c2q run`.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let model = a.model.load(true)?;
+    let model = if a.no_optimize {
+        model
+    } else {
+        model.optimized()?.0
+    };
     let data_inputs = model.data_inputs();
     let first_input = data_inputs
         .first()
@@ -110,11 +120,18 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let mut feed: HashMap<String, Tensor> = HashMap::new();
     if let Some(p) = &a.input {
         for (name, t) in read_tensor_file(p)? {
-            let key = if data_inputs.contains(&name) { name } else { first_input.clone() };
+            let key = if data_inputs.contains(&name) {
+                name
+            } else {
+                first_input.clone()
+            };
             feed.insert(key, t);
         }
     } else if let Some(p) = &a.image {
-        feed.insert(first_input.clone(), image_tensor(p, &data::Preprocess::default())?);
+        feed.insert(
+            first_input.clone(),
+            image_tensor(p, &data::Preprocess::default())?,
+        );
     }
     let exec = Executor::new(&model, a.threads)?;
     exec.check(&feed)?;
@@ -134,7 +151,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         .get(&out_name)
         .ok_or_else(|| anyhow::anyhow!("output `{out_name}` missing"))?;
     let tops = top_k(out, a.top)?;
-    let label = |i: usize| synsets.as_ref().and_then(|s| s.get(i)).cloned().unwrap_or_default();
+    let label = |i: usize| {
+        synsets
+            .as_ref()
+            .and_then(|s| s.get(i))
+            .cloned()
+            .unwrap_or_default()
+    };
     if a.json {
         let j = json!({
             "output": out_name,

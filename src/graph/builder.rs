@@ -35,7 +35,12 @@ pub fn arg(name: &str, value: Arg) -> Argument {
 }
 
 /// Makes an `OperatorDef`.
-pub fn op_def(op_type: &str, inputs: &[&str], outputs: &[&str], args: Vec<(&str, Arg)>) -> OperatorDef {
+pub fn op_def(
+    op_type: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    args: Vec<(&str, Arg)>,
+) -> OperatorDef {
     let mut op = OperatorDef::new();
     op.set_type(op_type.to_string());
     op.input = inputs.iter().map(|s| s.to_string()).collect();
@@ -76,13 +81,20 @@ impl NetBuilder {
 
     /// Adds an f32 parameter (GivenTensorFill in the init net, external input of the predict net).
     pub fn param(&mut self, name: &str, shape: &[usize], values: Vec<f32>) -> &mut Self {
-        assert_eq!(shape.iter().product::<usize>(), values.len(), "param {name}: shape vs values");
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            values.len(),
+            "param {name}: shape vs values"
+        );
         self.init.op.push(op_def(
             "GivenTensorFill",
             &[],
             &[name],
             vec![
-                ("shape", Arg::Ints(shape.iter().map(|&d| d as i64).collect())),
+                (
+                    "shape",
+                    Arg::Ints(shape.iter().map(|&d| d as i64).collect()),
+                ),
                 ("values", Arg::Floats(values)),
             ],
         ));
@@ -92,13 +104,21 @@ impl NetBuilder {
 
     /// Adds an init-net op (any fill op) and declares its outputs as external inputs.
     pub fn init_op(&mut self, op: OperatorDef) -> &mut Self {
-        self.predict.external_input.extend(op.output.iter().cloned());
+        self.predict
+            .external_input
+            .extend(op.output.iter().cloned());
         self.init.op.push(op);
         self
     }
 
     /// Adds a predict-net op.
-    pub fn op(&mut self, op_type: &str, inputs: &[&str], outputs: &[&str], args: Vec<(&str, Arg)>) -> &mut Self {
+    pub fn op(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        args: Vec<(&str, Arg)>,
+    ) -> &mut Self {
         self.predict.op.push(op_def(op_type, inputs, outputs, args));
         self
     }

@@ -78,7 +78,7 @@ fn array<T>(shape: &[usize], values: Vec<T>, name: &str, field: &str) -> Result<
 }
 
 fn raw_le<const N: usize, T>(raw: &[u8], name: &str, f: fn([u8; N]) -> T) -> Result<Vec<T>> {
-    if raw.len() % N != 0 {
+    if !raw.len().is_multiple_of(N) {
         return Err(Error::Tensor {
             name: name.to_string(),
             msg: format!("raw_data length {} is not a multiple of {N}", raw.len()),
@@ -98,7 +98,16 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
     let ints = |what: &str| -> Result<Vec<i32>> {
         match raw {
             Some(r) => match what {
-                "u8" | "i8" | "bool" => Ok(r.iter().map(|&b| if what == "i8" { b as i8 as i32 } else { b as i32 }).collect()),
+                "u8" | "i8" | "bool" => Ok(r
+                    .iter()
+                    .map(|&b| {
+                        if what == "i8" {
+                            b as i8 as i32
+                        } else {
+                            b as i32
+                        }
+                    })
+                    .collect()),
                 "u16" => raw_le::<2, i32>(r, name, |b| u16::from_le_bytes(b) as i32),
                 "i16" => raw_le::<2, i32>(r, name, |b| i16::from_le_bytes(b) as i32),
                 _ => raw_le::<4, i32>(r, name, i32::from_le_bytes),
@@ -106,10 +115,13 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
             None => Ok(t.int32_data.clone()),
         }
     };
-    let dt = t.data_type.map_or(Ok(DataType::FLOAT), |e| e.enum_value()).map_err(|v| Error::Tensor {
-        name: name.to_string(),
-        msg: format!("unknown data_type {v}"),
-    })?;
+    let dt = t
+        .data_type
+        .map_or(Ok(DataType::FLOAT), |e| e.enum_value())
+        .map_err(|v| Error::Tensor {
+            name: name.to_string(),
+            msg: format!("unknown data_type {v}"),
+        })?;
     Ok(match dt {
         DataType::FLOAT => {
             let v = match raw {
@@ -133,15 +145,48 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
             };
             Tensor::I64(array(&shape, v, name, "int64_data")?)
         }
-        DataType::UINT8 => Tensor::U8(array(&shape, ints("u8")?.into_iter().map(|v| v as u8).collect(), name, "int32_data")?),
-        DataType::INT8 => Tensor::I8(array(&shape, ints("i8")?.into_iter().map(|v| v as i8).collect(), name, "int32_data")?),
-        DataType::UINT16 => Tensor::U16(array(&shape, ints("u16")?.into_iter().map(|v| v as u16).collect(), name, "int32_data")?),
-        DataType::INT16 => Tensor::I16(array(&shape, ints("i16")?.into_iter().map(|v| v as i16).collect(), name, "int32_data")?),
-        DataType::BOOL => Tensor::Bool(array(&shape, ints("bool")?.into_iter().map(|v| v != 0).collect(), name, "int32_data")?),
-        DataType::BYTE => Tensor::U8(array(&shape, raw.unwrap_or(t.byte_data()).to_vec(), name, "byte_data")?),
+        DataType::UINT8 => Tensor::U8(array(
+            &shape,
+            ints("u8")?.into_iter().map(|v| v as u8).collect(),
+            name,
+            "int32_data",
+        )?),
+        DataType::INT8 => Tensor::I8(array(
+            &shape,
+            ints("i8")?.into_iter().map(|v| v as i8).collect(),
+            name,
+            "int32_data",
+        )?),
+        DataType::UINT16 => Tensor::U16(array(
+            &shape,
+            ints("u16")?.into_iter().map(|v| v as u16).collect(),
+            name,
+            "int32_data",
+        )?),
+        DataType::INT16 => Tensor::I16(array(
+            &shape,
+            ints("i16")?.into_iter().map(|v| v as i16).collect(),
+            name,
+            "int32_data",
+        )?),
+        DataType::BOOL => Tensor::Bool(array(
+            &shape,
+            ints("bool")?.into_iter().map(|v| v != 0).collect(),
+            name,
+            "int32_data",
+        )?),
+        DataType::BYTE => Tensor::U8(array(
+            &shape,
+            raw.unwrap_or(t.byte_data()).to_vec(),
+            name,
+            "byte_data",
+        )?),
         DataType::STRING => Tensor::Str(array(&shape, t.string_data.clone(), name, "string_data")?),
         DataType::FLOAT16 => {
-            let v = ints("u16")?.into_iter().map(|b| f16_to_f32(b as u16)).collect();
+            let v = ints("u16")?
+                .into_iter()
+                .map(|b| f16_to_f32(b as u16))
+                .collect();
             Tensor::F32(array(&shape, v, name, "int32_data (float16)")?)
         }
         other => {
@@ -185,15 +230,38 @@ pub fn tensor_to_proto(t: &Tensor, name: &str) -> TensorProto {
     p.dims = t.shape().iter().map(|&d| d as i64).collect();
     let (dt, ()) = match t {
         Tensor::F32(a) => (DataType::FLOAT, p.float_data = a.iter().copied().collect()),
-        Tensor::F64(a) => (DataType::DOUBLE, p.double_data = a.iter().copied().collect()),
-        Tensor::I32(a) | Tensor::QI32(a, _) => (DataType::INT32, p.int32_data = a.iter().copied().collect()),
+        Tensor::F64(a) => (
+            DataType::DOUBLE,
+            p.double_data = a.iter().copied().collect(),
+        ),
+        Tensor::I32(a) | Tensor::QI32(a, _) => {
+            (DataType::INT32, p.int32_data = a.iter().copied().collect())
+        }
         Tensor::I64(a) => (DataType::INT64, p.int64_data = a.iter().copied().collect()),
-        Tensor::U8(a) | Tensor::QU8(a, _) => (DataType::UINT8, p.int32_data = a.iter().map(|&v| v as i32).collect()),
-        Tensor::I8(a) => (DataType::INT8, p.int32_data = a.iter().map(|&v| v as i32).collect()),
-        Tensor::U16(a) => (DataType::UINT16, p.int32_data = a.iter().map(|&v| v as i32).collect()),
-        Tensor::I16(a) => (DataType::INT16, p.int32_data = a.iter().map(|&v| v as i32).collect()),
-        Tensor::Bool(a) => (DataType::BOOL, p.int32_data = a.iter().map(|&v| v as i32).collect()),
-        Tensor::Str(a) => (DataType::STRING, p.string_data = a.iter().cloned().collect()),
+        Tensor::U8(a) | Tensor::QU8(a, _) => (
+            DataType::UINT8,
+            p.int32_data = a.iter().map(|&v| v as i32).collect(),
+        ),
+        Tensor::I8(a) => (
+            DataType::INT8,
+            p.int32_data = a.iter().map(|&v| v as i32).collect(),
+        ),
+        Tensor::U16(a) => (
+            DataType::UINT16,
+            p.int32_data = a.iter().map(|&v| v as i32).collect(),
+        ),
+        Tensor::I16(a) => (
+            DataType::INT16,
+            p.int32_data = a.iter().map(|&v| v as i32).collect(),
+        ),
+        Tensor::Bool(a) => (
+            DataType::BOOL,
+            p.int32_data = a.iter().map(|&v| v as i32).collect(),
+        ),
+        Tensor::Str(a) => (
+            DataType::STRING,
+            p.string_data = a.iter().cloned().collect(),
+        ),
     };
     p.set_data_type(dt);
     p

@@ -23,7 +23,10 @@ impl ShapeMap {
     pub fn check(self) -> Result<ShapeMap> {
         match self.error {
             Some(e) => Err(e),
-            None => Ok(ShapeMap { error: None, ..self }),
+            None => Ok(ShapeMap {
+                error: None,
+                ..self
+            }),
         }
     }
 }

@@ -90,27 +90,65 @@ impl Model {
     }
 
     /// Builds a model from in-memory nets.
-    pub fn from_defs(paths: ModelPaths, init_def: Option<NetDef>, predict_def: NetDef) -> Result<Model> {
+    pub fn from_defs(
+        paths: ModelPaths,
+        init_def: Option<NetDef>,
+        predict_def: NetDef,
+    ) -> Result<Model> {
         let params = match &init_def {
             Some(def) => run_init_net(def)?,
             None => HashMap::new(),
         };
+        Ok(Self::from_parts(paths, init_def, predict_def, params))
+    }
+
+    /// The same model after the fp32 rewrite passes (Dropout removal, SpatialBN folded into
+    /// Conv, Relu fused into Conv/Sum): fewer ops, the same outputs up to float rounding.
+    /// Returns the model and (pass, rewrites) counts.
+    pub fn optimized(&self) -> Result<(Model, Vec<(&'static str, usize)>)> {
+        let mut predict_def = self.predict_def.clone();
+        let mut params = self.params.clone();
+        let report = crate::passes::optimize_fp32(&mut predict_def, &mut params)?;
+        let read: HashSet<&String> = predict_def.op.iter().flat_map(|o| o.input.iter()).collect();
+        params.retain(|k, _| read.contains(k));
+        let model = Model::from_parts(
+            self.paths.clone(),
+            self.init_def.clone(),
+            predict_def,
+            params,
+        );
+        Ok((model, report))
+    }
+
+    /// Builds a model from a predict net and ready parameters (no init_net is run); ops pack
+    /// their constant weights from `params`.
+    pub fn from_parts(
+        paths: ModelPaths,
+        init_def: Option<NetDef>,
+        predict_def: NetDef,
+        params: HashMap<String, Tensor>,
+    ) -> Model {
         let mut net = Net::from_def("predict_net", &predict_def);
         prepare_constants(&mut net, &params);
-        Ok(Model {
+        Model {
             paths,
             init_def,
             predict_def,
             params,
             net,
-        })
+        }
     }
 
     /// The blobs the caller must feed: external inputs that some op reads and the init_net
     /// does not produce (or, if the net declares none, blobs read before being written that
     /// are not parameters). Declared but unused inputs (e.g. a stray reader queue) are skipped.
     pub fn data_inputs(&self) -> Vec<String> {
-        let read: HashSet<&String> = self.net.nodes.iter().flat_map(|n| n.inputs.iter()).collect();
+        let read: HashSet<&String> = self
+            .net
+            .nodes
+            .iter()
+            .flat_map(|n| n.inputs.iter())
+            .collect();
         let declared: Vec<String> = self
             .net
             .external_inputs
@@ -122,7 +160,10 @@ impl Model {
             return declared;
         }
         let free = free_inputs(&self.net);
-        let free: Vec<String> = free.into_iter().filter(|n| !self.params.contains_key(n)).collect();
+        let free: Vec<String> = free
+            .into_iter()
+            .filter(|n| !self.params.contains_key(n))
+            .collect();
         if self.init_def.is_none() {
             // Without parameters every external input looks free; prefer the first one read.
             return free.into_iter().take(1).collect();
@@ -144,7 +185,10 @@ impl Model {
 
     /// Descriptions of all parameters.
     pub fn param_infos(&self) -> HashMap<String, TensorInfo> {
-        self.params.iter().map(|(k, v)| (k.clone(), v.info())).collect()
+        self.params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.info()))
+            .collect()
     }
 
     /// Infers every op's output shapes for the given input descriptions.
@@ -210,7 +254,13 @@ fn prepare_constants(net: &mut Net, params: &HashMap<String, Tensor>) {
         let consts: Vec<Option<&Tensor>> = node
             .inputs
             .iter()
-            .map(|n| if overwritten.contains(n) { None } else { params.get(n) })
+            .map(|n| {
+                if overwritten.contains(n) {
+                    None
+                } else {
+                    params.get(n)
+                }
+            })
             .collect();
         if let NodeStatus::Ready(op) = &mut node.status {
             if consts.iter().any(|c| c.is_some()) {

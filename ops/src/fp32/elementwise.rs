@@ -113,6 +113,8 @@ fn to_array<T>(shape: &[usize], v: Vec<T>) -> OpResult<ArrayD<T>> {
 #[derive(Debug)]
 pub struct Sum {
     op_type: String,
+    /// `SumRelu`: max(0, ·) applied to the sum (f32 and f64 only).
+    relu: bool,
 }
 
 impl Sum {
@@ -122,6 +124,7 @@ impl Sum {
         spec.check_outputs(1, 1)?;
         Ok(Sum {
             op_type: spec.op_type.clone(),
+            relu: spec.op_type == "SumRelu",
         })
     }
 }
@@ -194,7 +197,7 @@ impl Op for Sum {
                 Tensor::$v(sum_arrays(&xs)?)
             }};
         }
-        let y = match inputs[0] {
+        let mut y = match inputs[0] {
             Tensor::F32(_) => go!(F32),
             Tensor::F64(_) => go!(F64),
             Tensor::I32(_) => go!(I32),
@@ -206,6 +209,18 @@ impl Op for Sum {
                 )))
             }
         };
+        if self.relu {
+            match &mut y {
+                Tensor::F32(a) => a.mapv_inplace(|v| v.max(0.0)),
+                Tensor::F64(a) => a.mapv_inplace(|v| v.max(0.0)),
+                other => {
+                    return Err(OpError::DType(format!(
+                        "SumRelu: unsupported {}",
+                        other.dtype().name()
+                    )))
+                }
+            }
+        }
         Ok(vec![y])
     }
 }

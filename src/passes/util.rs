@@ -1,0 +1,71 @@
+//! Helpers shared by the rewrite passes: who reads a blob, argument lookup.
+
+use caffe2_proto::{NetDef, OperatorDef};
+
+/// Indices of the ops after `after` that read the value `blob` had when op `after` wrote it:
+/// scanning stops at the first later op that writes `blob` again (that op is included if it
+/// also reads it, as in-place ops do).
+pub fn readers_after(net: &NetDef, after: usize, blob: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (j, op) in net.op.iter().enumerate().skip(after + 1) {
+        if op.input.iter().any(|i| i == blob) {
+            out.push(j);
+        }
+        if op.output.iter().any(|o| o == blob) {
+            break;
+        }
+    }
+    out
+}
+
+/// True if the value written by op `after` into `blob` is still the blob's value when the net
+/// ends and the blob is an external output (so it must keep existing).
+pub fn is_live_output(net: &NetDef, after: usize, blob: &str) -> bool {
+    net.external_output.iter().any(|o| o == blob)
+        && !net
+            .op
+            .iter()
+            .skip(after + 1)
+            .any(|op| op.output.iter().any(|o| o == blob))
+}
+
+/// Number of ops anywhere in the net that read `blob`.
+pub fn read_count(net: &NetDef, blob: &str) -> usize {
+    net.op
+        .iter()
+        .map(|op| op.input.iter().filter(|i| *i == blob).count())
+        .sum()
+}
+
+/// A single-integer argument of an op.
+pub fn arg_i(op: &OperatorDef, name: &str) -> Option<i64> {
+    op.arg
+        .iter()
+        .find(|a| a.name() == name && a.has_i())
+        .map(|a| a.i())
+}
+
+/// A single-float argument of an op.
+pub fn arg_f(op: &OperatorDef, name: &str) -> Option<f32> {
+    op.arg
+        .iter()
+        .find(|a| a.name() == name && a.has_f())
+        .map(|a| a.f())
+}
+
+/// A string argument of an op.
+pub fn arg_s(op: &OperatorDef, name: &str) -> Option<String> {
+    op.arg
+        .iter()
+        .find(|a| a.name() == name && a.has_s())
+        .map(|a| String::from_utf8_lossy(a.s()).into_owned())
+}
+
+/// Removes the ops at the given indices.
+pub fn remove_ops(net: &mut NetDef, mut idx: Vec<usize>) {
+    idx.sort_unstable();
+    idx.dedup();
+    for i in idx.into_iter().rev() {
+        net.op.remove(i);
+    }
+}

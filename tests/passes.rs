@@ -1,0 +1,244 @@
+//! The fp32 rewrite passes leave outputs unchanged and produce the expected graphs.
+
+mod common;
+
+use std::collections::HashMap;
+
+use c2q::graph::builder::{Arg, NetBuilder};
+use c2q::passes::{fuse_relu::fuse_relu, remove_dropout::remove_dropout};
+use c2q::{Executor, Model};
+use ops::Tensor;
+
+fn vals(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 1000) as f32 / 500.0
+                - 1.0
+        })
+        .collect()
+}
+
+fn run(model: &Model, x: &Tensor, out: &str) -> Vec<f32> {
+    let exec = Executor::new(model, 1).unwrap();
+    let y = exec
+        .run(HashMap::from([("data".to_string(), x.clone())]))
+        .unwrap();
+    y[out].f32_slice().unwrap().to_vec()
+}
+
+fn types(model: &Model) -> Vec<String> {
+    model
+        .predict_def
+        .op
+        .iter()
+        .map(|o| o.type_().to_string())
+        .collect()
+}
+
+/// Conv (with or without bias) -> SpatialBN -> Relu (in place) -> Conv (shares nothing).
+fn conv_bn_net(with_bias: bool) -> Model {
+    let mut b = NetBuilder::new("bn");
+    b.input("data").param("w", &[4, 3, 3, 3], vals(108, 1));
+    let mut conv_in = vec!["data", "w"];
+    if with_bias {
+        b.param("b", &[4], vals(4, 2));
+        conv_in.push("b");
+    }
+    b.param("s", &[4], vec![0.5, 1.5, -2.0, 1.0])
+        .param("bb", &[4], vec![0.1, -0.2, 0.3, 0.0])
+        .param("rm", &[4], vec![0.2, -0.1, 0.05, 0.0])
+        .param("riv", &[4], vec![0.5, 2.0, 1.0, 0.25])
+        .op(
+            "Conv",
+            &conv_in,
+            &["c"],
+            vec![("kernel", Arg::I(3)), ("pad", Arg::I(1))],
+        )
+        .op(
+            "SpatialBN",
+            &["c", "s", "bb", "rm", "riv"],
+            &["c_bn"],
+            vec![("is_test", Arg::I(1)), ("epsilon", Arg::F(1e-3))],
+        )
+        .op("Relu", &["c_bn"], &["c_bn"], vec![])
+        .output("c_bn");
+    let (i, p) = b.build();
+    Model::from_nets(i, p).unwrap()
+}
+
+#[test]
+fn fold_bn_and_fuse_relu_keep_outputs() {
+    let x = Tensor::from_f32(&[2, 3, 5, 5], vals(150, 9));
+    for with_bias in [false, true] {
+        let model = conv_bn_net(with_bias);
+        let want = run(&model, &x, "c_bn");
+        let (opt, report) = model.optimized().unwrap();
+        assert_eq!(
+            report,
+            vec![("remove_dropout", 0), ("fold_bn", 1), ("fuse_relu", 1)]
+        );
+        assert_eq!(types(&opt), vec!["ConvRelu"]);
+        let conv = &opt.predict_def.op[0];
+        assert_eq!(conv.output, vec!["c_bn"]);
+        // Without a conv bias, the BN bias blob becomes the conv's bias (as Caffe2 fuse_bn).
+        assert_eq!(conv.input[2], if with_bias { "b" } else { "bb" });
+        let got = run(&opt, &x, "c_bn");
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(
+            common::max_abs_diff(&got, &want) <= 1e-5 * scale,
+            "bias {with_bias}"
+        );
+        // Folded parameters, checked by hand for channel 2: A = -2/sqrt(1+1e-3).
+        let a = -2.0f64 / (1.0f64 + 1e-3).sqrt();
+        let w = opt.params["w"].f32_slice().unwrap();
+        let w0 = model.params["w"].f32_slice().unwrap();
+        assert!(((w[2 * 27] as f64) - w0[2 * 27] as f64 * a).abs() < 1e-6);
+        let b0 = if with_bias {
+            model.params["b"].f32_slice().unwrap()[2] as f64
+        } else {
+            0.0
+        };
+        let bias = opt.params[&conv.input[2]].f32_slice().unwrap()[2] as f64;
+        assert!((bias - (b0 * a + 0.3 - 0.05 * a)).abs() < 1e-6, "{bias}");
+    }
+}
+
+#[test]
+fn shared_weights_and_multiple_readers_are_left_alone() {
+    let mut b = NetBuilder::new("shared");
+    b.input("data")
+        .param("w", &[2, 2, 1, 1], vals(4, 3))
+        .param("s", &[2], vec![1.0, 2.0])
+        .param("bb", &[2], vec![0.0, 1.0])
+        .param("rm", &[2], vec![0.0, 0.0])
+        .param("riv", &[2], vec![1.0, 1.0])
+        .op("Conv", &["data", "w"], &["c1"], vec![("kernel", Arg::I(1))])
+        .op(
+            "SpatialBN",
+            &["c1", "s", "bb", "rm", "riv"],
+            &["c1_bn"],
+            vec![("is_test", Arg::I(1))],
+        )
+        // Second conv shares `w`: folding would change it.
+        .op(
+            "Conv",
+            &["c1_bn", "w"],
+            &["c2"],
+            vec![("kernel", Arg::I(1))],
+        )
+        // c2 has two readers: Relu and Sum, so no fusion.
+        .op("Relu", &["c2"], &["r"], vec![])
+        .op("Sum", &["c2", "r"], &["out"], vec![])
+        .output("out");
+    let (i, p) = b.build();
+    let model = Model::from_nets(i, p).unwrap();
+    let (opt, report) = model.optimized().unwrap();
+    assert_eq!(
+        report,
+        vec![("remove_dropout", 0), ("fold_bn", 0), ("fuse_relu", 0)]
+    );
+    assert_eq!(types(&opt), types(&model));
+}
+
+#[test]
+fn sum_relu_fuses_and_matches() {
+    let mut b = NetBuilder::new("sum");
+    b.input("data")
+        .param("w", &[3, 3, 1, 1], vals(9, 4))
+        .op("Conv", &["data", "w"], &["c"], vec![("kernel", Arg::I(1))])
+        .op("Sum", &["c", "data"], &["c"], vec![])
+        .op("Relu", &["c"], &["c"], vec![])
+        .output("c");
+    let (i, p) = b.build();
+    let model = Model::from_nets(i, p).unwrap();
+    let x = Tensor::from_f32(&[1, 3, 4, 4], vals(48, 5));
+    let want = run(&model, &x, "c");
+    let mut net = model.predict_def.clone();
+    let mut params = model.params.clone();
+    assert_eq!(fuse_relu(&mut net, &mut params).unwrap(), 1);
+    assert_eq!(
+        net.op.iter().map(|o| o.type_()).collect::<Vec<_>>(),
+        vec!["Conv", "SumRelu"]
+    );
+    let fused = Model::from_defs(model.paths.clone(), model.init_def.clone(), net).unwrap();
+    assert_eq!(run(&fused, &x, "c"), want);
+    assert!(want.iter().any(|v| *v == 0.0) && want.iter().any(|v| *v > 0.0));
+}
+
+#[test]
+fn dropout_is_removed_and_readers_renamed() {
+    let mut b = NetBuilder::new("drop");
+    b.input("data")
+        .op("Relu", &["data"], &["r"], vec![])
+        .op(
+            "Dropout",
+            &["r"],
+            &["d", "mask"],
+            vec![("is_test", Arg::I(1)), ("ratio", Arg::F(0.5))],
+        )
+        .op("Sigmoid", &["d"], &["s"], vec![])
+        .op("Dropout", &["s"], &["s"], vec![("is_test", Arg::I(1))])
+        .op("Dropout", &["s"], &["out"], vec![("is_test", Arg::I(1))])
+        .output("out");
+    let (i, p) = b.build();
+    let model = Model::from_nets(i, p).unwrap();
+    let x = Tensor::from_f32(&[1, 6], vals(6, 7));
+    let want = run(&model, &x, "out");
+    let mut net = model.predict_def.clone();
+    let mut params = model.params.clone();
+    // The last Dropout writes the external output, so it stays.
+    assert_eq!(remove_dropout(&mut net, &mut params).unwrap(), 2);
+    assert_eq!(
+        net.op.iter().map(|o| o.type_()).collect::<Vec<_>>(),
+        vec!["Relu", "Sigmoid", "Dropout"]
+    );
+    assert_eq!(net.op[1].input, vec!["r"]);
+    let m2 = Model::from_defs(model.paths.clone(), model.init_def.clone(), net).unwrap();
+    assert_eq!(run(&m2, &x, "out"), want);
+}
+
+#[test]
+fn resnet50_optimized_matches_fp32() {
+    let Some(dir) = common::shared("models/resnet50") else {
+        return;
+    };
+    let model = Model::load_dir(&dir).unwrap();
+    let (opt, report) = model.optimized().unwrap();
+    assert_eq!(
+        report,
+        vec![("remove_dropout", 0), ("fold_bn", 53), ("fuse_relu", 49)]
+    );
+    let count = |t: &str| opt.predict_def.op.iter().filter(|o| o.type_() == t).count();
+    assert_eq!(
+        (count("ConvRelu"), count("Conv"), count("SumRelu")),
+        (33, 20, 16)
+    );
+    assert_eq!(opt.predict_def.op.len(), 73);
+    let mut x = vec![0f32; 3 * 224 * 224];
+    for (i, v) in x.iter_mut().enumerate() {
+        *v = ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
+    }
+    let feed = || {
+        HashMap::from([(
+            "gpu_0/data".to_string(),
+            Tensor::from_f32(&[1, 3, 224, 224], x.clone()),
+        )])
+    };
+    // Compare the logits (softmax of random-weight nets saturates).
+    let logits = |m: &Model| {
+        let mut def = m.predict_def.clone();
+        def.external_output = vec!["gpu_0/pred".into()];
+        let mm = Model::from_parts(m.paths.clone(), None, def, m.params.clone());
+        let exec = Executor::new(&mm, 2).unwrap();
+        exec.run(feed()).unwrap()["gpu_0/pred"]
+            .f32_slice()
+            .unwrap()
+            .to_vec()
+    };
+    let a = logits(&model);
+    let b = logits(&opt);
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = common::max_abs_diff(&a, &b);
+    eprintln!("resnet50 fold/fuse: max |Δlogit| {d:.3e}, max |logit| {scale:.3e}");
+    assert!(d <= 1e-4 * scale, "relative difference {}", d / scale);
+}
