@@ -15,6 +15,37 @@ pub enum DbCommand {
     Info(DbInfoArgs),
     /// Write the preprocessed crop of one record, de-normalized, as a picture.
     Show(DbShowArgs),
+    /// Read, decode and preprocess records in batches and report images/s (the input
+    /// pipeline alone, no model).
+    Bench(DbBenchArgs),
+}
+
+/// Flags of `c2q db bench`.
+#[derive(Debug, Args)]
+pub struct DbBenchArgs {
+    /// The LMDB folder (or its data.mdb).
+    pub db: PathBuf,
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Worker threads for decoding and preprocessing (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Read at most this many records.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Passes over the records (the median pass is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Skip undecodable or malformed records (counted and listed) instead of failing.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Record format; detected when omitted.
+    #[arg(long)]
+    pub format: Option<data::RecordFormat>,
+    /// Preprocessing.
+    #[command(flatten)]
+    pub pre: PreprocessArgs,
 }
 
 /// Flags of `c2q db info`.
@@ -57,6 +88,7 @@ pub fn run(cmd: DbCommand) -> anyhow::Result<()> {
     match cmd {
         DbCommand::Info(a) => info(a),
         DbCommand::Show(a) => show(a),
+        DbCommand::Bench(a) => bench(a),
     }
 }
 
@@ -139,5 +171,54 @@ fn show(a: DbShowArgs) -> anyhow::Result<()> {
         img.height,
         a.key
     );
+    Ok(())
+}
+
+fn bench(a: DbBenchArgs) -> anyhow::Result<()> {
+    let opts = data::BatchOptions {
+        batch_size: a.batch.max(1),
+        limit: a.limit,
+        skip_bad: a.skip_bad,
+        format: a.format,
+        preprocess: a.pre.to_preprocess()?,
+        ..data::BatchOptions::default()
+    };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build()?;
+    let threads = pool.current_num_threads();
+    let mut rates = Vec::new();
+    let mut last_skipped = Vec::new();
+    let mut images = 0;
+    for _ in 0..a.repeat.max(1) {
+        let (n, secs, skipped) = pool.install(|| -> anyhow::Result<_> {
+            let mut batches = data::Batches::open(&a.db, opts.clone())?;
+            let pb = bar(batches.planned() as u64, "decoding");
+            let t0 = std::time::Instant::now();
+            let mut n = 0;
+            for b in batches.by_ref() {
+                n += b?.n;
+                pb.set_position(n as u64);
+            }
+            pb.finish_and_clear();
+            Ok((n, t0.elapsed().as_secs_f64(), batches.skipped()))
+        })?;
+        images = n;
+        rates.push(n as f64 / secs);
+        last_skipped = skipped;
+    }
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    println!(
+        "{images} images, {threads} threads, batch {}: median {median:.1} images/s over {} passes (min {:.1}, max {:.1})",
+        a.batch,
+        rates.len(),
+        rates[0],
+        rates[rates.len() - 1]
+    );
+    if !last_skipped.is_empty() {
+        println!("skipped {} bad records:", last_skipped.len());
+        for s in &last_skipped {
+            println!("  {}: {}", s.key, s.reason);
+        }
+    }
     Ok(())
 }

@@ -121,7 +121,12 @@ impl Int8Conv {
         self.y
     }
 
-    fn resolve(&self, x: &TensorInfo, w: &TensorInfo, b: Option<&TensorInfo>) -> OpResult<Resolved> {
+    fn resolve(
+        &self,
+        x: &TensorInfo,
+        w: &TensorInfo,
+        b: Option<&TensorInfo>,
+    ) -> OpResult<Resolved> {
         let op = self.op_type.as_str();
         let xq = qu8_info(op, "X", x)?;
         let wq = qu8_info(op, "filter W", w)?;
@@ -211,7 +216,11 @@ impl Op for Int8Conv {
         expect_inputs(inputs, 2, 3)?;
         let op = self.op_type.as_str();
         let b = inputs.get(2).copied();
-        let r = self.resolve(&inputs[0].info(), &inputs[1].info(), b.map(|t| t.info()).as_ref())?;
+        let r = self.resolve(
+            &inputs[0].info(),
+            &inputs[1].info(),
+            b.map(|t| t.info()).as_ref(),
+        )?;
         let d = r.d;
         let (x, _) = qu8_tensor(op, "X", inputs[0])?;
         let (w, _) = qu8_tensor(op, "filter W", inputs[1])?;
@@ -301,7 +310,10 @@ fn conv_row(
 pub(crate) fn chw_to_hwc<T: Copy + Default>(src: &[T], outer: usize, c: usize, s: usize) -> Vec<T> {
     let mut out = vec![T::default(); src.len()];
     for o in 0..outer {
-        let (sp, dp) = (&src[o * c * s..(o + 1) * c * s], &mut out[o * c * s..(o + 1) * c * s]);
+        let (sp, dp) = (
+            &src[o * c * s..(o + 1) * c * s],
+            &mut out[o * c * s..(o + 1) * c * s],
+        );
         for ci in 0..c {
             for si in 0..s {
                 dp[si * c + ci] = sp[ci * s + si];
@@ -315,7 +327,10 @@ pub(crate) fn chw_to_hwc<T: Copy + Default>(src: &[T], outer: usize, c: usize, s
 pub(crate) fn hwc_to_chw<T: Copy + Default>(src: &[T], outer: usize, c: usize, s: usize) -> Vec<T> {
     let mut out = vec![T::default(); src.len()];
     for o in 0..outer {
-        let (sp, dp) = (&src[o * c * s..(o + 1) * c * s], &mut out[o * c * s..(o + 1) * c * s]);
+        let (sp, dp) = (
+            &src[o * c * s..(o + 1) * c * s],
+            &mut out[o * c * s..(o + 1) * c * s],
+        );
         for si in 0..s {
             for ci in 0..c {
                 dp[ci * s + si] = sp[si * c + ci];

@@ -17,9 +17,7 @@
 use rayon::prelude::*;
 
 use super::requant::requantize_real;
-use super::{
-    check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine,
-};
+use super::{check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine};
 use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
 
 /// Elements per parallel chunk.
@@ -105,7 +103,10 @@ impl Op for Int8Sum {
             .map(|(i, t)| qu8_tensor(op, &format!("input {i}"), t))
             .collect::<OpResult<Vec<_>>>()?;
         let inv = 1.0f32 / self.y.scale;
-        let (zy, lo) = (self.y.zero_point, if self.relu { self.y.zero_point } else { 0 });
+        let (zy, lo) = (
+            self.y.zero_point,
+            if self.relu { self.y.zero_point } else { 0 },
+        );
         let mut y = vec![0u8; xs[0].0.len()];
         y.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, yc)| {
             let start = ci * CHUNK;

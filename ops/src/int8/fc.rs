@@ -121,8 +121,8 @@ impl Op for Int8Fc {
             .enumerate()
             .for_each(|(idx, out)| {
                 let (i, j) = (idx / n, idx % n);
-                let raw = dot_i16(&xc[i * k..(i + 1) * k], &wc[j * k..(j + 1) * k])
-                    .wrapping_add(bias[j]);
+                let raw =
+                    dot_i16(&xc[i * k..(i + 1) * k], &wc[j * k..(j + 1) * k]).wrapping_add(bias[j]);
                 *out = stage.apply(raw, j);
             });
         Ok(vec![qu8_from_vec(&r.out_shape, y, self.y)?])

@@ -13,6 +13,9 @@
 //!   `Int8Relu`, `Int8Flatten`, `Int8Reshape`) copy them from the input.
 //! - Fused-ReLU operators (`*Relu`) and operators with `followed_by = "Relu"` re-derive their
 //!   output parameters as DNNLOWP does ([`requant::relu_output_params`]).
+//! - Conv and pool ops default to `order = "NHWC"` (the layout of every published int8 net
+//!   and the only one QNNPACK accepts); note that Caffe2's `ConvPoolOpBase` itself defaults
+//!   to NCHW, so a DNNLOWP op *without* an `order` argument would run NCHW in Caffe2.
 //! - `infer` carries the parameters in [`DType::QU8`], so shape inference knows the
 //!   parameters of every blob and validates them (bias scale, zero points, shapes).
 //! - Engines: every engine computes with the DNNLOWP arithmetic (float requantization
@@ -299,14 +302,22 @@ pub fn check_bias_info(
 /// The int32 bias values of a Conv/FC (call [`check_bias_info`] first): Int8 int32 codes as
 /// they are, f32 values quantized with scale `s_x · s_w` ([`requant::quantize_bias`]), zeros
 /// without a bias.
-pub fn bias_values(op: &str, b: Option<&Tensor>, len: usize, x: QParams, w: QParams) -> OpResult<Vec<i32>> {
+pub fn bias_values(
+    op: &str,
+    b: Option<&Tensor>,
+    len: usize,
+    x: QParams,
+    w: QParams,
+) -> OpResult<Vec<i32>> {
     match b {
         None => Ok(vec![0; len]),
         Some(Tensor::QI32(a, _)) => Ok(a.iter().copied().collect()),
         Some(Tensor::F32(a)) => {
             let s = x.scale * w.scale;
             a.iter()
-                .map(|&v| requant::quantize_bias(v, s).map_err(|e| OpError::DType(format!("{op}: {e}"))))
+                .map(|&v| {
+                    requant::quantize_bias(v, s).map_err(|e| OpError::DType(format!("{op}: {e}")))
+                })
                 .collect()
         }
         Some(other) => Err(OpError::DType(format!(

@@ -21,9 +21,7 @@ use rayon::prelude::*;
 
 use super::conv::{chw_to_hwc, hwc_to_chw};
 use super::requant::requantize_real;
-use super::{
-    check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine,
-};
+use super::{check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine};
 use crate::fp32::conv_pool::{ConvPoolGeometry, Order};
 use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
 

@@ -13,9 +13,7 @@ use rayon::prelude::*;
 
 use super::requant::{dequantize_u8, quantize_u8};
 use super::{check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine};
-use crate::{
-    expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo,
-};
+use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
 
 /// Elements per parallel chunk of the element-wise loops.
 const CHUNK: usize = 1 << 14;

@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(requantize(-5, 0.5, 10, 0), 8);
         assert_eq!(requantize(1, 0.5, 10, 0), 10); // 0.5 -> 0
         assert_eq!(requantize(3, 0.5, 10, 0), 12); // 1.5 -> 2
-        // Clamping: 600 * 0.5 = 300 + 10 > 255; -100 * 0.5 + 10 = -40 < 0.
+                                                   // Clamping: 600 * 0.5 = 300 + 10 > 255; -100 * 0.5 + 10 = -40 < 0.
         assert_eq!(requantize(600, 0.5, 10, 0), 255);
         assert_eq!(requantize(-100, 0.5, 10, 0), 0);
         // ReLU: lower bound is the zero point.

@@ -94,9 +94,9 @@ impl Op for Int8Concat {
             let q = qu8_info(&self.op_type, &format!("input {i}"), t)?;
             first.get_or_insert(q);
         }
-        let yq = self.out_params(first.ok_or_else(|| {
-            OpError::Arity(format!("{}: no inputs", self.op_type))
-        })?);
+        let yq = self.out_params(
+            first.ok_or_else(|| OpError::Arity(format!("{}: no inputs", self.op_type)))?,
+        );
         let same: Vec<TensorInfo> = inputs
             .iter()
             .map(|t| TensorInfo::new(DType::QU8(yq), t.shape.clone()))

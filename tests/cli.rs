@@ -1,0 +1,131 @@
+//! The `c2q` binary end to end on data the tests make themselves.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use c2q::demo::{example_image, write_example_model};
+use caffe2_proto::{io, Format, TensorProto, TensorProtos};
+
+fn c2q(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_c2q"))
+        .args(args)
+        .output()
+        .expect("c2q runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn info_run_and_save_on_the_example_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    write_example_model(&model, 3).unwrap();
+
+    let (ok, out, err) = c2q(&["info", "--model", p(&model), "--json", "--shapes", "--input-shape", "1,3,32,32"]);
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["ops"], 12);
+    assert_eq!(j["unsupported_ops"].as_array().unwrap().len(), 0);
+    assert_eq!(j["outputs"][0]["name"], "softmax");
+    assert_eq!(j["outputs"][0]["shape"], serde_json::json!([1, 10]));
+    assert_eq!(j["per_op"][3]["output_shapes"][0]["shape"], serde_json::json!([1, 8, 16, 16]));
+
+    // An input tensor file: 2 images.
+    let vals: Vec<f32> = (0..2 * 3 * 32 * 32).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+    let mut t = TensorProto::new();
+    t.dims = vec![2, 3, 32, 32];
+    t.float_data = vals;
+    t.set_name("data".into());
+    let input = dir.path().join("x.pb");
+    io::write(&t, &input, Format::Binary).unwrap();
+    let saved = dir.path().join("out.pb");
+    let (ok, out, err) = c2q(&["run", "--model", p(&model), "--input", p(&input), "--save", p(&saved), "--json", "--top", "3"]);
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["top"].as_array().unwrap().len(), 2);
+    let (protos, _) = io::read::<TensorProtos>(&saved).unwrap();
+    assert_eq!(protos.protos.len(), 1);
+    let sm = &protos.protos[0];
+    assert_eq!(sm.name(), "softmax");
+    assert_eq!(sm.dims, vec![2, 10]);
+    for row in sm.float_data.chunks(10) {
+        let s: f32 = row.iter().sum();
+        assert!((s - 1.0).abs() < 1e-5);
+    }
+    // The printed top-1 score is the saved tensor's row maximum.
+    let top1 = j["top"][1][0]["score"].as_f64().unwrap() as f32;
+    let max1 = sm.float_data[10..].iter().cloned().fold(f32::MIN, f32::max);
+    assert_eq!(top1, max1);
+
+    // Errors: a missing model folder, a missing input file.
+    let (ok, _, err) = c2q(&["run", "--model", "/nonexistent/model", "--input", p(&input)]);
+    assert!(!ok && err.contains("/nonexistent/model"), "{err}");
+    let (ok, _, err) = c2q(&["run", "--model", p(&model), "--input", "/nonexistent/x.pb"]);
+    assert!(!ok && err.contains("/nonexistent/x.pb"), "{err}");
+}
+
+#[test]
+fn make_db_info_show_and_bench_with_a_bad_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    for (class, name) in [(0, "cat"), (1, "dog")] {
+        std::fs::create_dir_all(imgs.join(name)).unwrap();
+        for k in 0..3 {
+            example_image(40 + 8 * k, 30 + 4 * k, class * 3 + k as usize)
+                .save(imgs.join(format!("{name}/{k}.png")))
+                .unwrap();
+        }
+    }
+    let db = dir.path().join("db");
+    let (ok, out, err) = c2q(&["make-db", "--folder", p(&imgs), "--out", p(&db)]);
+    assert!(ok, "{err}");
+    assert!(out.contains("wrote 6 records"), "{out}");
+    // Refuses to overwrite without --overwrite.
+    let (ok, _, err) = c2q(&["make-db", "--folder", p(&imgs), "--out", p(&db)]);
+    assert!(!ok, "{err}");
+
+    let (ok, out, err) = c2q(&["db", "info", p(&db), "--json"]);
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["count"], 6);
+    assert_eq!(j["format"], "datum");
+    assert_eq!(j["labels"], serde_json::json!([{"label": 0, "count": 3}, {"label": 1, "count": 3}]));
+    assert_eq!(j["width"], serde_json::json!([40, 56]));
+
+    let keys = data::Lmdb::open(&db).unwrap().keys().unwrap();
+    let key0 = String::from_utf8(keys[0].clone()).unwrap();
+    let shown = dir.path().join("show.png");
+    let (ok, _, err) = c2q(&["db", "show", p(&db), "--key", &key0, "--out", p(&shown), "--scale", "36", "--crop", "32"]);
+    assert!(ok, "{err}");
+    let img = image::open(&shown).unwrap();
+    assert_eq!((img.width(), img.height()), (32, 32));
+    let (ok, _, err) = c2q(&["db", "show", p(&db), "--key", "no_such_key", "--out", p(&shown)]);
+    assert!(!ok && err.contains("no_such_key"), "{err}");
+
+    // A database with one corrupt image among good ones.
+    let bad_db = dir.path().join("bad_db");
+    let mut records = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let v = data::Lmdb::open(&db).unwrap().get(k).unwrap().unwrap();
+        records.push((k.clone(), v));
+        if i == 2 {
+            let junk = data::record::datum_encoded(b"this is not an image", 7).unwrap();
+            records.push((b"00000002_zz_broken.png".to_vec(), junk));
+        }
+    }
+    data::make_db::write_records(&bad_db, &records, false).unwrap();
+    let (ok, _, err) = c2q(&["db", "bench", p(&bad_db), "--repeat", "1", "--scale", "36", "--crop", "32"]);
+    assert!(!ok && err.contains("00000002_zz_broken.png"), "{err}");
+    let (ok, out, err) = c2q(&["db", "bench", p(&bad_db), "--repeat", "1", "--skip-bad", "--scale", "36", "--crop", "32"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("6 images") && out.contains("skipped 1 bad records") && out.contains("00000002_zz_broken.png"), "{out}");
+}
