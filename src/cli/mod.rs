@@ -1,6 +1,7 @@
 //! The `c2q` command line: argument definitions and one module per command.
 
 pub mod bench;
+pub mod calibrate;
 pub mod db;
 pub mod demo;
 pub mod info;
@@ -26,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Time a model: median ms per batch and images/s over repeated runs.
     Bench(bench::BenchArgs),
+    /// Collect activation histograms over sampled LMDB images (calibration).
+    Calibrate(calibrate::CalibrateArgs),
     /// Look inside an image LMDB.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -43,6 +46,7 @@ pub enum Command {
 pub fn main_with(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(a) => bench::run(a),
+        Command::Calibrate(a) => calibrate::run(a),
         Command::Db(c) => db::run(c),
         Command::MakeDb(a) => make_db::run(a),
         Command::Demo(a) => demo::run(a),

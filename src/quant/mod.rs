@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod calibrate;
 pub mod choose;
 pub mod hist_file;
 pub mod histogram;

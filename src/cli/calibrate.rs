@@ -1,0 +1,177 @@
+//! `c2q calibrate`: histograms of every activation over a seeded sample of LMDB images.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clap::Args;
+use ops::Tensor;
+use serde_json::json;
+
+use super::model_args::ModelArgs;
+use super::preprocess_args::PreprocessArgs;
+use super::progress::bar;
+use crate::quant::calibrate::Calibrator;
+use crate::quant::{write_histogram_file, ChooseOptions, QuantKind};
+use crate::Executor;
+
+/// Flags of `c2q calibrate`.
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// The fp32 model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Calibration images (Caffe Datum or Caffe2 TensorProtos LMDB).
+    #[arg(long)]
+    pub calib_db: PathBuf,
+    /// Size of the seeded random sample (all records if the database is smaller).
+    #[arg(long, default_value_t = 10_000)]
+    pub calib_images: usize,
+    /// Seed of the sample.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Skip undecodable or malformed records (counted and reported) instead of failing.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Record format; detected when omitted.
+    #[arg(long)]
+    pub format: Option<data::RecordFormat>,
+    /// Bins per histogram.
+    #[arg(long, default_value_t = 2048)]
+    pub bins: usize,
+    /// Write the histograms (Caffe2 histogram-observer text format).
+    #[arg(long)]
+    pub save_hist: Option<PathBuf>,
+    /// Range search for the printed table: l2, l2_approx, min_max, kl, p99.
+    #[arg(long, default_value = "l2")]
+    pub kind: QuantKind,
+    /// Symmetric activation ranges (real 0 maps to code 128).
+    #[arg(long)]
+    pub preserve_sparsity: bool,
+    /// Machine-readable table.
+    #[arg(long)]
+    pub json: bool,
+    /// Calibrate the net exactly as written (no SpatialBN folding or Relu fusion).
+    #[arg(long)]
+    pub no_optimize: bool,
+    /// Preprocessing.
+    #[command(flatten)]
+    pub pre: PreprocessArgs,
+}
+
+/// Runs `c2q calibrate`.
+pub fn run(a: CalibrateArgs) -> anyhow::Result<()> {
+    let model = a.model.load(true)?;
+    let model = if a.no_optimize {
+        model
+    } else {
+        model.optimized()?.0
+    };
+    let input = model
+        .data_inputs()
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the model has no data input"))?;
+    let pre = a.pre.to_preprocess()?;
+    let opts = data::BatchOptions {
+        batch_size: a.batch.max(1),
+        sample: Some(a.calib_images),
+        seed: a.seed,
+        skip_bad: a.skip_bad,
+        format: a.format,
+        preprocess: pre.clone(),
+        ..data::BatchOptions::default()
+    };
+    let batches = data::Batches::open(&a.calib_db, opts)?;
+    let planned = batches.planned();
+    if planned == 0 {
+        anyhow::bail!(
+            "{}: no calibration images (the database is empty)",
+            a.calib_db.display()
+        );
+    }
+    let mut batches = batches.prefetch(2)?;
+    let exec = Executor::new(&model, a.threads)?;
+    let mut cal = Calibrator::new(&model, a.bins);
+    let pb = bar(planned as u64, "calibrating");
+    let t0 = std::time::Instant::now();
+    for b in batches.by_ref() {
+        let b = b?;
+        let shape = match pre.layout {
+            data::Layout::Nchw => [b.n, 3, pre.crop, pre.crop],
+            data::Layout::Nhwc => [b.n, pre.crop, pre.crop, 3],
+        };
+        let x = Tensor::from_f32(&shape, b.images);
+        cal.run_batch(&exec, HashMap::from([(input.clone(), x)]), b.n)?;
+        pb.set_position(cal.images as u64);
+    }
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let skipped = batches.skipped();
+    if cal.images == 0 {
+        anyhow::bail!(
+            "{}: no calibration image could be used ({} bad records)",
+            a.calib_db.display(),
+            skipped.len()
+        );
+    }
+    let calibration = cal.finish(&model);
+    if let Some(path) = &a.save_hist {
+        write_histogram_file(path, &calibration.records)?;
+    }
+    let chosen = calibration.choose(&model, &ChooseOptions::new(a.kind, a.preserve_sparsity))?;
+    if a.json {
+        let j = json!({
+            "images": calibration.images, "seconds": secs, "skipped": skipped.iter().map(|s| json!({"key": s.key, "reason": s.reason})).collect::<Vec<_>>(),
+            "kind": a.kind.name(), "preserve_sparsity": a.preserve_sparsity,
+            "blobs": chosen.table.iter().map(|c| json!({
+                "op_index": c.op_index, "output_index": c.output_index, "blob": c.blob,
+                "min": c.min, "max": c.max, "chosen_min": c.chosen_min, "chosen_max": c.chosen_max,
+                "clipped": c.clipped, "scale": c.q.scale, "zero_point": c.q.zero_point,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        println!(
+            "calibrated on {} images in {:.1} s ({:.1} images/s); {} activations observed; range search {}",
+            calibration.images,
+            secs,
+            calibration.images as f64 / secs,
+            calibration.records.len(),
+            a.kind.name()
+        );
+        println!(
+            "{:>4} {:<40} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>4}",
+            "op", "blob", "min", "max", "lo", "hi", "clip%", "scale", "zp"
+        );
+        for c in &chosen.table {
+            println!(
+                "{:>4} {:<40} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>8.4} {:>10.6} {:>4}",
+                c.op_index,
+                c.blob,
+                c.min,
+                c.max,
+                c.chosen_min,
+                c.chosen_max,
+                100.0 * c.clipped,
+                c.q.scale,
+                c.q.zero_point
+            );
+        }
+        if let Some(p) = &a.save_hist {
+            println!("histograms written to {}", p.display());
+        }
+    }
+    if !skipped.is_empty() {
+        eprintln!("skipped {} bad records:", skipped.len());
+        for s in &skipped {
+            eprintln!("  {}: {}", s.key, s.reason);
+        }
+    }
+    Ok(())
+}

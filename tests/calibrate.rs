@@ -1,0 +1,187 @@
+//! Calibration over an LMDB: histograms cover exactly the activations the executor computes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use c2q::demo::{example_image, example_net, EXAMPLE_SIZE};
+use c2q::quant::calibrate::{Calibrator, INPUT_OP_TYPE};
+use c2q::quant::{read_histogram_file, write_histogram_file, ChooseOptions, QuantKind};
+use c2q::{Executor, Model};
+use ops::Tensor;
+
+fn make_db(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let imgs = dir.join("imgs/a");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for k in 0..n {
+        example_image(40 + k as u32, 36, k)
+            .save(imgs.join(format!("{k:02}.png")))
+            .unwrap();
+    }
+    let db = dir.join("db");
+    let opts = data::MakeDbOptions {
+        format: data::RecordFormat::Datum,
+        raw: None,
+        overwrite: false,
+    };
+    data::make_db(&data::Source::Folder(dir.join("imgs")), &db, &opts, None).unwrap();
+    db
+}
+
+#[test]
+fn histograms_match_independent_min_max_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = make_db(dir.path(), 7);
+    let (init, predict) = example_net(11);
+    let model = Model::from_nets(init, predict)
+        .unwrap()
+        .optimized()
+        .unwrap()
+        .0;
+    let pre = data::Preprocess {
+        scale: EXAMPLE_SIZE + 4,
+        crop: EXAMPLE_SIZE,
+        ..data::Preprocess::default()
+    };
+    let opts = data::BatchOptions {
+        batch_size: 3,
+        preprocess: pre,
+        ..data::BatchOptions::default()
+    };
+    let exec = Executor::new(&model, 2).unwrap();
+    let mut cal = Calibrator::new(&model, 64);
+    // Independent: per op output, min and max over every image run one at a time.
+    let mut ref_minmax: HashMap<(usize, usize), (f32, f32)> = HashMap::new();
+    for b in data::Batches::open(&db, opts).unwrap() {
+        let b = b.unwrap();
+        let x = Tensor::from_f32(&[b.n, 3, EXAMPLE_SIZE, EXAMPLE_SIZE], b.images.clone());
+        cal.run_batch(&exec, HashMap::from([("data".to_string(), x)]), b.n)
+            .unwrap();
+        for img in b.images.chunks(3 * EXAMPLE_SIZE * EXAMPLE_SIZE) {
+            let mut live: HashMap<String, Tensor> = HashMap::from([(
+                "data".to_string(),
+                Tensor::from_f32(&[1, 3, EXAMPLE_SIZE, EXAMPLE_SIZE], img.to_vec()),
+            )]);
+            for (i, node) in model.net.nodes.iter().enumerate() {
+                let ins: Vec<&Tensor> = node
+                    .inputs
+                    .iter()
+                    .map(|n| live.get(n).or_else(|| model.params.get(n)).unwrap())
+                    .collect();
+                let outs = node.op().unwrap().eval(&ins).unwrap();
+                for (k, t) in outs.iter().enumerate() {
+                    let v = t.f32_slice().unwrap();
+                    let e = ref_minmax.entry((i, k)).or_insert((f32::MAX, f32::MIN));
+                    e.0 = v.iter().cloned().fold(e.0, f32::min);
+                    e.1 = v.iter().cloned().fold(e.1, f32::max);
+                }
+                for (n, t) in node.outputs.iter().zip(outs) {
+                    live.insert(n.clone(), t);
+                }
+            }
+        }
+    }
+    assert_eq!(cal.images, 7);
+    let calib = cal.finish(&model);
+    // Every op output plus the data input.
+    assert_eq!(calib.records.len(), model.net.nodes.len() + 1);
+    let shapes = model
+        .infer(&HashMap::from([(
+            "data".to_string(),
+            ops::TensorInfo::f32(vec![1, 3, EXAMPLE_SIZE, EXAMPLE_SIZE]),
+        )]))
+        .check()
+        .unwrap();
+    for r in &calib.records {
+        if r.op_type.as_deref() == Some(INPUT_OP_TYPE) {
+            assert_eq!(r.hist.total(), 7 * 3 * 32 * 32);
+            continue;
+        }
+        let (lo, hi) = ref_minmax[&(r.op_index, r.output_index)];
+        assert_eq!((r.hist.min, r.hist.max), (lo, hi), "{}", r.blob_name);
+        let per_image: usize =
+            shapes.per_node[r.op_index].as_ref().unwrap()[r.output_index].numel();
+        assert_eq!(r.hist.total(), 7 * per_image as u64, "{}", r.blob_name);
+        assert_eq!(r.hist.counts.len(), 64);
+    }
+    // Relu-fused outputs are non-negative, so their chosen zero point is 0.
+    let chosen = calib
+        .choose(&model, &ChooseOptions::new(QuantKind::L2, false))
+        .unwrap();
+    for (node, qs) in model.net.nodes.iter().zip(&chosen.per_op) {
+        if node.op_type.ends_with("Relu") {
+            assert_eq!(qs[0].unwrap().zero_point, 0, "{}", node.op_type);
+        }
+    }
+    assert!(chosen.inputs.contains_key("data"));
+    // Histogram files round-trip and are checked against the net.
+    let f = dir.path().join("h.txt");
+    write_histogram_file(&f, &calib.records).unwrap();
+    let back = read_histogram_file(&f).unwrap();
+    assert_eq!(back, calib.records);
+    let (init2, predict2) = example_net(11);
+    let unopt = Model::from_nets(init2, predict2).unwrap();
+    let calib_unopt = c2q::quant::calibrate::Calibration {
+        records: back,
+        images: 7,
+    };
+    let err = calib_unopt
+        .choose(&unopt, &ChooseOptions::new(QuantKind::MinMax, false))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not match"), "{err}");
+}
+
+#[test]
+fn calibrate_cli_reports_and_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = make_db(dir.path(), 4);
+    let model = dir.path().join("model");
+    c2q::demo::write_example_model(&model, 5).unwrap();
+    let hist = dir.path().join("h.txt");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_c2q"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let m = model.to_str().unwrap();
+    let (ok, out, err) = run(&[
+        "calibrate",
+        "--model",
+        m,
+        "--calib-db",
+        db.to_str().unwrap(),
+        "--scale",
+        "36",
+        "--crop",
+        "32",
+        "--save-hist",
+        hist.to_str().unwrap(),
+        "--calib-images",
+        "3",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["images"], 3);
+    assert!(hist.exists());
+    let (ok, _, err) = run(&[
+        "calibrate",
+        "--model",
+        m,
+        "--calib-db",
+        "/nonexistent/db",
+        "--scale",
+        "36",
+        "--crop",
+        "32",
+    ]);
+    assert!(!ok && err.contains("/nonexistent/db"), "{err}");
+}
