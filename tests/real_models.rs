@@ -12,12 +12,17 @@ use ops::{Tensor, TensorInfo};
 
 fn read_tensor(path: &std::path::Path) -> (String, Tensor) {
     let (t, _) = io::read::<TensorProto>(path).expect("golden tensor reads");
-    (t.name().to_string(), tensor_from_proto(&t).expect("golden tensor converts"))
+    (
+        t.name().to_string(),
+        tensor_from_proto(&t).expect("golden tensor converts"),
+    )
 }
 
 #[test]
 fn squeezenet_reproduces_golden_outputs() {
-    let Some(dir) = common::shared("models/squeezenet1_1") else { return };
+    let Some(dir) = common::shared("models/squeezenet1_1") else {
+        return;
+    };
     let model = Model::load_dir(&dir).expect("squeezenet loads");
     assert_eq!(model.data_inputs(), vec!["data".to_string()]);
     let exec = Executor::new(&model, 2).unwrap();
@@ -39,7 +44,9 @@ fn squeezenet_reproduces_golden_outputs() {
 
 #[test]
 fn resnet50_loads_infers_and_runs() {
-    let Some(dir) = common::shared("models/resnet50") else { return };
+    let Some(dir) = common::shared("models/resnet50") else {
+        return;
+    };
     let model = Model::load_dir(&dir).expect("resnet50 loads");
     assert_eq!(model.net.nodes.len(), 175);
     assert_eq!(model.data_inputs(), vec!["gpu_0/data".to_string()]);
@@ -54,9 +61,34 @@ fn resnet50_loads_infers_and_runs() {
     // conv1 -> 112, pool1 -> 56, res5 -> 7 (facts §4.1).
     assert_eq!(shapes.blobs["gpu_0/conv1"].shape, vec![2, 64, 112, 112]);
     assert_eq!(shapes.blobs["gpu_0/pool1"].shape, vec![2, 64, 56, 56]);
-    assert_eq!(shapes.blobs["gpu_0/res5_2_branch2c"].shape, vec![2, 2048, 7, 7]);
-    let (params, _) = model.param_totals();
-    assert_eq!(params, 25_557_032 + 53_120 * 2, "ResNet-50 parameters incl. BN running stats");
+    assert_eq!(
+        shapes.blobs["gpu_0/res5_2_branch2c"].shape,
+        vec![2, 2048, 7, 7]
+    );
+    // Independent count: the product of every fill op's `shape` argument in the init_net.
+    let expected: usize = model
+        .init_def
+        .as_ref()
+        .unwrap()
+        .op
+        .iter()
+        .map(|op| {
+            let shape = op
+                .arg
+                .iter()
+                .find(|a| a.name() == "shape")
+                .expect("fill op has a shape");
+            shape.ints.iter().product::<i64>() as usize
+        })
+        .sum();
+    let (params, bytes) = model.param_totals();
+    assert_eq!(params, expected);
+    assert_eq!(params, 25_610_152);
+    assert_eq!(bytes, 4 * expected);
+    assert_eq!(
+        model.params.len(),
+        model.init_def.as_ref().unwrap().op.len()
+    );
     let exec = Executor::new(&model, 2).unwrap();
     let mut x = vec![0f32; 3 * 224 * 224];
     for (i, v) in x.iter_mut().enumerate() {
@@ -77,7 +109,9 @@ fn resnet50_loads_infers_and_runs() {
 
 #[test]
 fn resnet50_quantized_predict_net_loads_for_info() {
-    let Some(dir) = common::shared("models/resnet50_quantized") else { return };
+    let Some(dir) = common::shared("models/resnet50_quantized") else {
+        return;
+    };
     let model = Model::load(c2q::ModelPaths {
         init: None,
         predict: dir.join("predict_net.pb"),
