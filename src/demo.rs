@@ -39,21 +39,44 @@ pub fn example_net(seed: u64) -> (NetDef, NetDef) {
     let mut r = Rng(seed);
     let c = 8;
     let mut b = NetBuilder::new("c2q_example");
-    let conv = |k: i64, pad: i64| vec![("kernel", Arg::I(k)), ("pad", Arg::I(pad)), ("order", Arg::S("NCHW".into()))];
+    let conv = |k: i64, pad: i64| {
+        vec![
+            ("kernel", Arg::I(k)),
+            ("pad", Arg::I(pad)),
+            ("order", Arg::S("NCHW".into())),
+        ]
+    };
     b.input("data")
         .param("conv1_w", &[c, 3, 3, 3], r.vec(c * 27, 0.25))
         .param("conv1_b", &[c], r.vec(c, 0.1))
-        .param("bn1_s", &[c], (0..c).map(|i| 1.0 + 0.05 * i as f32).collect())
+        .param(
+            "bn1_s",
+            &[c],
+            (0..c).map(|i| 1.0 + 0.05 * i as f32).collect(),
+        )
         .param("bn1_b", &[c], r.vec(c, 0.1))
         .param("bn1_rm", &[c], r.vec(c, 0.2))
-        .param("bn1_riv", &[c], (0..c).map(|i| 0.5 + 0.1 * i as f32).collect())
+        .param(
+            "bn1_riv",
+            &[c],
+            (0..c).map(|i| 0.5 + 0.1 * i as f32).collect(),
+        )
         .param("conv2_w", &[c, c, 3, 3], r.vec(c * c * 9, 0.15))
         .param("conv2_b", &[c], r.vec(c, 0.1))
         .param("conv3_w", &[c, c, 1, 1], r.vec(c * c, 0.3))
         .param("conv3_b", &[c], r.vec(c, 0.1))
-        .param("fc_w", &[EXAMPLE_CLASSES, c], r.vec(EXAMPLE_CLASSES * c, 1.0))
+        .param(
+            "fc_w",
+            &[EXAMPLE_CLASSES, c],
+            r.vec(EXAMPLE_CLASSES * c, 1.0),
+        )
         .param("fc_b", &[EXAMPLE_CLASSES], r.vec(EXAMPLE_CLASSES, 0.1))
-        .op("Conv", &["data", "conv1_w", "conv1_b"], &["conv1"], conv(3, 1))
+        .op(
+            "Conv",
+            &["data", "conv1_w", "conv1_b"],
+            &["conv1"],
+            conv(3, 1),
+        )
         .op(
             "SpatialBN",
             &["conv1", "bn1_s", "bn1_b", "bn1_rm", "bn1_riv"],
@@ -61,13 +84,33 @@ pub fn example_net(seed: u64) -> (NetDef, NetDef) {
             vec![("is_test", Arg::I(1)), ("epsilon", Arg::F(1e-5))],
         )
         .op("Relu", &["conv1"], &["conv1"], vec![])
-        .op("MaxPool", &["conv1"], &["pool1"], vec![("kernel", Arg::I(2)), ("stride", Arg::I(2))])
-        .op("Conv", &["pool1", "conv2_w", "conv2_b"], &["conv2"], conv(3, 1))
+        .op(
+            "MaxPool",
+            &["conv1"],
+            &["pool1"],
+            vec![("kernel", Arg::I(2)), ("stride", Arg::I(2))],
+        )
+        .op(
+            "Conv",
+            &["pool1", "conv2_w", "conv2_b"],
+            &["conv2"],
+            conv(3, 1),
+        )
         .op("Relu", &["conv2"], &["conv2"], vec![])
-        .op("Conv", &["conv2", "conv3_w", "conv3_b"], &["conv3"], conv(1, 0))
+        .op(
+            "Conv",
+            &["conv2", "conv3_w", "conv3_b"],
+            &["conv3"],
+            conv(1, 0),
+        )
         .op("Sum", &["conv3", "pool1"], &["res"], vec![])
         .op("Relu", &["res"], &["res"], vec![])
-        .op("AveragePool", &["res"], &["pool2"], vec![("global_pooling", Arg::I(1))])
+        .op(
+            "AveragePool",
+            &["res"],
+            &["pool2"],
+            vec![("global_pooling", Arg::I(1))],
+        )
         .op("FC", &["pool2", "fc_w", "fc_b"], &["pred"], vec![])
         .op("Softmax", &["pred"], &["softmax"], vec![])
         .output("softmax");
@@ -102,7 +145,11 @@ pub fn example_image(width: u32, height: u32, class: usize) -> image::RgbImage {
             let c = (class * 37 % 256) as u8;
             image::Rgb([c, 255 - c, (c / 2).wrapping_add(64)])
         } else {
-            image::Rgb([(fx * 255.0) as u8, (fy * 255.0) as u8, ((1.0 - fx) * 128.0) as u8])
+            image::Rgb([
+                (fx * 255.0) as u8,
+                (fy * 255.0) as u8,
+                ((1.0 - fx) * 128.0) as u8,
+            ])
         }
     })
 }

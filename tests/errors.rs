@@ -11,9 +11,18 @@ use ops::{Tensor, TensorInfo};
 fn small_net() -> NetBuilder {
     let mut b = NetBuilder::new("small");
     b.input("data")
-        .param("w", &[3, 2, 3, 3], (0..54).map(|i| i as f32 * 0.01).collect())
+        .param(
+            "w",
+            &[3, 2, 3, 3],
+            (0..54).map(|i| i as f32 * 0.01).collect(),
+        )
         .param("b", &[3], vec![0.1, 0.2, 0.3])
-        .op("Conv", &["data", "w", "b"], &["c"], vec![("kernel", Arg::I(3)), ("pad", Arg::I(1))])
+        .op(
+            "Conv",
+            &["data", "w", "b"],
+            &["c"],
+            vec![("kernel", Arg::I(3)), ("pad", Arg::I(1))],
+        )
         .op("Relu", &["c"], &["out"], vec![])
         .output("out");
     b
@@ -31,10 +40,16 @@ fn unknown_op_loads_but_running_names_it() {
     b.predict.op.last_mut().unwrap().set_name("my_fancy".into());
     let (init, predict) = b.build();
     let model = Model::from_nets(init, predict).expect("unknown ops still load");
-    assert_eq!(model.net.unsupported_ops(), vec![("FancyOp".to_string(), 1)]);
+    assert_eq!(
+        model.net.unsupported_ops(),
+        vec![("FancyOp".to_string(), 1)]
+    );
     let exec = Executor::new(&model, 1).unwrap();
     let err = exec.check(&input(&[1, 2, 4, 4])).unwrap_err().to_string();
-    assert!(err.contains("op #2") && err.contains("FancyOp") && err.contains("my_fancy"), "{err}");
+    assert!(
+        err.contains("op #2") && err.contains("FancyOp") && err.contains("my_fancy"),
+        "{err}"
+    );
     assert!(err.contains("not supported"), "{err}");
 }
 
@@ -46,9 +61,15 @@ fn missing_blob_is_named() {
     let model = Model::from_nets(init, predict).unwrap();
     let exec = Executor::new(&model, 1).unwrap();
     let err = exec.check(&input(&[1, 2, 4, 4])).unwrap_err();
-    assert!(matches!(err, Error::MissingBlob { ref blob, .. } if blob == "nowhere"), "{err}");
+    assert!(
+        matches!(err, Error::MissingBlob { ref blob, .. } if blob == "nowhere"),
+        "{err}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("op #2") && msg.contains("Relu") && msg.contains("`nowhere`"), "{msg}");
+    assert!(
+        msg.contains("op #2") && msg.contains("Relu") && msg.contains("`nowhere`"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -59,7 +80,10 @@ fn shape_mismatch_names_op_and_shapes() {
     // 5 channels where the weights expect 2.
     let err = exec.check(&input(&[1, 5, 4, 4])).unwrap_err().to_string();
     assert!(err.contains("op #0") && err.contains("Conv"), "{err}");
-    assert!(err.contains("[1, 5, 4, 4]") && err.contains("[3, 2, 3, 3]"), "{err}");
+    assert!(
+        err.contains("[1, 5, 4, 4]") && err.contains("[3, 2, 3, 3]"),
+        "{err}"
+    );
     // Running without checking reports the same kind of error, not a panic.
     let err = exec.run(input(&[1, 5, 4, 4])).unwrap_err().to_string();
     assert!(err.contains("op #0") && err.contains("Conv"), "{err}");
@@ -77,12 +101,20 @@ fn missing_input_is_reported() {
 #[test]
 fn bad_argument_is_reported_with_op() {
     let mut b = small_net();
-    b.op("Softmax", &["out"], &["sm"], vec![("axis", Arg::S("one".into()))]);
+    b.op(
+        "Softmax",
+        &["out"],
+        &["sm"],
+        vec![("axis", Arg::S("one".into()))],
+    );
     let (init, predict) = b.build();
     let model = Model::from_nets(init, predict).unwrap();
     let exec = Executor::new(&model, 1).unwrap();
     let err = exec.check(&input(&[1, 2, 4, 4])).unwrap_err().to_string();
-    assert!(err.contains("op #2") && err.contains("Softmax") && err.contains("axis"), "{err}");
+    assert!(
+        err.contains("op #2") && err.contains("Softmax") && err.contains("axis"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -106,7 +138,9 @@ fn truncated_and_garbage_files_name_the_file() {
     .to_string();
     assert!(err.contains("garbage.pbtxt"), "{err}");
 
-    let err = Model::load_dir(dir.path().join("nope")).unwrap_err().to_string();
+    let err = Model::load_dir(dir.path().join("nope"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("nope"), "{err}");
 }
 
@@ -118,19 +152,30 @@ fn conv_relu_net_matches_hand_computation() {
     b.input("data")
         .param("w", &[1, 1, 3, 3], vec![1.0; 9])
         .param("b", &[1], vec![-4.0])
-        .op("Conv", &["data", "w", "b"], &["c"], vec![("kernel", Arg::I(3)), ("pad", Arg::I(1))])
+        .op(
+            "Conv",
+            &["data", "w", "b"],
+            &["c"],
+            vec![("kernel", Arg::I(3)), ("pad", Arg::I(1))],
+        )
         .op("Relu", &["c"], &["c"], vec![])
         .output("c");
     let (init, predict) = b.build();
     let model = Model::from_nets(init, predict).unwrap();
     let shapes = model
-        .infer(&HashMap::from([("data".to_string(), TensorInfo::f32(vec![1, 1, 3, 3]))]))
+        .infer(&HashMap::from([(
+            "data".to_string(),
+            TensorInfo::f32(vec![1, 1, 3, 3]),
+        )]))
         .check()
         .unwrap();
     assert_eq!(shapes.blobs["c"].shape, vec![1, 1, 3, 3]);
     let exec = Executor::new(&model, 1).unwrap();
     let out = exec
-        .run(HashMap::from([("data".to_string(), Tensor::from_f32(&[1, 1, 3, 3], vec![1.0; 9]))]))
+        .run(HashMap::from([(
+            "data".to_string(),
+            Tensor::from_f32(&[1, 1, 3, 3], vec![1.0; 9]),
+        )]))
         .unwrap();
     assert_eq!(
         out["c"].f32_slice().unwrap(),

@@ -83,7 +83,10 @@ impl Args {
             None => Ok(None),
             Some(ArgValue::I(v)) => Ok(Some(*v)),
             Some(ArgValue::F(v)) if v.fract() == 0.0 && v.is_finite() => Ok(Some(*v as i64)),
-            Some(other) => Err(Self::bad(name, format!("expected an integer (i), found {other:?}"))),
+            Some(other) => Err(Self::bad(
+                name,
+                format!("expected an integer (i), found {other:?}"),
+            )),
         }
     }
 
@@ -98,7 +101,10 @@ impl Args {
             None => Ok(None),
             Some(ArgValue::F(v)) => Ok(Some(*v)),
             Some(ArgValue::I(v)) => Ok(Some(*v as f32)),
-            Some(other) => Err(Self::bad(name, format!("expected a float (f), found {other:?}"))),
+            Some(other) => Err(Self::bad(
+                name,
+                format!("expected a float (f), found {other:?}"),
+            )),
         }
     }
 
@@ -114,7 +120,10 @@ impl Args {
             Some(ArgValue::S(b)) => String::from_utf8(b.clone())
                 .map(Some)
                 .map_err(|_| Self::bad(name, "string is not UTF-8")),
-            Some(other) => Err(Self::bad(name, format!("expected a string (s), found {other:?}"))),
+            Some(other) => Err(Self::bad(
+                name,
+                format!("expected a string (s), found {other:?}"),
+            )),
         }
     }
 
@@ -128,7 +137,10 @@ impl Args {
         match self.get(name) {
             None => Ok(None),
             Some(ArgValue::S(b)) => Ok(Some(b)),
-            Some(other) => Err(Self::bad(name, format!("expected bytes (s), found {other:?}"))),
+            Some(other) => Err(Self::bad(
+                name,
+                format!("expected bytes (s), found {other:?}"),
+            )),
         }
     }
 
@@ -138,7 +150,10 @@ impl Args {
             None => Ok(None),
             Some(ArgValue::Ints(v)) => Ok(Some(v.clone())),
             Some(ArgValue::Empty) => Ok(Some(Vec::new())),
-            Some(other) => Err(Self::bad(name, format!("expected repeated ints, found {other:?}"))),
+            Some(other) => Err(Self::bad(
+                name,
+                format!("expected repeated ints, found {other:?}"),
+            )),
         }
     }
 
@@ -148,7 +163,10 @@ impl Args {
             None => Ok(None),
             Some(ArgValue::Floats(v)) => Ok(Some(v.clone())),
             Some(ArgValue::Empty) => Ok(Some(Vec::new())),
-            Some(other) => Err(Self::bad(name, format!("expected repeated floats, found {other:?}"))),
+            Some(other) => Err(Self::bad(
+                name,
+                format!("expected repeated floats, found {other:?}"),
+            )),
         }
     }
 
@@ -158,7 +176,10 @@ impl Args {
             None => Ok(None),
             Some(ArgValue::Strings(v)) => Ok(Some(v.clone())),
             Some(ArgValue::Empty) => Ok(Some(Vec::new())),
-            Some(other) => Err(Self::bad(name, format!("expected repeated strings, found {other:?}"))),
+            Some(other) => Err(Self::bad(
+                name,
+                format!("expected repeated strings, found {other:?}"),
+            )),
         }
     }
 

@@ -44,7 +44,12 @@ impl NodeSpec {
     /// Fails unless the output count is within `[min, max]`.
     pub fn check_outputs(&self, min: usize, max: usize) -> OpResult<()> {
         if self.n_outputs < min || self.n_outputs > max {
-            return Err(OpError::Arity(arity_msg("outputs", self.n_outputs, min, max)));
+            return Err(OpError::Arity(arity_msg(
+                "outputs",
+                self.n_outputs,
+                min,
+                max,
+            )));
         }
         Ok(())
     }

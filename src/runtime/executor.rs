@@ -95,7 +95,11 @@ impl<'m> Executor<'m> {
                     let infos: HashMap<String, TensorInfo> = node
                         .inputs
                         .iter()
-                        .filter_map(|n| live.get(n).or_else(|| params.get(n)).map(|t| (n.clone(), t.info())))
+                        .filter_map(|n| {
+                            live.get(n)
+                                .or_else(|| params.get(n))
+                                .map(|t| (n.clone(), t.info()))
+                        })
                         .collect();
                     Error::Node {
                         node: node.node_ref(),
