@@ -509,8 +509,27 @@ impl RhsSource for Im2colNchw<'_> {
                 nruns += 1;
                 q += len;
             }
+            // Fast path: the whole panel lies in one output row (the common case).
+            let single = (nruns == 1 && cols == NR).then_some((runs[0].0, runs[0].1));
             for (p, &(cbase, iy_off, off, lo, hi)) in rows.iter().enumerate() {
                 let row = &mut panel[p * NR..(p + 1) * NR];
+                if let Some((oy, ox0)) = single {
+                    let iy = (oy * d.sh) as isize + iy_off;
+                    if iy >= 0 && (iy as usize) < d.ih && lo <= ox0 && ox0 + NR <= hi {
+                        // Every column reads inside the image: a fixed-length gather.
+                        let base = cbase + iy as usize * d.iw + ox0 * d.sw + off - d.pl;
+                        let dst: &mut [f32; NR] = row.try_into().expect("row has NR values");
+                        if d.sw == 1 {
+                            dst.copy_from_slice(&self.x[base..base + NR]);
+                        } else {
+                            let src = &self.x[base..base + (NR - 1) * d.sw + 1];
+                            for (q, v) in dst.iter_mut().enumerate() {
+                                *v = src[q * d.sw];
+                            }
+                        }
+                        continue;
+                    }
+                }
                 row[cols..].fill(0.0);
                 for &(oy, ox0, q0, len) in &runs[..nruns] {
                     let out = &mut row[q0..q0 + len];
@@ -737,6 +756,10 @@ mod tests {
             (3, 23, 23, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3),
             (1, 5, 40, 1, 3, 1, 1, 1, 1, 0, 1, 0, 1),
             (2, 4, 4, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2),
+            // Wide rows: whole 16-column panels inside one output row (fixed-length path).
+            (2, 5, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1),
+            (1, 4, 75, 3, 3, 1, 3, 1, 2, 1, 2, 1, 2),
+            (2, 3, 40, 1, 1, 1, 2, 1, 1, 0, 0, 0, 0),
         ];
         for &(cg, ih, iw, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr) in &cases {
             let oh = (ih + pt + pb - (dh * (kh - 1) + 1)) / sh + 1;

@@ -216,10 +216,20 @@ pub(crate) unsafe fn gemm_packed<B: RhsSource + ?Sized>(
     debug_assert_eq!(b.rows(), k);
     debug_assert!(col0 + n <= b.cols());
     debug_assert!(a.len() >= rows.div_ceil(MR) * k * MR);
-    let mut bpack = match pre {
-        Some(_) => Vec::new(),
-        None => vec![0.0f32; kc_step(k).min(k) * NC.min(n).div_ceil(NR) * NR],
+    thread_local! {
+        /// Per-thread packing buffer for B, reused across calls (no allocation per GEMM).
+        static BPACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let need = match pre {
+        Some(_) => 0,
+        None => kc_step(k).min(k) * NC.min(n).div_ceil(NR) * NR,
     };
+    // The buffer is taken out of the thread-local for the duration of the call, so a
+    // nested call (none is expected) would simply allocate its own.
+    let mut bpack = BPACK.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if bpack.len() < need {
+        bpack.resize(need, 0.0);
+    }
     let mut edge = [0.0f32; MR * NR];
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
@@ -254,8 +264,15 @@ pub(crate) unsafe fn gemm_packed<B: RhsSource + ?Sized>(
                             // bounds; `ap`/`bp` hold kc·MR / kc·NR values.
                             unsafe { micro(kernel, kc, ap, bp, cp, ldc, !first) };
                         } else {
-                            // SAFETY: `edge` is a local MR × NR buffer (stride NR).
-                            unsafe { micro(kernel, kc, ap, bp, edge.as_mut_ptr(), NR, false) };
+                            // SAFETY: `edge` is a local MR × NR buffer (stride NR); a narrow
+                            // panel (≤ NR/2 columns) only computes and writes its left half.
+                            unsafe {
+                                if ncols <= NR / 2 {
+                                    micro_half(kernel, kc, ap, bp, edge.as_mut_ptr(), NR)
+                                } else {
+                                    micro(kernel, kc, ap, bp, edge.as_mut_ptr(), NR, false)
+                                }
+                            };
                             for r in 0..mrows {
                                 for q in 0..ncols {
                                     let v = edge[r * NR + q];
@@ -272,6 +289,7 @@ pub(crate) unsafe fn gemm_packed<B: RhsSource + ?Sized>(
             }
         }
     }
+    BPACK.with(|b| *b.borrow_mut() = bpack);
 }
 
 /// Dispatches one MR × NR microkernel call: `c = acc` or `c += acc` with
@@ -296,6 +314,32 @@ unsafe fn micro(
         Kernel::Avx2Fma => unsafe { avx2::micro_6x16(kc, a.as_ptr(), b.as_ptr(), c, ldc, add) },
         // SAFETY: the caller guarantees C.
         _ => unsafe { micro_scalar(kc, a, b, c, ldc, add) },
+    }
+}
+
+/// Like [`micro`] with `add == false`, but only for the left `NR / 2` columns of the tile
+/// (narrow last panels, e.g. N = 49 at ResNet-50's last stage). Each element is computed by
+/// exactly the same operations as in [`micro`], so results do not depend on which one ran.
+///
+/// # Safety
+/// `c` must be valid for an MR × NR/2 tile with row stride `ldc`; otherwise as [`micro`].
+unsafe fn micro_half(kernel: Kernel, kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize) {
+    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2Fma is only chosen after run-time detection; the caller guarantees C.
+        Kernel::Avx2Fma => unsafe { avx2::micro_6x8(kc, a.as_ptr(), b.as_ptr(), c, ldc) },
+        _ => {
+            let mut full = [0.0f32; MR * NR];
+            // SAFETY: `full` is a local MR × NR tile with stride NR.
+            unsafe { micro_scalar(kc, a, b, full.as_mut_ptr(), NR, false) };
+            for r in 0..MR {
+                for q in 0..NR / 2 {
+                    // SAFETY: inside the MR × NR/2 tile the caller guarantees.
+                    unsafe { *c.add(r * ldc + q) = full[r * NR + q] };
+                }
+            }
+        }
     }
 }
 
@@ -331,6 +375,42 @@ mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
+    /// AVX2+FMA 6×8 microkernel: the left half of [`micro_6x16`] (6 accumulators, the
+    /// same FMA chain per element), storing `c = acc`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `a` points to `kc·MR` floats, `b` to `kc·NR`
+    /// (only the first 8 of each row of NR are read), `c` to an MR × 8 tile with row
+    /// stride `ldc`, valid for writes.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn micro_6x8(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        // SAFETY: all pointer arithmetic stays within the extents stated in the contract;
+        // unaligned loads/stores are used throughout.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); MR];
+            let mut ap = a;
+            let mut bp = b;
+            for _ in 0..kc {
+                let b0 = _mm256_loadu_ps(bp);
+                for (r, x) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*ap.add(r));
+                    *x = _mm256_fmadd_ps(av, b0, *x);
+                }
+                ap = ap.add(MR);
+                bp = bp.add(NR);
+            }
+            for (r, &v) in acc.iter().enumerate() {
+                _mm256_storeu_ps(c.add(r * ldc), v);
+            }
+        }
+    }
+
     /// AVX2+FMA 6×16 microkernel: 12 ymm accumulators, B row in 2 ymm, A broadcast.
     ///
     /// # Safety
@@ -348,6 +428,13 @@ mod avx2 {
         // SAFETY: all pointer arithmetic stays within the extents stated in the contract;
         // unaligned loads/stores are used throughout.
         unsafe {
+            // Start fetching the C tile now so the misses overlap the k loop (C of a big
+            // conv does not stay in L1/L2 between K blocks).
+            for r in 0..MR {
+                let cr = c.add(r * ldc) as *const i8;
+                _mm_prefetch::<_MM_HINT_T0>(cr);
+                _mm_prefetch::<_MM_HINT_T0>(cr.add(NR * 4 - 1));
+            }
             let mut acc = [[_mm256_setzero_ps(); 2]; MR];
             let mut ap = a;
             let mut bp = b;
@@ -435,6 +522,20 @@ mod tests {
                 prop_assert!((scalar[i] as f64 - want[i]).abs() < tol, "scalar {i}: {} vs {}", scalar[i], want[i]);
                 prop_assert!((best[i] as f64 - want[i]).abs() < tol, "simd {i}: {} vs {}", best[i], want[i]);
             }
+        }
+    }
+
+    #[test]
+    fn narrow_last_panels_match_naive_exactly() {
+        // Widths whose last panel has 1..=8 columns (half-width kernel) or 9..=15 (full
+        // kernel into the edge buffer); small integers make every result exact.
+        for n in [1, 5, 8, 9, 15, 17, 24, 49] {
+            let (m, k) = (7, 40);
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 5) % 7) as f32 - 3.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 3) % 5) as f32 - 2.0).collect();
+            let want: Vec<f32> = naive(&a, &b, m, k, n).iter().map(|&v| v as f32).collect();
+            assert_eq!(run(Kernel::Scalar, &a, &b, m, k, n), want, "scalar n={n}");
+            assert_eq!(run(Kernel::detect(), &a, &b, m, k, n), want, "simd n={n}");
         }
     }
 
