@@ -183,7 +183,9 @@ fn bench(a: DbBenchArgs) -> anyhow::Result<()> {
         preprocess: a.pre.to_preprocess()?,
         ..data::BatchOptions::default()
     };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads)
+        .build()?;
     let threads = pool.current_num_threads();
     let mut rates = Vec::new();
     let mut last_skipped = Vec::new();

@@ -17,6 +17,7 @@ pub mod l2_fast;
 pub mod norm_min;
 pub mod p99;
 pub mod qparams;
+pub mod rewrite;
 
 pub use choose::{
     choose_from_histogram, choose_from_histogram_with, choose_from_values, ChooseOptions, QuantKind,
@@ -24,3 +25,4 @@ pub use choose::{
 pub use hist_file::{read_histogram_file, write_histogram_file, HistogramRecord};
 pub use histogram::{DynamicHistogram, Histogram};
 pub use qparams::{choose_quantization_params, QParamsOptions};
+pub use rewrite::{quantize_model, Int8Model, Outcome, QuantizeOptions, RewriteNote};

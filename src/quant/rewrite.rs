@@ -1,0 +1,970 @@
+//! The int8 rewrite: an optimized fp32 Caffe2 net plus activation quantization parameters
+//! becomes a DNNLOWP int8 net in the format of the published `resnet50_quantized` model
+//! (facts §5, §6.2, §7.9, §8.1–8.2).
+//!
+//! Conventions of the output:
+//! - the quantized region is NHWC: a 4-D fp32 tensor enters it through `NCHW2NHWC` (no engine)
+//!   and `Int8Quantize`, and leaves it through `Int8Dequantize` and `NHWC2NCHW`; tensors of
+//!   other ranks are quantized and dequantized without a layout change;
+//! - the int8 version of blob `b` is named `b_int8`, the NHWC fp32 version `b_nhwc`; a value
+//!   dequantized for an fp32 reader gets the original name back, so fp32 ops and the net's
+//!   external outputs keep their names and shapes (drop-in replacement);
+//! - weights are quantized per tensor with `ChooseQuantizationParams(min, max, 0, 255,
+//!   preserve_sparsity = true)` ([`weight_qparams_min_max`]), which gives the symmetric zero
+//!   point 128 in uint8 storage whenever the weights have both signs, and stored as uint8
+//!   codes in `Int8GivenTensorFill` (`<w>_int8`, conv weights transposed to `[M, kH, kW, C/G]`);
+//! - biases become `Int8GivenIntTensorFill` (`<b>_int8`) with scale `s_x · s_w`, zero point 0
+//!   and `b_q = round_half_even(b / (s_x · s_w))`; a bias shared by ops with different input
+//!   or weight scales gets one copy per scale (`<b>_v1_int8`, ...).
+//!
+//! Per-channel weight quantization is not offered: the `Int8Conv`/`Int8FC` ops of this project
+//! take one (scale, zero point) pair per weight tensor, and DNNLOWP's real per-channel form
+//! needs FBGEMM-packed weight blobs, a format that is not reproduced here.
+
+use std::collections::{HashMap, HashSet};
+
+use caffe2_proto::{NetDef, OperatorDef};
+use ndarray::{ArrayD, IxDyn};
+use ops::int8::requant::relu_output_params;
+use ops::{QParams, Tensor, TensorInfo};
+
+use crate::graph::builder::{arg, op_def, Arg};
+use crate::passes::util::{arg_i, arg_s};
+use crate::quant::qparams::{bias_scale, quantize_bias, quantize_u8, weight_qparams_min_max};
+use crate::{Error, Model, Result};
+
+/// How [`quantize_model`] quantizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizeOptions {
+    /// Per-output-channel weight parameters (not supported: must be false, see module docs).
+    pub per_channel: bool,
+    /// Op types kept fp32.
+    pub exclude_ops: Vec<String>,
+    /// Op indices (in `model.predict_def`) kept fp32.
+    pub exclude_nodes: Vec<usize>,
+    /// Engine of the emitted Int8 ops (`"DNNLOWP"`).
+    pub engine: String,
+    /// Shape of every data input (NCHW for images), used for shape inference.
+    pub input_shapes: HashMap<String, Vec<usize>>,
+}
+
+impl Default for QuantizeOptions {
+    fn default() -> Self {
+        QuantizeOptions {
+            per_channel: false,
+            exclude_ops: Vec::new(),
+            exclude_nodes: Vec::new(),
+            engine: "DNNLOWP".to_string(),
+            input_shapes: HashMap::new(),
+        }
+    }
+}
+
+/// What happened to one op of the fp32 net.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Rewritten to this Int8 op type.
+    Quantized(String),
+    /// Kept as an fp32 op, for this reason.
+    KeptFp32(String),
+}
+
+/// One line of the rewrite report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewriteNote {
+    /// Index of the op in the fp32 predict net.
+    pub index: usize,
+    /// Its fp32 op type.
+    pub op_type: String,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+/// The quantized model: nets, parameters and the per-op report.
+#[derive(Debug, Clone)]
+pub struct Int8Model {
+    /// Init net: Int8 fills for quantized parameters, plain fills for those fp32 ops still read.
+    pub init: NetDef,
+    /// Predict net with Int8 ops and the layout/quantization boundaries.
+    pub predict: NetDef,
+    /// The tensors the init net produces (QU8 weights, QI32 biases, fp32 parameters).
+    pub params: HashMap<String, Tensor>,
+    /// One note per op of the fp32 predict net.
+    pub report: Vec<RewriteNote>,
+}
+
+impl Int8Model {
+    /// Number of ops that were rewritten to Int8 ops.
+    pub fn quantized_count(&self) -> usize {
+        self.report
+            .iter()
+            .filter(|n| matches!(n.outcome, Outcome::Quantized(_)))
+            .count()
+    }
+}
+
+/// What is known about the current value of a blob while rewriting.
+#[derive(Debug, Clone, Default)]
+struct BlobState {
+    /// The fp32 (NCHW) value exists under the original name.
+    fp32: bool,
+    /// Quantization parameters observed for the fp32 value (to quantize it on demand).
+    fp32_q: Option<QParams>,
+    /// The int8 (NHWC if 4-D) version: name and parameters.
+    int8: Option<(String, QParams)>,
+    /// Description of the fp32 value (NCHW).
+    info: Option<TensorInfo>,
+}
+
+/// A planned Int8 op: everything decided, nothing emitted yet.
+struct Plan {
+    op_type: String,
+    /// Activation inputs (original blob names, to be read in int8) in op input order.
+    act_inputs: Vec<String>,
+    /// The weight input, if any.
+    weight: Option<WeightPlan>,
+    /// The bias input (fp32 parameter name), if any.
+    bias: Option<String>,
+    /// Arguments of the new op.
+    args: Vec<(String, Arg)>,
+    /// Output quantization parameters the op will produce.
+    out_q: QParams,
+    /// Extra outputs that stay non-quantized (Concat split_info).
+    plain_outputs: usize,
+    /// Remark for the report.
+    note: Option<String>,
+}
+
+/// How a weight is laid out before quantization.
+struct WeightPlan {
+    name: String,
+    /// Axis permutation applied to the weight (None = as is).
+    permute: Option<Vec<usize>>,
+    /// Shape to view the weight in before the permutation and reshape back after it.
+    view: Option<(Vec<usize>, Vec<usize>)>,
+    /// Input scale (for the bias scale).
+    x_scale: f32,
+}
+
+/// The rewriter's working state.
+struct Rewriter<'a> {
+    model: &'a Model,
+    opts: &'a QuantizeOptions,
+    blobs: HashMap<String, BlobState>,
+    out: Vec<OperatorDef>,
+    /// Int8 params in creation order.
+    int8_params: Vec<(String, Tensor)>,
+    /// Weight cache: fp32 name -> (int8 name, params).
+    weights: HashMap<String, (String, QParams)>,
+    /// Bias cache: fp32 name -> [(scale, int8 name)].
+    biases: HashMap<String, Vec<(f32, String)>>,
+}
+
+fn qargs(q: QParams) -> Vec<(String, Arg)> {
+    vec![
+        ("Y_scale".to_string(), Arg::F(q.scale)),
+        ("Y_zero_point".to_string(), Arg::I(q.zero_point as i64)),
+    ]
+}
+
+/// Copies an op's arguments except `order` and the output-parameter ones.
+fn copy_args(op: &OperatorDef) -> Vec<(String, Arg)> {
+    op.arg
+        .iter()
+        .filter(|a| !matches!(a.name(), "order" | "Y_scale" | "Y_zero_point"))
+        .filter_map(|a| {
+            let v = if a.has_f() {
+                Arg::F(a.f())
+            } else if a.has_i() {
+                Arg::I(a.i())
+            } else if a.has_s() {
+                Arg::B(a.s().to_vec())
+            } else if !a.ints.is_empty() {
+                Arg::Ints(a.ints.clone())
+            } else if !a.floats.is_empty() {
+                Arg::Floats(a.floats.clone())
+            } else {
+                return None;
+            };
+            Some((a.name().to_string(), v))
+        })
+        .collect()
+}
+
+fn make_op(
+    op_type: &str,
+    inputs: &[String],
+    outputs: &[String],
+    args: Vec<(String, Arg)>,
+    engine: &str,
+) -> OperatorDef {
+    let ins: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let outs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    let mut op = op_def(op_type, &ins, &outs, Vec::new());
+    op.arg = args.into_iter().map(|(n, v)| arg(&n, v)).collect();
+    if !engine.is_empty() {
+        op.set_engine(engine.to_string());
+    }
+    op
+}
+
+fn is_order_nchw(op: &OperatorDef) -> bool {
+    arg_s(op, "order").is_none_or(|o| o == "NCHW")
+}
+
+impl<'a> Rewriter<'a> {
+    fn rank(&self, blob: &str) -> Option<usize> {
+        self.blobs
+            .get(blob)
+            .and_then(|s| s.info.as_ref())
+            .map(|i| i.shape.len())
+    }
+
+    fn shape(&self, blob: &str) -> Option<Vec<usize>> {
+        self.blobs
+            .get(blob)
+            .and_then(|s| s.info.as_ref())
+            .map(|i| i.shape.clone())
+    }
+
+    /// Parameters the int8 version of `blob` has or would get when quantized on demand.
+    fn int8_q(&self, blob: &str) -> Option<QParams> {
+        let s = self.blobs.get(blob)?;
+        if self.model.params.contains_key(blob) {
+            return None;
+        }
+        match &s.int8 {
+            Some((_, q)) => Some(*q),
+            None if s.fp32 => s.fp32_q,
+            None => None,
+        }
+    }
+
+    /// The name of the int8 version of `blob`, emitting `NCHW2NHWC` + `Int8Quantize` if needed.
+    fn ensure_int8(&mut self, blob: &str) -> Result<String> {
+        let engine = self.opts.engine.clone();
+        let rank = self.rank(blob);
+        let s = self.blobs.entry(blob.to_string()).or_default();
+        if let Some((n, _)) = &s.int8 {
+            return Ok(n.clone());
+        }
+        let q = s.fp32_q.filter(|_| s.fp32).ok_or_else(|| {
+            Error::Input(format!(
+                "internal: blob `{blob}` has no quantization parameters to quantize with"
+            ))
+        })?;
+        let name = format!("{blob}_int8");
+        s.int8 = Some((name.clone(), q));
+        let mut src = blob.to_string();
+        if rank == Some(4) {
+            let nhwc = format!("{blob}_nhwc");
+            self.out.push(make_op(
+                "NCHW2NHWC",
+                &[src],
+                std::slice::from_ref(&nhwc),
+                Vec::new(),
+                "",
+            ));
+            src = nhwc;
+        }
+        self.out.push(make_op(
+            "Int8Quantize",
+            &[src],
+            std::slice::from_ref(&name),
+            qargs(q),
+            &engine,
+        ));
+        Ok(name)
+    }
+
+    /// Makes the fp32 value of `blob` available under its name (Dequantize + NHWC2NCHW).
+    fn ensure_fp32(&mut self, blob: &str) {
+        let engine = self.opts.engine.clone();
+        let rank = self.rank(blob);
+        let Some(s) = self.blobs.get_mut(blob) else {
+            return;
+        };
+        if s.fp32 {
+            return;
+        }
+        let Some((int8, _)) = s.int8.clone() else {
+            return;
+        };
+        s.fp32 = true;
+        if rank == Some(4) {
+            let nhwc = format!("{blob}_nhwc");
+            self.out.push(make_op(
+                "Int8Dequantize",
+                &[int8],
+                std::slice::from_ref(&nhwc),
+                Vec::new(),
+                &engine,
+            ));
+            self.out.push(make_op(
+                "NHWC2NCHW",
+                &[nhwc],
+                &[blob.to_string()],
+                Vec::new(),
+                "",
+            ));
+        } else {
+            self.out.push(make_op(
+                "Int8Dequantize",
+                &[int8],
+                &[blob.to_string()],
+                Vec::new(),
+                &engine,
+            ));
+        }
+    }
+
+    fn param_f32(&self, name: &str) -> std::result::Result<&Tensor, String> {
+        match self.model.params.get(name) {
+            Some(t @ Tensor::F32(_)) => Ok(t),
+            Some(t) => Err(format!(
+                "parameter `{name}` is {} (expected f32)",
+                t.dtype().name()
+            )),
+            None => Err(format!("`{name}` is not a constant parameter")),
+        }
+    }
+
+    fn act_q(&self, blob: &str) -> std::result::Result<QParams, String> {
+        self.int8_q(blob)
+            .ok_or_else(|| format!("input `{blob}` has no quantization parameters"))
+    }
+
+    /// Decides how op `i` is rewritten, or why it stays fp32.
+    fn plan(
+        &self,
+        i: usize,
+        op: &OperatorDef,
+        act: &[Option<QParams>],
+    ) -> std::result::Result<Plan, String> {
+        let t = op.type_();
+        if t == "Softmax" {
+            return Err("Softmax stays fp32 (as in the published nets)".into());
+        }
+        if self.opts.exclude_ops.iter().any(|e| e == t) {
+            return Err("excluded by op type".into());
+        }
+        if self.opts.exclude_nodes.contains(&i) {
+            return Err("excluded by index".into());
+        }
+        let out_act = |k: usize| -> std::result::Result<QParams, String> {
+            act.get(k)
+                .copied()
+                .flatten()
+                .ok_or_else(|| format!("output {k} was not observed (no parameters)"))
+        };
+        let relu_fix = |q: QParams| -> (QParams, Option<String>) {
+            if q.zero_point == 0 {
+                (q, None)
+            } else {
+                let r = relu_output_params(q);
+                (
+                    r,
+                    Some(format!(
+                        "Relu-fused output had zero point {}; using scale {} zero point 0",
+                        q.zero_point, r.scale
+                    )),
+                )
+            }
+        };
+        let need_4d = |blob: &str| -> std::result::Result<Vec<usize>, String> {
+            match self.shape(blob) {
+                Some(s) if s.len() == 4 => Ok(s),
+                Some(s) => Err(format!("input `{blob}` is {}-D (expected 4-D)", s.len())),
+                None => Err(format!("shape of `{blob}` unknown")),
+            }
+        };
+        if op.output.is_empty() {
+            return Err("no outputs".into());
+        }
+        match t {
+            "Conv" | "ConvRelu" => {
+                if !(2..=3).contains(&op.input.len()) || op.output.len() != 1 {
+                    return Err("unexpected number of inputs/outputs".into());
+                }
+                if !is_order_nchw(op) {
+                    return Err("order is not NCHW".into());
+                }
+                need_4d(&op.input[0])?;
+                let w = self.param_f32(&op.input[1])?;
+                if w.shape().len() != 4 {
+                    return Err("weight is not 4-D (only 2-D convolutions)".into());
+                }
+                if let Some(b) = op.input.get(2) {
+                    self.param_f32(b)?;
+                }
+                let xq = self.act_q(&op.input[0])?;
+                let relu = t == "ConvRelu";
+                let (y, note) = if relu {
+                    relu_fix(out_act(0)?)
+                } else {
+                    (out_act(0)?, None)
+                };
+                let mut args = copy_args(op);
+                args.push(("order".into(), Arg::S("NHWC".into())));
+                args.extend(qargs(y));
+                Ok(Plan {
+                    op_type: if relu { "Int8ConvRelu" } else { "Int8Conv" }.into(),
+                    act_inputs: vec![op.input[0].clone()],
+                    weight: Some(WeightPlan {
+                        name: op.input[1].clone(),
+                        permute: Some(vec![0, 2, 3, 1]),
+                        view: None,
+                        x_scale: xq.scale,
+                    }),
+                    bias: op.input.get(2).cloned(),
+                    args,
+                    out_q: if relu { relu_output_params(y) } else { y },
+                    plain_outputs: 0,
+                    note,
+                })
+            }
+            "FC" => {
+                if op.input.len() != 3 || op.output.len() != 1 {
+                    return Err("unexpected number of inputs/outputs".into());
+                }
+                if arg_i(op, "axis").unwrap_or(1) != 1 || arg_i(op, "axis_w").unwrap_or(1) != 1 {
+                    return Err("axis/axis_w other than 1".into());
+                }
+                let w = self.param_f32(&op.input[1])?;
+                self.param_f32(&op.input[2])?;
+                let ws = w.shape().to_vec();
+                if ws.len() != 2 {
+                    return Err("weight is not 2-D".into());
+                }
+                let xs = self
+                    .shape(&op.input[0])
+                    .ok_or_else(|| format!("shape of `{}` unknown", op.input[0]))?;
+                let xq = self.act_q(&op.input[0])?;
+                let view = if xs.len() == 4 && xs[2] * xs[3] > 1 {
+                    let (c, h, wd) = (xs[1], xs[2], xs[3]);
+                    if c * h * wd != ws[1] {
+                        return Err(format!("weight {ws:?} does not match input {xs:?}"));
+                    }
+                    Some((vec![ws[0], c, h, wd], ws.clone()))
+                } else {
+                    None
+                };
+                let y = out_act(0)?;
+                let mut args = copy_args(op);
+                args.push(("order".into(), Arg::S("NHWC".into())));
+                args.extend(qargs(y));
+                Ok(Plan {
+                    op_type: "Int8FC".into(),
+                    act_inputs: vec![op.input[0].clone()],
+                    weight: Some(WeightPlan {
+                        name: op.input[1].clone(),
+                        permute: view.as_ref().map(|_| vec![0, 2, 3, 1]),
+                        view,
+                        x_scale: xq.scale,
+                    }),
+                    bias: Some(op.input[2].clone()),
+                    args,
+                    out_q: y,
+                    plain_outputs: 0,
+                    note: None,
+                })
+            }
+            "Sum" | "SumRelu" | "Add" | "AddRelu" => {
+                if op.output.len() != 1 || op.input.is_empty() {
+                    return Err("unexpected number of inputs/outputs".into());
+                }
+                let is_add = t.starts_with("Add");
+                if is_add && (op.input.len() != 2 || arg_i(op, "broadcast").unwrap_or(0) != 0) {
+                    return Err("Add with broadcast or not 2 inputs".into());
+                }
+                let s0 = self.shape(&op.input[0]);
+                for x in &op.input {
+                    if self.model.params.contains_key(x) {
+                        return Err(format!("input `{x}` is a constant parameter"));
+                    }
+                    if self.shape(x) != s0 || s0.is_none() {
+                        return Err("inputs differ in shape (or shape unknown)".into());
+                    }
+                    self.act_q(x)?;
+                }
+                let relu = t.ends_with("Relu");
+                let (y, note) = if relu {
+                    relu_fix(out_act(0)?)
+                } else {
+                    (out_act(0)?, None)
+                };
+                let mut args = vec![("order".to_string(), Arg::S("NHWC".into()))];
+                args.extend(qargs(y));
+                Ok(Plan {
+                    op_type: format!("Int8{t}"),
+                    act_inputs: op.input.to_vec(),
+                    weight: None,
+                    bias: None,
+                    args,
+                    out_q: if relu { relu_output_params(y) } else { y },
+                    plain_outputs: 0,
+                    note,
+                })
+            }
+            "MaxPool" | "AveragePool" => {
+                if op.input.len() != 1 || op.output.len() != 1 {
+                    return Err("unexpected number of inputs/outputs".into());
+                }
+                if !is_order_nchw(op) {
+                    return Err("order is not NCHW".into());
+                }
+                need_4d(&op.input[0])?;
+                let xq = self.act_q(&op.input[0])?;
+                let y = if t == "MaxPool" { xq } else { out_act(0)? };
+                let mut args = copy_args(op);
+                args.push(("order".into(), Arg::S("NHWC".into())));
+                args.extend(qargs(y));
+                Ok(Plan {
+                    op_type: format!("Int8{t}"),
+                    act_inputs: vec![op.input[0].clone()],
+                    weight: None,
+                    bias: None,
+                    args,
+                    out_q: y,
+                    plain_outputs: 0,
+                    note: None,
+                })
+            }
+            "Relu" | "Flatten" => {
+                if op.input.len() != 1 || op.output.len() != 1 {
+                    return Err("unexpected number of inputs/outputs".into());
+                }
+                let xs = self
+                    .shape(&op.input[0])
+                    .ok_or_else(|| format!("shape of `{}` unknown", op.input[0]))?;
+                let mut args = Vec::new();
+                if t == "Flatten" {
+                    let axis = arg_i(op, "axis").unwrap_or(1);
+                    if axis != 1 {
+                        return Err("Flatten with axis other than 1".into());
+                    }
+                    if xs.len() == 4 && xs[2] * xs[3] != 1 {
+                        return Err(
+                            "Flatten of a 4-D tensor with H*W > 1 (NHWC order would differ)".into(),
+                        );
+                    }
+                    args.push(("axis".to_string(), Arg::I(1)));
+                }
+                if self.model.params.contains_key(&op.input[0]) {
+                    return Err("input is a constant parameter".into());
+                }
+                let xq = self.act_q(&op.input[0])?;
+                args.extend(qargs(xq));
+                Ok(Plan {
+                    op_type: format!("Int8{t}"),
+                    act_inputs: vec![op.input[0].clone()],
+                    weight: None,
+                    bias: None,
+                    args,
+                    out_q: xq,
+                    plain_outputs: 0,
+                    note: None,
+                })
+            }
+            "Concat" => {
+                if op.output.is_empty() || op.output.len() > 2 || op.input.is_empty() {
+                    return Err("unexpected number of inputs/outputs".into());
+                }
+                if arg_i(op, "add_axis").unwrap_or(0) != 0 {
+                    return Err("Concat with add_axis".into());
+                }
+                let rank = self
+                    .rank(&op.input[0])
+                    .ok_or_else(|| format!("shape of `{}` unknown", op.input[0]))?;
+                let axis = match arg_i(op, "axis") {
+                    Some(a) => a,
+                    None if is_order_nchw(op) => 1,
+                    None => return Err("Concat order is not NCHW".into()),
+                };
+                let r = rank as i64;
+                if axis < -r || axis >= r {
+                    return Err(format!("axis {axis} out of range for rank {rank}"));
+                }
+                let axis = if axis < 0 { axis + r } else { axis } as usize;
+                let new_axis = if rank == 4 { [0, 3, 1, 2][axis] } else { axis };
+                for x in &op.input {
+                    if self.model.params.contains_key(x) {
+                        return Err(format!("input `{x}` is a constant parameter"));
+                    }
+                    if self.rank(x) != Some(rank) {
+                        return Err("inputs differ in rank".into());
+                    }
+                    self.act_q(x)?;
+                }
+                let y = out_act(0)?;
+                let mut args = vec![
+                    ("axis".to_string(), Arg::I(new_axis as i64)),
+                    ("order".to_string(), Arg::S("NHWC".into())),
+                ];
+                args.extend(qargs(y));
+                Ok(Plan {
+                    op_type: "Int8Concat".into(),
+                    act_inputs: op.input.to_vec(),
+                    weight: None,
+                    bias: None,
+                    args,
+                    out_q: y,
+                    plain_outputs: op.output.len() - 1,
+                    note: None,
+                })
+            }
+            _ => Err("no int8 rewrite for this op type".into()),
+        }
+    }
+
+    /// Quantizes (and caches) a weight; returns its int8 name and parameters.
+    fn weight(&mut self, wp: &WeightPlan) -> Result<(String, QParams)> {
+        if let Some(hit) = self.weights.get(&wp.name) {
+            return Ok(hit.clone());
+        }
+        let w = self
+            .model
+            .params
+            .get(&wp.name)
+            .ok_or_else(|| Error::Tensor {
+                name: wp.name.clone(),
+                msg: "weight parameter disappeared".into(),
+            })?;
+        let terr = |e: ops::OpError| Error::Tensor {
+            name: wp.name.clone(),
+            msg: e.to_string(),
+        };
+        let mut w = w.clone();
+        if let Some((view, _)) = &wp.view {
+            w = w.reshaped(view).map_err(terr)?;
+        }
+        if let Some(p) = &wp.permute {
+            w = w.permuted(p).map_err(terr)?;
+        }
+        if let Some((_, back)) = &wp.view {
+            w = w.reshaped(back).map_err(terr)?;
+        }
+        let shape = w.shape().to_vec();
+        let values = w.f32_slice().map_err(terr)?;
+        let q = weight_qparams_min_max(values, true);
+        let codes = quantize_u8(values, q);
+        let name = format!("{}_int8", wp.name);
+        let arr = ArrayD::from_shape_vec(IxDyn(&shape), codes).map_err(|e| Error::Tensor {
+            name: name.clone(),
+            msg: e.to_string(),
+        })?;
+        self.int8_params.push((name.clone(), Tensor::QU8(arr, q)));
+        self.weights.insert(wp.name.clone(), (name.clone(), q));
+        Ok((name, q))
+    }
+
+    /// Quantizes (and caches per scale) a bias; returns its int8 name.
+    fn bias(&mut self, b: &str, scale: f32) -> Result<String> {
+        let versions = self.biases.entry(b.to_string()).or_default();
+        if let Some((_, n)) = versions.iter().find(|(s, _)| *s == scale) {
+            return Ok(n.clone());
+        }
+        let name = if versions.is_empty() {
+            format!("{b}_int8")
+        } else {
+            format!("{b}_v{}_int8", versions.len())
+        };
+        versions.push((scale, name.clone()));
+        let t = self.model.params.get(b).ok_or_else(|| Error::Tensor {
+            name: b.to_string(),
+            msg: "bias parameter disappeared".into(),
+        })?;
+        let values = t.f32_slice().map_err(|e| Error::Tensor {
+            name: b.to_string(),
+            msg: e.to_string(),
+        })?;
+        let codes = quantize_bias(values, scale);
+        let arr =
+            ArrayD::from_shape_vec(IxDyn(&[codes.len()]), codes).map_err(|e| Error::Tensor {
+                name: name.clone(),
+                msg: e.to_string(),
+            })?;
+        let q = QParams {
+            scale,
+            zero_point: 0,
+        };
+        self.int8_params.push((name.clone(), Tensor::QI32(arr, q)));
+        Ok(name)
+    }
+
+    fn emit(&mut self, op: &OperatorDef, plan: Plan) -> Result<()> {
+        let mut inputs = Vec::new();
+        for x in &plan.act_inputs {
+            inputs.push(self.ensure_int8(x)?);
+        }
+        if let Some(wp) = &plan.weight {
+            let (wname, wq) = self.weight(wp)?;
+            inputs.push(wname);
+            if let Some(b) = &plan.bias {
+                let s = bias_scale(wp.x_scale, wq.scale);
+                inputs.push(self.bias(b, s)?);
+            }
+        }
+        let n_q = op.output.len() - plan.plain_outputs;
+        let mut outputs = Vec::new();
+        for (k, o) in op.output.iter().enumerate() {
+            if k < n_q {
+                outputs.push(format!("{o}_int8"));
+            } else {
+                outputs.push(o.clone());
+            }
+        }
+        let mut new = make_op(
+            &plan.op_type,
+            &inputs,
+            &outputs,
+            plan.args,
+            &self.opts.engine,
+        );
+        new.set_name(op.name().to_string());
+        self.out.push(new);
+        for (k, o) in op.output.iter().enumerate() {
+            let s = self.blobs.entry(o.clone()).or_default();
+            if k < n_q {
+                *s = BlobState {
+                    fp32: false,
+                    fp32_q: None,
+                    int8: Some((outputs[k].clone(), plan.out_q)),
+                    info: s.info.take(),
+                };
+            } else {
+                *s = BlobState {
+                    fp32: true,
+                    fp32_q: None,
+                    int8: None,
+                    info: s.info.take(),
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Makes an init-net fill op for a parameter tensor.
+fn fill_op(name: &str, t: &Tensor) -> Result<OperatorDef> {
+    let shape = Arg::Ints(t.shape().iter().map(|&d| d as i64).collect());
+    let unsupported = || Error::Tensor {
+        name: name.to_string(),
+        msg: format!("cannot write a {} parameter as a fill op", t.dtype().name()),
+    };
+    let op = match t {
+        Tensor::F32(a) => op_def(
+            "GivenTensorFill",
+            &[],
+            &[name],
+            vec![
+                ("shape", shape),
+                ("values", Arg::Floats(a.iter().copied().collect())),
+            ],
+        ),
+        Tensor::I32(a) => op_def(
+            "GivenTensorIntFill",
+            &[],
+            &[name],
+            vec![
+                ("shape", shape),
+                ("values", Arg::Ints(a.iter().map(|&v| v as i64).collect())),
+            ],
+        ),
+        Tensor::I64(a) => op_def(
+            "GivenTensorInt64Fill",
+            &[],
+            &[name],
+            vec![
+                ("shape", shape),
+                ("values", Arg::Ints(a.iter().copied().collect())),
+            ],
+        ),
+        Tensor::QU8(a, q) => op_def(
+            "Int8GivenTensorFill",
+            &[],
+            &[name],
+            vec![
+                ("shape", shape),
+                ("values", Arg::B(a.iter().copied().collect())),
+                ("Y_scale", Arg::F(q.scale)),
+                ("Y_zero_point", Arg::I(q.zero_point as i64)),
+            ],
+        ),
+        Tensor::QI32(a, q) => op_def(
+            "Int8GivenIntTensorFill",
+            &[],
+            &[name],
+            vec![
+                ("shape", shape),
+                ("values", Arg::Ints(a.iter().map(|&v| v as i64).collect())),
+                ("Y_scale", Arg::F(q.scale)),
+                ("Y_zero_point", Arg::I(q.zero_point as i64)),
+            ],
+        ),
+        _ => return Err(unsupported()),
+    };
+    Ok(op)
+}
+
+/// Rewrites an optimized fp32 model (see [`Model::optimized`]: BN folded, Relu fused into
+/// ConvRelu/SumRelu, Dropout removed) into a DNNLOWP int8 model.
+///
+/// `act[i][k]` holds the chosen parameters of output `k` of op `i` of `model.predict_def`
+/// (None if not observed); `input_q` those of each data input; `opts.input_shapes` the shape
+/// of each data input. Ops that cannot be quantized (Softmax, unsupported types, excluded
+/// ones, missing parameters) stay fp32 behind `Int8Dequantize`/`NHWC2NCHW` boundaries.
+pub fn quantize_model(
+    model: &Model,
+    act: &[Vec<Option<QParams>>],
+    input_q: &HashMap<String, QParams>,
+    opts: &QuantizeOptions,
+) -> Result<Int8Model> {
+    if opts.per_channel {
+        return Err(Error::Input(
+            "per-channel weight quantization is not supported: the Int8Conv/Int8FC ops take one \
+             (scale, zero point) per weight tensor; use per_channel = false"
+                .into(),
+        ));
+    }
+    let def = &model.predict_def;
+    let data_inputs = model.data_inputs();
+    let mut feed = HashMap::new();
+    for d in &data_inputs {
+        let shape = opts.input_shapes.get(d).ok_or_else(|| {
+            Error::Input(format!(
+                "QuantizeOptions::input_shapes has no shape for data input `{d}`"
+            ))
+        })?;
+        feed.insert(d.clone(), TensorInfo::f32(shape.clone()));
+    }
+    let shapes = model.infer(&feed).check()?;
+
+    let mut rw = Rewriter {
+        model,
+        opts,
+        blobs: HashMap::new(),
+        out: Vec::new(),
+        int8_params: Vec::new(),
+        weights: HashMap::new(),
+        biases: HashMap::new(),
+    };
+    for (name, t) in &model.params {
+        rw.blobs.insert(
+            name.clone(),
+            BlobState {
+                fp32: true,
+                fp32_q: None,
+                int8: None,
+                info: Some(t.info()),
+            },
+        );
+    }
+    for d in &data_inputs {
+        rw.blobs.insert(
+            d.clone(),
+            BlobState {
+                fp32: true,
+                fp32_q: input_q.get(d).copied(),
+                int8: None,
+                info: feed.get(d).cloned(),
+            },
+        );
+    }
+
+    let empty = Vec::new();
+    let mut report = Vec::with_capacity(def.op.len());
+    for (i, op) in def.op.iter().enumerate() {
+        let infos = shapes
+            .per_node
+            .get(i)
+            .cloned()
+            .flatten()
+            .unwrap_or_default();
+        let op_act = act.get(i).unwrap_or(&empty);
+        let outcome = match rw.plan(i, op, op_act) {
+            Ok(plan) => {
+                let t = plan.op_type.clone();
+                let note = plan.note.clone();
+                rw.emit(op, plan)?;
+                Outcome::Quantized(match note {
+                    Some(n) => format!("{t} ({n})"),
+                    None => t,
+                })
+            }
+            Err(reason) => {
+                for x in &op.input {
+                    rw.ensure_fp32(x);
+                }
+                rw.out.push(op.clone());
+                for (k, o) in op.output.iter().enumerate() {
+                    rw.blobs.insert(
+                        o.clone(),
+                        BlobState {
+                            fp32: true,
+                            fp32_q: op_act.get(k).copied().flatten(),
+                            int8: None,
+                            info: None,
+                        },
+                    );
+                }
+                Outcome::KeptFp32(reason)
+            }
+        };
+        for (o, info) in op.output.iter().zip(infos) {
+            if let Some(s) = rw.blobs.get_mut(o) {
+                s.info = Some(info);
+            }
+        }
+        report.push(RewriteNote {
+            index: i,
+            op_type: op.type_().to_string(),
+            outcome,
+        });
+    }
+    for o in &def.external_output {
+        rw.ensure_fp32(o);
+    }
+
+    // Parameters: int8 ones first (creation order), then fp32 ones still read.
+    let read: HashSet<&String> = rw.out.iter().flat_map(|o| o.input.iter()).collect();
+    let mut ordered: Vec<(String, Tensor)> = rw
+        .int8_params
+        .iter()
+        .filter(|(n, _)| read.contains(n))
+        .cloned()
+        .collect();
+    let mut fp32_names: Vec<&String> = def
+        .external_input
+        .iter()
+        .chain(def.op.iter().flat_map(|o| o.input.iter()))
+        .filter(|n| model.params.contains_key(*n) && read.contains(n))
+        .collect();
+    let mut seen = HashSet::new();
+    fp32_names.retain(|n| seen.insert(*n));
+    for n in fp32_names {
+        if let Some(t) = model.params.get(n) {
+            ordered.push((n.clone(), t.clone()));
+        }
+    }
+
+    let mut init = NetDef::new();
+    init.set_name(format!("{}_int8_init", def.name()));
+    let mut predict = NetDef::new();
+    predict.set_name(format!("{}_int8", def.name()));
+    predict.external_input = data_inputs.clone();
+    for (n, t) in &ordered {
+        init.op.push(fill_op(n, t)?);
+        init.external_output.push(n.clone());
+        predict.external_input.push(n.clone());
+    }
+    predict.op = rw.out;
+    predict.external_output = def.external_output.clone();
+    let params = ordered.into_iter().collect();
+    Ok(Int8Model {
+        init,
+        predict,
+        params,
+        report,
+    })
+}

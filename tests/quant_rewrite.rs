@@ -1,0 +1,848 @@
+//! The int8 rewrite pass: op sequences, weight/bias codes, fp32 boundaries, and int8 runs
+//! close to fp32.
+
+mod common;
+
+use std::collections::HashMap;
+
+use c2q::graph::builder::{Arg, NetBuilder};
+use c2q::quant::qparams::choose_activation_params;
+use c2q::quant::{quantize_model, Int8Model, Outcome, QuantizeOptions};
+use c2q::{Executor, Model, Node, Observer};
+use caffe2_proto::{io, NetDef, OperatorDef};
+use ops::{QParams, Tensor};
+
+/// Deterministic pseudo-random values in [-amp, amp].
+fn values(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32 * 2.0 - 1.0) * amp
+        })
+        .collect()
+}
+
+/// data [1,3,8,8] -> Conv+Relu -> MaxPool -> (Conv+Relu, Conv 1x1 on the pool) -> Sum+Relu
+/// -> global AveragePool -> FC -> Softmax.
+fn small_cnn() -> NetBuilder {
+    let mut b = NetBuilder::new("small_cnn");
+    b.input("data")
+        .param("w1", &[4, 3, 3, 3], values(108, 1, 0.5))
+        .param("b1", &[4], vec![0.1, -0.2, 0.05, 0.3])
+        .param("w2", &[4, 4, 3, 3], values(144, 2, 0.3))
+        .param("b2", &[4], vec![0.0, 0.1, -0.1, 0.2])
+        .param("w3", &[4, 4, 1, 1], values(16, 3, 0.8))
+        .param("b3", &[4], vec![0.05, 0.0, -0.05, 0.1])
+        .param("fc_w", &[5, 4], values(20, 4, 1.0))
+        .param("fc_b", &[5], vec![0.1, 0.0, -0.1, 0.2, -0.2])
+        .op(
+            "Conv",
+            &["data", "w1", "b1"],
+            &["c1"],
+            vec![("kernel", Arg::I(3)), ("pad", Arg::I(1))],
+        )
+        .op("Relu", &["c1"], &["c1"], vec![])
+        .op(
+            "MaxPool",
+            &["c1"],
+            &["p1"],
+            vec![("kernel", Arg::I(2)), ("stride", Arg::I(2))],
+        )
+        .op(
+            "Conv",
+            &["p1", "w2", "b2"],
+            &["c2"],
+            vec![("kernel", Arg::I(3)), ("pad", Arg::I(1))],
+        )
+        .op("Relu", &["c2"], &["c2"], vec![])
+        .op(
+            "Conv",
+            &["c2", "w3", "b3"],
+            &["c3"],
+            vec![("kernel", Arg::I(1))],
+        )
+        .op("Sum", &["c3", "p1"], &["s"], vec![])
+        .op("Relu", &["s"], &["s"], vec![])
+        .op(
+            "AveragePool",
+            &["s"],
+            &["g"],
+            vec![("kernel", Arg::I(4)), ("stride", Arg::I(1))],
+        )
+        .op("FC", &["g", "fc_w", "fc_b"], &["fc"], vec![])
+        .op("Softmax", &["fc"], &["prob"], vec![])
+        .output("prob");
+    b
+}
+
+/// Min/max of every op output.
+#[derive(Default)]
+struct MinMax(HashMap<(usize, usize), (f32, f32)>);
+
+impl Observer for MinMax {
+    fn on_node(&mut self, node: &Node, outputs: &[&Tensor]) {
+        for (k, t) in outputs.iter().enumerate() {
+            if let Ok(v) = t.f32_slice() {
+                let e = self.0.entry((node.index, k)).or_insert((0.0, 0.0));
+                for &x in v {
+                    e.0 = e.0.min(x);
+                    e.1 = e.1.max(x);
+                }
+            }
+        }
+    }
+}
+
+fn feed(name: &str, shape: &[usize], v: Vec<f32>) -> HashMap<String, Tensor> {
+    HashMap::from([(name.to_string(), Tensor::from_f32(shape, v))])
+}
+
+/// Calibrates `model` (already optimized) on one input: min/max params per output.
+fn calibrate(model: &Model, input: &HashMap<String, Tensor>) -> Vec<Vec<Option<QParams>>> {
+    let exec = Executor::new(model, 1).unwrap();
+    let mut obs = MinMax::default();
+    exec.run_observed(input.clone(), Some(&mut obs)).unwrap();
+    model
+        .predict_def
+        .op
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            (0..op.output.len())
+                .map(|k| {
+                    obs.0
+                        .get(&(i, k))
+                        .map(|&(lo, hi)| choose_activation_params(lo, hi, false))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn types(net: &NetDef) -> Vec<String> {
+    net.op.iter().map(|o| o.type_().to_string()).collect()
+}
+
+fn arg_names(op: &OperatorDef) -> Vec<String> {
+    let mut v: Vec<String> = op.arg.iter().map(|a| a.name().to_string()).collect();
+    v.sort();
+    v
+}
+
+fn arg_f(op: &OperatorDef, name: &str) -> f32 {
+    op.arg.iter().find(|a| a.name() == name).unwrap().f()
+}
+
+fn arg_i(op: &OperatorDef, name: &str) -> i64 {
+    op.arg.iter().find(|a| a.name() == name).unwrap().i()
+}
+
+fn run_out(model: &Model, input: &HashMap<String, Tensor>, out: &str) -> Vec<f32> {
+    let exec = Executor::new(model, 1).unwrap();
+    exec.run(input.clone()).unwrap()[out]
+        .f32_slice()
+        .unwrap()
+        .to_vec()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::MIN),
+            |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) },
+        )
+        .0
+}
+
+struct Setup {
+    fp32: Model,
+    input: HashMap<String, Tensor>,
+    act: Vec<Vec<Option<QParams>>>,
+    input_q: HashMap<String, QParams>,
+    opts: QuantizeOptions,
+}
+
+fn setup(b: &NetBuilder, shape: &[usize]) -> Setup {
+    let (init, predict) = b.build();
+    let model = Model::from_nets(init, predict).unwrap();
+    let (fp32, _) = model.optimized().unwrap();
+    let n = shape.iter().product();
+    let x = values(n, 99, 1.0);
+    let (lo, hi) = x
+        .iter()
+        .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+    let input = feed("data", shape, x);
+    let act = calibrate(&fp32, &input);
+    let input_q = HashMap::from([("data".to_string(), choose_activation_params(lo, hi, false))]);
+    let mut opts = QuantizeOptions::default();
+    opts.input_shapes.insert("data".into(), shape.to_vec());
+    Setup {
+        fp32,
+        input,
+        act,
+        input_q,
+        opts,
+    }
+}
+
+fn load(q: &Int8Model) -> Model {
+    Model::from_nets(q.init.clone(), q.predict.clone()).unwrap()
+}
+
+#[test]
+fn small_cnn_op_sequence_args_and_accuracy() {
+    let s = setup(&small_cnn(), &[1, 3, 8, 8]);
+    assert_eq!(
+        types(&s.fp32.predict_def),
+        [
+            "ConvRelu",
+            "MaxPool",
+            "ConvRelu",
+            "Conv",
+            "SumRelu",
+            "AveragePool",
+            "FC",
+            "Softmax"
+        ]
+    );
+    let q = quantize_model(&s.fp32, &s.act, &s.input_q, &s.opts).unwrap();
+    assert_eq!(
+        types(&q.predict),
+        [
+            "NCHW2NHWC",
+            "Int8Quantize",
+            "Int8ConvRelu",
+            "Int8MaxPool",
+            "Int8ConvRelu",
+            "Int8Conv",
+            "Int8SumRelu",
+            "Int8AveragePool",
+            "Int8FC",
+            "Int8Dequantize",
+            "Softmax"
+        ]
+    );
+    let p = &q.predict.op;
+    assert_eq!(p[0].engine(), "");
+    assert_eq!(p[10].engine(), "");
+    for op in &p[1..10] {
+        assert_eq!(op.engine(), "DNNLOWP", "{}", op.type_());
+    }
+    assert_eq!(arg_names(&p[1]), ["Y_scale", "Y_zero_point"]);
+    assert_eq!(
+        arg_names(&p[2]),
+        ["Y_scale", "Y_zero_point", "kernel", "order", "pad"]
+    );
+    assert_eq!(p[2].input, ["data_int8", "w1_int8", "b1_int8"]);
+    assert_eq!(
+        arg_names(&p[3]),
+        ["Y_scale", "Y_zero_point", "kernel", "order", "stride"]
+    );
+    assert_eq!(p[10].input, ["fc"]);
+    assert_eq!(p[9].input, ["fc_int8"]);
+    // Quantize params = input_q; MaxPool params = its input's (the ConvRelu output's).
+    assert_eq!(arg_f(&p[1], "Y_scale"), s.input_q["data"].scale);
+    assert_eq!(
+        arg_i(&p[1], "Y_zero_point"),
+        s.input_q["data"].zero_point as i64
+    );
+    assert_eq!(arg_f(&p[3], "Y_scale"), arg_f(&p[2], "Y_scale"));
+    assert_eq!(arg_i(&p[2], "Y_zero_point"), 0);
+    assert_eq!(arg_i(&p[6], "Y_zero_point"), 0);
+    assert_eq!(arg_f(&p[5], "Y_scale"), s.act[3][0].unwrap().scale);
+    // Net interface unchanged.
+    assert_eq!(q.predict.external_output, ["prob"]);
+    assert_eq!(q.predict.external_input[0], "data");
+    assert_eq!(q.init.op.len(), 8);
+    assert!(q
+        .init
+        .op
+        .iter()
+        .all(|o| o.type_() == "Int8GivenTensorFill" || o.type_() == "Int8GivenIntTensorFill"));
+    // Conv weights are stored NHWC [M, kH, kW, C/G].
+    assert_eq!(q.params["w2_int8"].shape(), &[4, 3, 3, 4]);
+    assert_eq!(q.quantized_count(), 7);
+    assert!(matches!(&q.report[7].outcome, Outcome::KeptFp32(r) if r.contains("Softmax")));
+
+    let m = load(&q);
+    let want = run_out(&s.fp32, &s.input, "prob");
+    let got = run_out(&m, &s.input, "prob");
+    let d = common::max_abs_diff(&want, &got);
+    eprintln!("small cnn: fp32 {want:?} int8 {got:?} max diff {d:.4}");
+    assert_eq!(argmax(&want), argmax(&got));
+    assert!(d < 0.03, "max |Δp| {d}");
+}
+
+#[test]
+fn fc_on_spatial_input_permutes_weight_columns() {
+    // data [1,2,3,3] -> Conv 1x1 (+Relu) -> FC over C*H*W = 18 -> out (external, 2-D).
+    let mut b = NetBuilder::new("fc_perm");
+    b.input("data")
+        .param("w", &[2, 2, 1, 1], vec![1.0, -0.5, 0.3, 0.8])
+        .param("b", &[2], vec![0.1, -0.1])
+        .param("fw", &[3, 18], values(54, 7, 1.0))
+        .param("fb", &[3], vec![0.0, 0.1, -0.1])
+        .op(
+            "Conv",
+            &["data", "w", "b"],
+            &["c"],
+            vec![("kernel", Arg::I(1))],
+        )
+        .op("Relu", &["c"], &["c"], vec![])
+        .op("FC", &["c", "fw", "fb"], &["out"], vec![])
+        .output("out");
+    let s = setup(&b, &[1, 2, 3, 3]);
+    let q = quantize_model(&s.fp32, &s.act, &s.input_q, &s.opts).unwrap();
+    assert_eq!(
+        types(&q.predict),
+        [
+            "NCHW2NHWC",
+            "Int8Quantize",
+            "Int8ConvRelu",
+            "Int8FC",
+            "Int8Dequantize"
+        ]
+    );
+    assert_eq!(q.predict.op[4].output, ["out"]);
+    // Column (c, h, w) of the fp32 weight moves to column (h, w, c).
+    let fw = &s.fp32.params["fw"];
+    let fw = fw.f32_slice().unwrap();
+    let Tensor::QU8(codes, wq) = &q.params["fw_int8"] else {
+        panic!("fw_int8 is not QU8");
+    };
+    let codes = codes.as_slice().unwrap();
+    for n in 0..3 {
+        for c in 0..2 {
+            for hw in 0..9 {
+                let real = wq.scale * (codes[n * 18 + hw * 2 + c] as i32 - wq.zero_point) as f32;
+                let orig = fw[n * 18 + c * 9 + hw];
+                assert!((real - orig).abs() <= wq.scale / 2.0 + 1e-6, "{n} {c} {hw}");
+            }
+        }
+    }
+    let want = run_out(&s.fp32, &s.input, "out");
+    let got = run_out(&load(&q), &s.input, "out");
+    let range = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = common::max_abs_diff(&want, &got);
+    eprintln!("fc permute: fp32 {want:?} int8 {got:?}");
+    assert!(d < 0.05 * range, "max |Δ| {d} of {range}");
+}
+
+#[test]
+fn tiny_conv_weight_and_bias_codes_by_hand() {
+    // w [M=1, C=2, kH=1, kW=2] = [-1, 0.5, 0.25, 1]: w[0,c,0,k] at c*2 + k.
+    let mut b = NetBuilder::new("tiny");
+    b.input("data")
+        .param("w", &[1, 2, 1, 2], vec![-1.0, 0.5, 0.25, 1.0])
+        .param("b", &[1], vec![0.3])
+        .op(
+            "Conv",
+            &["data", "w", "b"],
+            &["y"],
+            vec![("kernel_h", Arg::I(1)), ("kernel_w", Arg::I(2))],
+        )
+        .output("y");
+    let (init, predict) = b.build();
+    let model = Model::from_nets(init, predict).unwrap();
+    let act = vec![vec![Some(QParams {
+        scale: 0.1,
+        zero_point: 128,
+    })]];
+    let input_q = HashMap::from([(
+        "data".to_string(),
+        QParams {
+            scale: 0.02,
+            zero_point: 128,
+        },
+    )]);
+    let mut opts = QuantizeOptions::default();
+    opts.input_shapes.insert("data".into(), vec![1, 2, 2, 3]);
+    let q = quantize_model(&model, &act, &input_q, &opts).unwrap();
+    // Symmetric: t = max(1/128, 1/127) = 1/127; range [-128/127, 1] -> scale 1/127, zp 128.
+    let Tensor::QU8(w, wq) = &q.params["w_int8"] else {
+        panic!("w_int8 is not QU8");
+    };
+    assert!((wq.scale - 1.0 / 127.0).abs() < 1e-9, "{}", wq.scale);
+    assert_eq!(wq.zero_point, 128);
+    // NHWC [1, 1, 2, 2] order (k, c): -1, 0.25, 0.5, 1 -> -127, 32 (31.75), 64 (63.5), 127 + 128.
+    assert_eq!(w.shape(), &[1, 1, 2, 2]);
+    assert_eq!(w.as_slice().unwrap(), &[1, 160, 192, 255]);
+    // Bias: 0.3 / (0.02 / 127) = 1905, scale 0.02/127, zero point 0.
+    let Tensor::QI32(bq, bp) = &q.params["b_int8"] else {
+        panic!("b_int8 is not QI32");
+    };
+    assert_eq!(bq.as_slice().unwrap(), &[1905]);
+    assert!((bp.scale - 0.02 / 127.0).abs() < 1e-9);
+    assert_eq!(bp.zero_point, 0);
+    // The fill ops carry the same numbers.
+    let wf = &q.init.op[0];
+    assert_eq!(wf.type_(), "Int8GivenTensorFill");
+    let vals = wf.arg.iter().find(|a| a.name() == "values").unwrap();
+    assert_eq!(vals.s(), &[1u8, 160, 192, 255]);
+    assert_eq!(arg_i(wf, "Y_zero_point"), 128);
+    let bf = &q.init.op[1];
+    assert_eq!(bf.type_(), "Int8GivenIntTensorFill");
+    assert_eq!(
+        bf.arg.iter().find(|a| a.name() == "values").unwrap().ints,
+        [1905]
+    );
+    // Output y is 4-D: Dequantize then NHWC2NCHW back to `y`.
+    assert_eq!(
+        types(&q.predict),
+        [
+            "NCHW2NHWC",
+            "Int8Quantize",
+            "Int8Conv",
+            "Int8Dequantize",
+            "NHWC2NCHW"
+        ]
+    );
+    assert_eq!(q.predict.op[4].output, ["y"]);
+    // Run: x = 0.02 * [1..12]; y = conv by hand, compared within one output step (0.1).
+    let x: Vec<f32> = (1..=12).map(|i| i as f32 * 0.02).collect();
+    let input = feed("data", &[1, 2, 2, 3], x.clone());
+    let got = run_out(&load(&q), &input, "y");
+    let wv = [-1.0f32, 0.5, 0.25, 1.0];
+    let mut want = Vec::new();
+    for h in 0..2 {
+        for ow in 0..2 {
+            let mut acc = 0.3f32;
+            for c in 0..2 {
+                for k in 0..2 {
+                    acc += wv[c * 2 + k] * x[c * 6 + h * 3 + ow + k];
+                }
+            }
+            want.push(acc);
+        }
+    }
+    assert_eq!(got.len(), 4);
+    let d = common::max_abs_diff(&want, &got);
+    assert!(d <= 0.051, "{want:?} vs {got:?}");
+}
+
+#[test]
+fn excluded_ops_get_dequantize_and_quantize_boundaries() {
+    let base = setup(&small_cnn(), &[1, 3, 8, 8]);
+    // Keep op 2 (the second ConvRelu) fp32 by index.
+    let mut opts = base.opts.clone();
+    opts.exclude_nodes = vec![2];
+    let q = quantize_model(&base.fp32, &base.act, &base.input_q, &opts).unwrap();
+    assert_eq!(
+        types(&q.predict),
+        [
+            "NCHW2NHWC",
+            "Int8Quantize",
+            "Int8ConvRelu",
+            "Int8MaxPool",
+            "Int8Dequantize",
+            "NHWC2NCHW",
+            "ConvRelu",
+            "NCHW2NHWC",
+            "Int8Quantize",
+            "Int8Conv",
+            "Int8SumRelu",
+            "Int8AveragePool",
+            "Int8FC",
+            "Int8Dequantize",
+            "Softmax"
+        ]
+    );
+    let p = &q.predict.op;
+    assert_eq!(p[4].input, ["p1_int8"]);
+    assert_eq!(p[5].output, ["p1"]);
+    assert_eq!(p[6].input, ["p1", "w2", "b2"]);
+    assert_eq!(p[8].output, ["c2_int8"]);
+    assert_eq!(arg_f(&p[8], "Y_scale"), base.act[2][0].unwrap().scale);
+    // The fp32 conv's parameters are plain fills.
+    let fills: Vec<&str> = q.init.op.iter().map(|o| o.type_()).collect();
+    assert_eq!(fills.iter().filter(|t| **t == "GivenTensorFill").count(), 2);
+    assert!(matches!(&q.report[2].outcome, Outcome::KeptFp32(r) if r.contains("index")));
+    let want = run_out(&base.fp32, &base.input, "prob");
+    let got = run_out(&load(&q), &base.input, "prob");
+    assert_eq!(argmax(&want), argmax(&got));
+    assert!(common::max_abs_diff(&want, &got) < 0.03);
+
+    // Keep every MaxPool fp32 by type.
+    let mut opts = base.opts.clone();
+    opts.exclude_ops = vec!["MaxPool".into()];
+    let q = quantize_model(&base.fp32, &base.act, &base.input_q, &opts).unwrap();
+    assert_eq!(
+        types(&q.predict)[..9],
+        [
+            "NCHW2NHWC",
+            "Int8Quantize",
+            "Int8ConvRelu",
+            "Int8Dequantize",
+            "NHWC2NCHW",
+            "MaxPool",
+            "NCHW2NHWC",
+            "Int8Quantize",
+            "Int8ConvRelu"
+        ]
+    );
+    let got = run_out(&load(&q), &base.input, "prob");
+    assert_eq!(argmax(&want), argmax(&got));
+
+    // An unobserved output keeps its reader fp32 too.
+    let mut act = base.act.clone();
+    act[5][0] = None;
+    let q = quantize_model(&base.fp32, &act, &base.input_q, &base.opts).unwrap();
+    assert_eq!(
+        types(&q.predict)[7..],
+        [
+            "Int8Dequantize",
+            "NHWC2NCHW",
+            "AveragePool",
+            "FC",
+            "Softmax"
+        ]
+    );
+}
+
+#[test]
+fn shared_bias_gets_one_copy_per_scale_and_per_channel_is_refused() {
+    // Two convs share w and b but read inputs with different scales.
+    let mut b = NetBuilder::new("shared");
+    b.input("data")
+        .param("w", &[2, 2, 1, 1], vec![1.0, -0.5, 0.3, 0.8])
+        .param("b", &[2], vec![0.1, -0.1])
+        .op(
+            "Conv",
+            &["data", "w", "b"],
+            &["c1"],
+            vec![("kernel", Arg::I(1))],
+        )
+        .op(
+            "Conv",
+            &["c1", "w", "b"],
+            &["c2"],
+            vec![("kernel", Arg::I(1))],
+        )
+        .output("c2");
+    let (init, predict) = b.build();
+    let model = Model::from_nets(init, predict).unwrap();
+    let q1 = QParams {
+        scale: 0.05,
+        zero_point: 128,
+    };
+    let act = vec![vec![Some(q1)], vec![Some(q1)]];
+    let input_q = HashMap::from([(
+        "data".to_string(),
+        QParams {
+            scale: 0.01,
+            zero_point: 128,
+        },
+    )]);
+    let mut opts = QuantizeOptions::default();
+    opts.input_shapes.insert("data".into(), vec![1, 2, 2, 2]);
+    let q = quantize_model(&model, &act, &input_q, &opts).unwrap();
+    assert_eq!(q.predict.op[2].input, ["data_int8", "w_int8", "b_int8"]);
+    assert_eq!(q.predict.op[3].input, ["c1_int8", "w_int8", "b_v1_int8"]);
+    let (Tensor::QI32(_, p0), Tensor::QI32(_, p1)) = (&q.params["b_int8"], &q.params["b_v1_int8"])
+    else {
+        panic!("biases are not QI32");
+    };
+    assert!((p1.scale / p0.scale - 5.0).abs() < 1e-5);
+    load(&q); // loads and validates
+
+    opts.per_channel = true;
+    let err = quantize_model(&model, &act, &input_q, &opts).unwrap_err();
+    assert!(err.to_string().contains("per-channel"), "{err}");
+}
+
+#[test]
+fn resnet50_matches_published_op_sequence() {
+    let (Some(dir), Some(qdir)) = (
+        common::shared("models/resnet50"),
+        common::shared("models/resnet50_quantized"),
+    ) else {
+        return;
+    };
+    let model = Model::load_dir(&dir).unwrap();
+    let (opt, _) = model.optimized().unwrap();
+    let act: Vec<Vec<Option<QParams>>> = opt
+        .predict_def
+        .op
+        .iter()
+        .map(|op| {
+            let zp = if op.type_().ends_with("Relu") || op.type_().ends_with("Pool") {
+                0
+            } else {
+                128
+            };
+            op.output
+                .iter()
+                .map(|_| {
+                    Some(QParams {
+                        scale: 0.05,
+                        zero_point: zp,
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let input = opt.data_inputs();
+    assert_eq!(input, ["gpu_0/data"]);
+    let input_q = HashMap::from([(
+        input[0].clone(),
+        QParams {
+            scale: 0.02,
+            zero_point: 128,
+        },
+    )]);
+    let mut opts = QuantizeOptions::default();
+    opts.input_shapes
+        .insert(input[0].clone(), vec![1, 3, 224, 224]);
+    let q = quantize_model(&opt, &act, &input_q, &opts).unwrap();
+    let (published, _) = io::read::<NetDef>(qdir.join("predict_net.pb")).unwrap();
+    assert_eq!(published.op.len(), 76);
+    // The fp32 zoo net runs each projection shortcut (branch1) after branch2c, the published
+    // net before branch2a: both are valid schedules. Compare the type counts, the sequence of
+    // the other ops, and every conv with the published conv of the same weight.
+    let count = |net: &NetDef| {
+        let mut m: HashMap<String, usize> = HashMap::new();
+        for t in types(net) {
+            *m.entry(t).or_default() += 1;
+        }
+        m
+    };
+    assert_eq!(count(&q.predict), count(&published));
+    assert_eq!(count(&published)["Int8ConvRelu"], 33);
+    assert_eq!(count(&published)["Int8Conv"], 20);
+    assert_eq!(count(&published)["Int8SumRelu"], 16);
+    let is_conv = |o: &&OperatorDef| o.type_().starts_with("Int8Conv");
+    let others = |net: &NetDef| -> Vec<OperatorDef> {
+        net.op.iter().filter(|o| !is_conv(o)).cloned().collect()
+    };
+    let (mine, theirs) = (others(&q.predict), others(&published));
+    assert_eq!(
+        mine.iter().map(|o| o.type_()).collect::<Vec<_>>(),
+        theirs.iter().map(|o| o.type_()).collect::<Vec<_>>()
+    );
+    let relevant = |op: &OperatorDef| -> Vec<String> {
+        let mut v: Vec<String> = op
+            .arg
+            .iter()
+            .map(|a| a.name().to_string())
+            .filter(|n| {
+                matches!(
+                    n.as_str(),
+                    "kernel" | "stride" | "order" | "Y_scale" | "Y_zero_point"
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let geo = |o: &OperatorDef, name: &str| {
+        o.arg
+            .iter()
+            .find(|x| x.name() == name)
+            .map(|x| x.i())
+            .unwrap_or(if name == "pad" { 0 } else { 1 })
+    };
+    let check = |k: &str, a: &OperatorDef, b: &OperatorDef| {
+        assert_eq!(a.type_(), b.type_(), "{k}");
+        assert_eq!(relevant(a), relevant(b), "{k} {}", a.type_());
+        assert_eq!(a.engine(), b.engine(), "{k} {}", a.type_());
+        assert_eq!(a.input.len(), b.input.len(), "{k}");
+        if a.type_().starts_with("Int8Conv") || a.type_().ends_with("Pool") {
+            for name in ["kernel", "stride", "pad"] {
+                assert_eq!(geo(a, name), geo(b, name), "{k} {} {name}", a.type_());
+            }
+        }
+        if a.type_().starts_with("Int8") && a.type_() != "Int8Dequantize" {
+            let zp = |o: &OperatorDef| arg_i(o, "Y_zero_point");
+            assert_eq!(zp(a), zp(b), "{k} {} zero point", a.type_());
+        }
+    };
+    for (k, (a, b)) in mine.iter().zip(&theirs).enumerate() {
+        check(&format!("non-conv op {k}"), a, b);
+    }
+    let mut matched = 0;
+    for b in published.op.iter().filter(|o| is_conv(o)) {
+        // Published `gpu_0/<layer>_w_0_int8`, ours `gpu_0/<layer>_w_int8`.
+        let w = b.input[1].replace("_w_0_int8", "_w_int8");
+        let a = q
+            .predict
+            .op
+            .iter()
+            .find(|o| o.input.get(1) == Some(&w))
+            .unwrap_or_else(|| panic!("no conv with weight {w}"));
+        check(&w, a, b);
+        matched += 1;
+    }
+    assert_eq!(matched, 53);
+    // 53 conv weights + 53 biases + FC weight and bias, all Int8 fills.
+    assert_eq!(q.init.op.len(), 108);
+    // Drop-in: the fp32 net's output name (the published net renamed blobs memonger-style).
+    assert_eq!(q.predict.external_output, opt.predict_def.external_output);
+    assert_eq!(q.predict.external_input.len(), 109);
+    // The net loads and infers with the Int8 ops.
+    let m = load(&q);
+    let infos = HashMap::from([(input[0].clone(), ops::TensorInfo::f32(vec![1, 3, 224, 224]))]);
+    let shapes = m.infer(&infos).check().unwrap();
+    assert_eq!(shapes.blobs["gpu_0/softmax"].shape, [1, 1000]);
+}
+
+#[test]
+fn concat_relu_flatten_net_runs_close_to_fp32() {
+    // data [1,2,5,5] -> (Conv 1x1 -> a, Conv 3x3 pad 1 -> b) -> Concat axis 1 -> Relu
+    // -> global AveragePool -> Flatten -> FC -> out.
+    let mut b = NetBuilder::new("concat");
+    b.input("data")
+        .param("wa", &[3, 2, 1, 1], values(6, 11, 1.0))
+        .param("ba", &[3], vec![0.1, 0.0, -0.1])
+        .param("wb", &[2, 2, 3, 3], values(36, 12, 0.5))
+        .param("bb", &[2], vec![0.2, -0.2])
+        .param("fw", &[4, 5], values(20, 13, 1.0))
+        .param("fb", &[4], vec![0.0, 0.1, 0.2, 0.3])
+        .op(
+            "Conv",
+            &["data", "wa", "ba"],
+            &["a"],
+            vec![("kernel", Arg::I(1))],
+        )
+        .op(
+            "Conv",
+            &["data", "wb", "bb"],
+            &["b"],
+            vec![("kernel", Arg::I(3)), ("pad", Arg::I(1))],
+        )
+        .op("Concat", &["a", "b"], &["cat", "split"], vec![])
+        .op("Relu", &["cat"], &["r"], vec![])
+        .op(
+            "AveragePool",
+            &["r"],
+            &["g"],
+            vec![("global_pooling", Arg::I(1))],
+        )
+        .op("Flatten", &["g"], &["f"], vec![])
+        .op("FC", &["f", "fw", "fb"], &["out"], vec![])
+        .output("out");
+    let s = setup(&b, &[1, 2, 5, 5]);
+    // The int32 split_info output has no parameters.
+    assert_eq!(s.act[2][1], None);
+    let q = quantize_model(&s.fp32, &s.act, &s.input_q, &s.opts).unwrap();
+    assert_eq!(
+        types(&q.predict),
+        [
+            "NCHW2NHWC",
+            "Int8Quantize",
+            "Int8Conv",
+            "Int8Conv",
+            "Int8Concat",
+            "Int8Relu",
+            "Int8AveragePool",
+            "Int8Flatten",
+            "Int8FC",
+            "Int8Dequantize"
+        ]
+    );
+    let cat = &q.predict.op[4];
+    assert_eq!(arg_i(cat, "axis"), 3, "channel axis of NHWC");
+    assert_eq!(cat.output, ["cat_int8", "split"]);
+    // Relu and Flatten keep their input's parameters.
+    assert_eq!(
+        arg_f(&q.predict.op[5], "Y_scale"),
+        s.act[2][0].unwrap().scale
+    );
+    assert_eq!(
+        arg_f(&q.predict.op[7], "Y_scale"),
+        s.act[4][0].unwrap().scale
+    );
+    let want = run_out(&s.fp32, &s.input, "out");
+    let got = run_out(&load(&q), &s.input, "out");
+    let range = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = common::max_abs_diff(&want, &got);
+    eprintln!("concat net: fp32 {want:?} int8 {got:?}");
+    assert!(d < 0.05 * range, "max |Δ| {d} of {range}");
+}
+
+#[test]
+fn relu_fused_output_with_nonzero_zero_point_is_rederived() {
+    let mut b = NetBuilder::new("relu_zp");
+    b.input("data")
+        .param("w", &[1, 1, 1, 1], vec![0.5])
+        .op("Conv", &["data", "w"], &["y"], vec![("kernel", Arg::I(1))])
+        .op("Relu", &["y"], &["y"], vec![])
+        .output("y");
+    let (init, predict) = b.build();
+    let (model, _) = Model::from_nets(init, predict)
+        .unwrap()
+        .optimized()
+        .unwrap();
+    assert_eq!(types(&model.predict_def), ["ConvRelu"]);
+    // Y covers [-12.8, 12.7] (scale 0.1, zp 128): after ReLU only [0, 12.7] is used, so the
+    // op works with scale 12.7 / 255 and zero point 0, and the rewrite writes exactly that.
+    let act = vec![vec![Some(QParams {
+        scale: 0.1,
+        zero_point: 128,
+    })]];
+    let input_q = HashMap::from([(
+        "data".to_string(),
+        QParams {
+            scale: 0.05,
+            zero_point: 128,
+        },
+    )]);
+    let mut opts = QuantizeOptions::default();
+    opts.input_shapes.insert("data".into(), vec![1, 1, 1, 2]);
+    let q = quantize_model(&model, &act, &input_q, &opts).unwrap();
+    let conv = &q.predict.op[2];
+    assert_eq!(conv.type_(), "Int8ConvRelu");
+    assert_eq!(arg_i(conv, "Y_zero_point"), 0);
+    let want = (0.1f64 * 127.0) as f32 / 255.0;
+    assert!((arg_f(conv, "Y_scale") - want).abs() < 1e-7);
+    assert!(matches!(&q.report[0].outcome, Outcome::Quantized(t) if t.contains("zero point 128")));
+    // x = [-1, 2] -> relu(0.5 x) = [0, 1].
+    let input = feed("data", &[1, 1, 1, 2], vec![-1.0, 2.0]);
+    let got = run_out(&load(&q), &input, "y");
+    assert!(got[0] == 0.0 && (got[1] - 1.0).abs() <= want, "{got:?}");
+}
+
+#[test]
+fn resnet50_int8_run_tracks_fp32_logits() {
+    let Some(dir) = common::shared("models/resnet50") else {
+        return;
+    };
+    let model = Model::load_dir(&dir).unwrap();
+    let (opt, _) = model.optimized().unwrap();
+    // Compare the logits (random-weight zoo nets saturate the softmax).
+    let mut def = opt.predict_def.clone();
+    def.external_output = vec!["gpu_0/pred".into()];
+    let fp32 = Model::from_parts(opt.paths.clone(), None, def, opt.params.clone());
+    let x = values(3 * 224 * 224, 5, 1.0);
+    let input = feed("gpu_0/data", &[1, 3, 224, 224], x);
+    let t0 = std::time::Instant::now();
+    let act = calibrate(&fp32, &input);
+    let t_fp32 = t0.elapsed();
+    let input_q = HashMap::from([(
+        "gpu_0/data".to_string(),
+        choose_activation_params(-1.0, 1.0, false),
+    )]);
+    let mut opts = QuantizeOptions::default();
+    opts.input_shapes
+        .insert("gpu_0/data".into(), vec![1, 3, 224, 224]);
+    let q = quantize_model(&fp32, &act, &input_q, &opts).unwrap();
+    assert_eq!(q.quantized_count(), 72);
+    let want = run_out(&fp32, &input, "gpu_0/pred");
+    let t1 = std::time::Instant::now();
+    let got = run_out(&load(&q), &input, "gpu_0/pred");
+    let t_int8 = t1.elapsed();
+    let range = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = common::max_abs_diff(&want, &got);
+    eprintln!(
+        "resnet50 int8 vs fp32 logits: max |Δ| {d:.3e} of max |logit| {range:.3e}, top-1 {} vs {}; \
+         fp32 calibration run {t_fp32:?}, int8 run {t_int8:?}",
+        argmax(&want),
+        argmax(&got)
+    );
+    assert!(d < 0.05 * range, "relative {}", d / range);
+}
