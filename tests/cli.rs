@@ -30,17 +30,30 @@ fn info_run_and_save_on_the_example_model() {
     let model = dir.path().join("model");
     write_example_model(&model, 3).unwrap();
 
-    let (ok, out, err) = c2q(&["info", "--model", p(&model), "--json", "--shapes", "--input-shape", "1,3,32,32"]);
+    let (ok, out, err) = c2q(&[
+        "info",
+        "--model",
+        p(&model),
+        "--json",
+        "--shapes",
+        "--input-shape",
+        "1,3,32,32",
+    ]);
     assert!(ok, "{err}");
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["ops"], 12);
     assert_eq!(j["unsupported_ops"].as_array().unwrap().len(), 0);
     assert_eq!(j["outputs"][0]["name"], "softmax");
     assert_eq!(j["outputs"][0]["shape"], serde_json::json!([1, 10]));
-    assert_eq!(j["per_op"][3]["output_shapes"][0]["shape"], serde_json::json!([1, 8, 16, 16]));
+    assert_eq!(
+        j["per_op"][3]["output_shapes"][0]["shape"],
+        serde_json::json!([1, 8, 16, 16])
+    );
 
     // An input tensor file: 2 images.
-    let vals: Vec<f32> = (0..2 * 3 * 32 * 32).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+    let vals: Vec<f32> = (0..2 * 3 * 32 * 32)
+        .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
+        .collect();
     let mut t = TensorProto::new();
     t.dims = vec![2, 3, 32, 32];
     t.float_data = vals;
@@ -48,7 +61,18 @@ fn info_run_and_save_on_the_example_model() {
     let input = dir.path().join("x.pb");
     io::write(&t, &input, Format::Binary).unwrap();
     let saved = dir.path().join("out.pb");
-    let (ok, out, err) = c2q(&["run", "--model", p(&model), "--input", p(&input), "--save", p(&saved), "--json", "--top", "3"]);
+    let (ok, out, err) = c2q(&[
+        "run",
+        "--model",
+        p(&model),
+        "--input",
+        p(&input),
+        "--save",
+        p(&saved),
+        "--json",
+        "--top",
+        "3",
+    ]);
     assert!(ok, "{err}");
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["top"].as_array().unwrap().len(), 2);
@@ -98,17 +122,40 @@ fn make_db_info_show_and_bench_with_a_bad_record() {
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["count"], 6);
     assert_eq!(j["format"], "datum");
-    assert_eq!(j["labels"], serde_json::json!([{"label": 0, "count": 3}, {"label": 1, "count": 3}]));
+    assert_eq!(
+        j["labels"],
+        serde_json::json!([{"label": 0, "count": 3}, {"label": 1, "count": 3}])
+    );
     assert_eq!(j["width"], serde_json::json!([40, 56]));
 
     let keys = data::Lmdb::open(&db).unwrap().keys().unwrap();
     let key0 = String::from_utf8(keys[0].clone()).unwrap();
     let shown = dir.path().join("show.png");
-    let (ok, _, err) = c2q(&["db", "show", p(&db), "--key", &key0, "--out", p(&shown), "--scale", "36", "--crop", "32"]);
+    let (ok, _, err) = c2q(&[
+        "db",
+        "show",
+        p(&db),
+        "--key",
+        &key0,
+        "--out",
+        p(&shown),
+        "--scale",
+        "36",
+        "--crop",
+        "32",
+    ]);
     assert!(ok, "{err}");
     let img = image::open(&shown).unwrap();
     assert_eq!((img.width(), img.height()), (32, 32));
-    let (ok, _, err) = c2q(&["db", "show", p(&db), "--key", "no_such_key", "--out", p(&shown)]);
+    let (ok, _, err) = c2q(&[
+        "db",
+        "show",
+        p(&db),
+        "--key",
+        "no_such_key",
+        "--out",
+        p(&shown),
+    ]);
     assert!(!ok && err.contains("no_such_key"), "{err}");
 
     // A database with one corrupt image among good ones.
@@ -123,9 +170,35 @@ fn make_db_info_show_and_bench_with_a_bad_record() {
         }
     }
     data::make_db::write_records(&bad_db, &records, false).unwrap();
-    let (ok, _, err) = c2q(&["db", "bench", p(&bad_db), "--repeat", "1", "--scale", "36", "--crop", "32"]);
+    let (ok, _, err) = c2q(&[
+        "db",
+        "bench",
+        p(&bad_db),
+        "--repeat",
+        "1",
+        "--scale",
+        "36",
+        "--crop",
+        "32",
+    ]);
     assert!(!ok && err.contains("00000002_zz_broken.png"), "{err}");
-    let (ok, out, err) = c2q(&["db", "bench", p(&bad_db), "--repeat", "1", "--skip-bad", "--scale", "36", "--crop", "32"]);
+    let (ok, out, err) = c2q(&[
+        "db",
+        "bench",
+        p(&bad_db),
+        "--repeat",
+        "1",
+        "--skip-bad",
+        "--scale",
+        "36",
+        "--crop",
+        "32",
+    ]);
     assert!(ok, "{err}");
-    assert!(out.contains("6 images") && out.contains("skipped 1 bad records") && out.contains("00000002_zz_broken.png"), "{out}");
+    assert!(
+        out.contains("6 images")
+            && out.contains("skipped 1 bad records")
+            && out.contains("00000002_zz_broken.png"),
+        "{out}"
+    );
 }
