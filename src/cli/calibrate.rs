@@ -1,18 +1,15 @@
 //! `c2q calibrate`: histograms of every activation over a seeded sample of LMDB images.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use clap::Args;
-use ops::Tensor;
 use serde_json::json;
 
 use super::model_args::ModelArgs;
 use super::preprocess_args::PreprocessArgs;
 use super::progress::bar;
-use crate::quant::calibrate::Calibrator;
+use crate::quant::calibrate::calibrate_db;
 use crate::quant::{write_histogram_file, ChooseOptions, QuantKind};
-use crate::Executor;
 
 /// Flags of `c2q calibrate`.
 #[derive(Debug, Args)]
@@ -72,11 +69,6 @@ pub fn run(a: CalibrateArgs) -> anyhow::Result<()> {
     } else {
         model.optimized()?.0
     };
-    let input = model
-        .data_inputs()
-        .first()
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("the model has no data input"))?;
     let pre = a.pre.to_preprocess()?;
     let opts = data::BatchOptions {
         batch_size: a.batch.max(1),
@@ -84,43 +76,22 @@ pub fn run(a: CalibrateArgs) -> anyhow::Result<()> {
         seed: a.seed,
         skip_bad: a.skip_bad,
         format: a.format,
-        preprocess: pre.clone(),
+        preprocess: pre,
         ..data::BatchOptions::default()
     };
-    let batches = data::Batches::open(&a.calib_db, opts)?;
-    let planned = batches.planned();
-    if planned == 0 {
-        anyhow::bail!(
-            "{}: no calibration images (the database is empty)",
-            a.calib_db.display()
-        );
-    }
-    let mut batches = batches.prefetch(2)?;
-    let exec = Executor::new(&model, a.threads)?;
-    let mut cal = Calibrator::new(&model, a.bins);
-    let pb = bar(planned as u64, "calibrating");
+    let pb = bar(a.calib_images as u64, "calibrating");
+    let progress = |n: usize| pb.set_position(n as u64);
     let t0 = std::time::Instant::now();
-    for b in batches.by_ref() {
-        let b = b?;
-        let shape = match pre.layout {
-            data::Layout::Nchw => [b.n, 3, pre.crop, pre.crop],
-            data::Layout::Nhwc => [b.n, pre.crop, pre.crop, 3],
-        };
-        let x = Tensor::from_f32(&shape, b.images);
-        cal.run_batch(&exec, HashMap::from([(input.clone(), x)]), b.n)?;
-        pb.set_position(cal.images as u64);
-    }
+    let (calibration, skipped) = calibrate_db(
+        &model,
+        &a.calib_db,
+        opts,
+        a.threads,
+        a.bins,
+        Some(&progress),
+    )?;
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    let skipped = batches.skipped();
-    if cal.images == 0 {
-        anyhow::bail!(
-            "{}: no calibration image could be used ({} bad records)",
-            a.calib_db.display(),
-            skipped.len()
-        );
-    }
-    let calibration = cal.finish(&model);
     if let Some(path) = &a.save_hist {
         write_histogram_file(path, &calibration.records)?;
     }

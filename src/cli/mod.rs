@@ -4,11 +4,13 @@ pub mod bench;
 pub mod calibrate;
 pub mod db;
 pub mod demo;
+pub mod eval;
 pub mod info;
 pub mod make_db;
 pub mod model_args;
 pub mod preprocess_args;
 pub mod progress;
+pub mod quantize;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -36,8 +38,12 @@ pub enum Command {
     MakeDb(make_db::MakeDbArgs),
     /// Build an example model and images, and run them (no downloads needed).
     Demo(demo::DemoArgs),
+    /// Top-1/top-5 of one or more models over an LMDB, side by side.
+    Eval(eval::EvalArgs),
     /// Summarize a model: inputs, outputs, op counts, parameters, shapes, unsupported ops.
     Info(info::InfoArgs),
+    /// Calibrate an fp32 model and write its DNNLOWP int8 version.
+    Quantize(quantize::QuantizeArgs),
     /// Run a model on a tensor file or an image and print the top classes.
     Run(run::RunArgs),
 }
@@ -50,7 +56,9 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         Command::Db(c) => db::run(c),
         Command::MakeDb(a) => make_db::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Run(a) => run::run(a),
     }
 }

@@ -236,3 +236,53 @@ impl Calibration {
         })
     }
 }
+
+/// Runs `model` over the images `opts` selects from the LMDB at `db` and returns the
+/// histograms and the records skipped as bad (with `opts.skip_bad`). `progress` gets the
+/// number of images done after each batch. Fails if no image could be used.
+pub fn calibrate_db(
+    model: &Model,
+    db: &std::path::Path,
+    opts: data::BatchOptions,
+    threads: usize,
+    nbins: usize,
+    progress: Option<&dyn Fn(usize)>,
+) -> Result<(Calibration, Vec<data::Skipped>)> {
+    let input = model
+        .data_inputs()
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::Input("the model has no data input".into()))?;
+    let pre = opts.preprocess.clone();
+    let batches = data::Batches::open(db, opts)?;
+    if batches.planned() == 0 {
+        return Err(Error::Input(format!(
+            "{}: no calibration images (the database is empty)",
+            db.display()
+        )));
+    }
+    let mut batches = batches.prefetch(2)?;
+    let exec = Executor::new(model, threads)?;
+    let mut cal = Calibrator::new(model, nbins);
+    for b in batches.by_ref() {
+        let b = b?;
+        let shape = match pre.layout {
+            data::Layout::Nchw => [b.n, 3, pre.crop, pre.crop],
+            data::Layout::Nhwc => [b.n, pre.crop, pre.crop, 3],
+        };
+        let x = Tensor::from_f32(&shape, b.images);
+        cal.run_batch(&exec, HashMap::from([(input.clone(), x)]), b.n)?;
+        if let Some(p) = progress {
+            p(cal.images);
+        }
+    }
+    let skipped = batches.skipped();
+    if cal.images == 0 {
+        return Err(Error::Input(format!(
+            "{}: no calibration image could be used ({} bad records)",
+            db.display(),
+            skipped.len()
+        )));
+    }
+    Ok((cal.finish(model), skipped))
+}

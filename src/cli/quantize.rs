@@ -1,0 +1,215 @@
+//! `c2q quantize`: calibrate an fp32 model on LMDB images and write its DNNLOWP int8 twin.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use caffe2_proto::{io, Format};
+use clap::Args;
+use serde_json::json;
+
+use super::model_args::ModelArgs;
+use super::preprocess_args::PreprocessArgs;
+use super::progress::bar;
+use crate::quant::calibrate::{calibrate_db, Calibration};
+use crate::quant::{
+    quantize_model, read_histogram_file, write_histogram_file, ChooseOptions, Outcome, QuantKind,
+    QuantizeOptions,
+};
+
+/// Flags of `c2q quantize`.
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// The fp32 model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Calibration images (LMDB). Not needed with `--load-hist`.
+    #[arg(long, required_unless_present = "load_hist")]
+    pub calib_db: Option<PathBuf>,
+    /// Output folder for init_net/predict_net (.pb and .pbtxt).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing output folder's nets.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Size of the seeded calibration sample.
+    #[arg(long, default_value_t = 10_000)]
+    pub calib_images: usize,
+    /// Seed of the sample.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Skip bad records of the calibration database (reported).
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Record format; detected when omitted.
+    #[arg(long)]
+    pub format: Option<data::RecordFormat>,
+    /// Activation range search: l2 (default, as Caffe2's published models), l2_approx,
+    /// min_max, kl, p99.
+    #[arg(long, default_value = "l2")]
+    pub kind: QuantKind,
+    /// Symmetric activation ranges (real 0 maps to code 128).
+    #[arg(long)]
+    pub preserve_sparsity: bool,
+    /// Per-output-channel weight scales (not supported yet by the Int8 ops; errors).
+    #[arg(long)]
+    pub per_channel: bool,
+    /// Op types kept in fp32, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_ops: Vec<String>,
+    /// Op indices (of the optimized net, see `--json` notes) kept in fp32, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_nodes: Vec<usize>,
+    /// Save the collected histograms.
+    #[arg(long)]
+    pub save_hist: Option<PathBuf>,
+    /// Use histograms saved earlier instead of calibrating.
+    #[arg(long)]
+    pub load_hist: Option<PathBuf>,
+    /// Also write init_net.pbtxt (large).
+    #[arg(long)]
+    pub text_init: bool,
+    /// Machine-readable report.
+    #[arg(long)]
+    pub json: bool,
+    /// Preprocessing.
+    #[command(flatten)]
+    pub pre: PreprocessArgs,
+}
+
+/// Writes the nets into a temporary folder beside `out`, then moves them into `out`.
+fn write_outputs(
+    out: &Path,
+    overwrite: bool,
+    files: &[(&str, &caffe2_proto::NetDef, Format)],
+) -> anyhow::Result<()> {
+    if out.exists() && !overwrite && files.iter().any(|(n, _, _)| out.join(n).exists()) {
+        anyhow::bail!(
+            "{}: already holds a model (use --overwrite to replace it)",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    for (name, net, fmt) in files {
+        io::write(*net, out.join(name), *fmt)?;
+    }
+    Ok(())
+}
+
+/// Runs `c2q quantize`.
+pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
+    let model = a.model.load(true)?;
+    let (model, _) = model.optimized()?;
+    let pre = a.pre.to_preprocess()?;
+    let input = model
+        .data_inputs()
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the model has no data input"))?;
+    let t0 = std::time::Instant::now();
+    let (calibration, skipped) = match &a.load_hist {
+        Some(path) => {
+            let records = read_histogram_file(path)?;
+            (Calibration { records, images: 0 }, Vec::new())
+        }
+        None => {
+            let db = a
+                .calib_db
+                .as_ref()
+                .expect("clap requires --calib-db without --load-hist");
+            let opts = data::BatchOptions {
+                batch_size: a.batch.max(1),
+                sample: Some(a.calib_images),
+                seed: a.seed,
+                skip_bad: a.skip_bad,
+                format: a.format,
+                preprocess: pre.clone(),
+                ..data::BatchOptions::default()
+            };
+            let pb = bar(a.calib_images as u64, "calibrating");
+            let progress = |n: usize| pb.set_position(n as u64);
+            let r = calibrate_db(&model, db, opts, a.threads, 2048, Some(&progress))?;
+            pb.finish_and_clear();
+            r
+        }
+    };
+    if let Some(path) = &a.save_hist {
+        write_histogram_file(path, &calibration.records)?;
+    }
+    let chosen = calibration.choose(&model, &ChooseOptions::new(a.kind, a.preserve_sparsity))?;
+    let shape = match pre.layout {
+        data::Layout::Nchw => vec![1, 3, pre.crop, pre.crop],
+        data::Layout::Nhwc => vec![1, pre.crop, pre.crop, 3],
+    };
+    let opts = QuantizeOptions {
+        per_channel: a.per_channel,
+        exclude_ops: a.exclude_ops.clone(),
+        exclude_nodes: a.exclude_nodes.clone(),
+        input_shapes: HashMap::from([(input, shape)]),
+        ..QuantizeOptions::default()
+    };
+    let int8 = quantize_model(&model, &chosen.per_op, &chosen.inputs, &opts)?;
+    let mut files = vec![
+        ("init_net.pb", &int8.init, Format::Binary),
+        ("predict_net.pb", &int8.predict, Format::Binary),
+        ("predict_net.pbtxt", &int8.predict, Format::Text),
+    ];
+    if a.text_init {
+        files.push(("init_net.pbtxt", &int8.init, Format::Text));
+    }
+    write_outputs(&a.out, a.overwrite, &files)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let kept: Vec<_> = int8
+        .report
+        .iter()
+        .filter_map(|n| match &n.outcome {
+            Outcome::KeptFp32(why) => Some((n.index, n.op_type.clone(), why.clone())),
+            Outcome::Quantized(_) => None,
+        })
+        .collect();
+    if a.json {
+        let j = json!({
+            "out": a.out, "images": calibration.images, "seconds": secs, "kind": a.kind.name(),
+            "preserve_sparsity": a.preserve_sparsity, "quantized_ops": int8.quantized_count(),
+            "int8_ops": int8.predict.op.len(),
+            "kept_fp32": kept.iter().map(|(i, t, w)| json!({"index": i, "type": t, "why": w})).collect::<Vec<_>>(),
+            "ranges": chosen.table.iter().map(|c| json!({"op_index": c.op_index, "blob": c.blob, "min": c.min, "max": c.max,
+                "chosen_min": c.chosen_min, "chosen_max": c.chosen_max, "clipped": c.clipped, "scale": c.q.scale, "zero_point": c.q.zero_point})).collect::<Vec<_>>(),
+            "skipped": skipped.iter().map(|s| json!({"key": s.key, "reason": s.reason})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        println!(
+            "quantized {} of {} ops ({} calibration images, {} range search{}) in {:.1} s",
+            int8.quantized_count(),
+            model.net.nodes.len(),
+            calibration.images,
+            a.kind.name(),
+            if a.preserve_sparsity {
+                ", symmetric"
+            } else {
+                ""
+            },
+            secs
+        );
+        for (i, t, why) in &kept {
+            println!("  kept fp32: op #{i} {t}: {why}");
+        }
+        println!(
+            "wrote {} ({} ops) and init_net.pb ({} fills) to {}",
+            "predict_net.pb/.pbtxt",
+            int8.predict.op.len(),
+            int8.init.op.len(),
+            a.out.display()
+        );
+    }
+    if !skipped.is_empty() {
+        eprintln!("skipped {} bad calibration records", skipped.len());
+    }
+    Ok(())
+}
