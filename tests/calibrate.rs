@@ -185,3 +185,65 @@ fn calibrate_cli_reports_and_fails_clearly() {
     ]);
     assert!(!ok && err.contains("/nonexistent/db"), "{err}");
 }
+
+#[test]
+fn quantize_then_eval_cli_on_generated_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = make_db(dir.path(), 12);
+    let model = dir.path().join("model");
+    c2q::demo::write_example_model(&model, 5).unwrap();
+    let out = dir.path().join("int8");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_c2q"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (m, d, o) = (
+        model.to_str().unwrap(),
+        db.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let pre = ["--scale", "36", "--crop", "32"];
+    let mut args = vec![
+        "quantize",
+        "--model",
+        m,
+        "--calib-db",
+        d,
+        "--out",
+        o,
+        "--json",
+    ];
+    args.extend(pre);
+    let (ok, stdout, err) = run(&args);
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(j["images"], 12);
+    assert_eq!(j["kept_fp32"][0]["type"], "Softmax");
+    for f in ["init_net.pb", "predict_net.pb", "predict_net.pbtxt"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    // Refuses to overwrite an existing model without --overwrite.
+    let (ok, _, err) = run(&args);
+    assert!(!ok && err.contains("--overwrite"), "{err}");
+    // The int8 net loads, keeps the fp32 input/output names, and agrees with fp32 on top-1.
+    let int8 = Model::load_dir(&out).unwrap();
+    assert_eq!(int8.data_inputs(), vec!["data".to_string()]);
+    assert_eq!(int8.outputs(), vec!["softmax".to_string()]);
+    assert!(int8.net.nodes.iter().any(|n| n.op_type == "Int8ConvRelu"));
+    let mut eargs = vec!["eval", "-m", m, "-m", o, "--db", d, "--json"];
+    eargs.extend(pre);
+    let (ok, stdout, err) = run(&eargs);
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(j["images"], 12);
+    let agreement = j["top1_agreement"].as_f64().unwrap();
+    assert!(agreement >= 11.0 / 12.0, "top-1 agreement {agreement}");
+    assert!(j["mean_abs_delta_softmax"].as_f64().unwrap() < 0.01);
+}
