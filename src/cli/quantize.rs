@@ -201,8 +201,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             println!("  kept fp32: op #{i} {t}: {why}");
         }
         println!(
-            "wrote {} ({} ops) and init_net.pb ({} fills) to {}",
-            "predict_net.pb/.pbtxt",
+            "wrote predict_net.pb/.pbtxt ({} ops) and init_net.pb ({} fills) to {}",
             int8.predict.op.len(),
             int8.init.op.len(),
             a.out.display()
