@@ -202,3 +202,23 @@ fn make_db_info_show_and_bench_with_a_bad_record() {
         "{out}"
     );
 }
+
+#[test]
+fn demo_runs_the_whole_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let (ok, stdout, err) = c2q(&["demo", "--out", p(&out)]);
+    assert!(ok, "{err}");
+    assert!(out.join("db/data.mdb").exists());
+    assert!(out.join("model_int8/predict_net.pb").exists());
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("6. fp32 vs int8"))
+        .unwrap_or_else(|| panic!("no comparison line in:\n{stdout}"));
+    let delta: f32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(delta < 0.05, "{line}");
+    // The written int8 model loads and has the DNNLOWP op set.
+    let int8 = c2q::Model::load_dir(out.join("model_int8")).unwrap();
+    assert!(int8.net.nodes.iter().all(|n| n.is_ready()));
+    assert_eq!(int8.net.nodes[1].op_type, "Int8Quantize");
+}
