@@ -87,6 +87,15 @@ impl Preprocess {
         self.crop.saturating_mul(self.crop).saturating_mul(3)
     }
 
+    /// Shape of a batch of `n` preprocessed images: `[n, 3, crop, crop]` (NCHW) or
+    /// `[n, crop, crop, 3]` (NHWC).
+    pub fn batch_shape(&self, n: usize) -> [usize; 4] {
+        match self.layout {
+            Layout::Nchw => [n, 3, self.crop, self.crop],
+            Layout::Nhwc => [n, self.crop, self.crop, 3],
+        }
+    }
+
     /// Checks the parameters (crop > 0, scale >= crop, std != 0).
     pub fn validate(&self) -> DataResult<()> {
         if self.crop == 0 {

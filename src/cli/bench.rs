@@ -87,11 +87,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     } else {
         model.optimized()?.0
     };
-    let input = model
-        .data_inputs()
-        .first()
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("the model has no data input"))?;
+    let input = model.data_input()?;
     let mut shape = vec![a.batch];
     shape.extend(&a.input_shape.0);
     let n: usize = shape.iter().product();

@@ -88,14 +88,11 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let (mut n, mut agree, mut dsum) = (0usize, 0usize, 0f64);
     for b in batches.by_ref() {
         let b = b?;
-        let shape = match pre.layout {
-            data::Layout::Nchw => [b.n, 3, pre.crop, pre.crop],
-            data::Layout::Nhwc => [b.n, pre.crop, pre.crop, 3],
-        };
+        let shape = pre.batch_shape(b.n);
         let x = Tensor::from_f32(&shape, b.images);
         let mut outs = Vec::new();
         for ((m, e), s) in models.iter().zip(&execs).zip(stats.iter_mut()) {
-            let input = m.data_inputs().first().cloned().unwrap_or_default();
+            let input = m.data_input()?;
             let t0 = Instant::now();
             let mut o = e.run(HashMap::from([(input, x.clone())]))?;
             s.secs += t0.elapsed().as_secs_f64();

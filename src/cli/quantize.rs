@@ -106,11 +106,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     let model = a.model.load(true)?;
     let (model, _) = model.optimized()?;
     let pre = a.pre.to_preprocess()?;
-    let input = model
-        .data_inputs()
-        .first()
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("the model has no data input"))?;
+    let input = model.data_input()?;
     let t0 = std::time::Instant::now();
     let (calibration, skipped) = match &a.load_hist {
         Some(path) => {
@@ -142,10 +138,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         write_histogram_file(path, &calibration.records)?;
     }
     let chosen = calibration.choose(&model, &ChooseOptions::new(a.kind, a.preserve_sparsity))?;
-    let shape = match pre.layout {
-        data::Layout::Nchw => vec![1, 3, pre.crop, pre.crop],
-        data::Layout::Nhwc => vec![1, pre.crop, pre.crop, 3],
-    };
+    let shape = pre.batch_shape(1).to_vec();
     let opts = QuantizeOptions {
         per_channel: a.per_channel,
         exclude_ops: a.exclude_ops.clone(),

@@ -97,10 +97,7 @@ pub fn image_tensor(path: &Path, pre: &data::Preprocess) -> anyhow::Result<Tenso
     let img = data::decode_bgr(&bytes, &path.display().to_string())?;
     let mut buf = vec![0f32; pre.image_len()];
     pre.apply(&img, &mut buf)?;
-    let shape = match pre.layout {
-        data::Layout::Nchw => [1, 3, pre.crop, pre.crop],
-        data::Layout::Nhwc => [1, pre.crop, pre.crop, 3],
-    };
+    let shape = pre.batch_shape(1);
     Ok(Tensor::from_f32(&shape, buf))
 }
 

@@ -171,6 +171,14 @@ impl Model {
         free
     }
 
+    /// The first data input (the image blob of a classifier), or an error if there is none.
+    pub fn data_input(&self) -> Result<String> {
+        self.data_inputs()
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Input("the model has no data input".into()))
+    }
+
     /// The declared outputs (or the last op's outputs when none are declared).
     pub fn outputs(&self) -> Vec<String> {
         if !self.net.external_outputs.is_empty() {

@@ -248,11 +248,7 @@ pub fn calibrate_db(
     nbins: usize,
     progress: Option<&dyn Fn(usize)>,
 ) -> Result<(Calibration, Vec<data::Skipped>)> {
-    let input = model
-        .data_inputs()
-        .first()
-        .cloned()
-        .ok_or_else(|| Error::Input("the model has no data input".into()))?;
+    let input = model.data_input()?;
     let pre = opts.preprocess.clone();
     let batches = data::Batches::open(db, opts)?;
     if batches.planned() == 0 {
@@ -266,10 +262,7 @@ pub fn calibrate_db(
     let mut cal = Calibrator::new(model, nbins);
     for b in batches.by_ref() {
         let b = b?;
-        let shape = match pre.layout {
-            data::Layout::Nchw => [b.n, 3, pre.crop, pre.crop],
-            data::Layout::Nhwc => [b.n, pre.crop, pre.crop, 3],
-        };
+        let shape = pre.batch_shape(b.n);
         let x = Tensor::from_f32(&shape, b.images);
         cal.run_batch(&exec, HashMap::from([(input.clone(), x)]), b.n)?;
         if let Some(p) = progress {
