@@ -18,6 +18,9 @@ pub struct NodeSpec {
     pub n_outputs: usize,
     /// Seed for random fill ops (deterministic per node).
     pub seed: u64,
+    /// Use the scalar reference implementation instead of the fast (SIMD) kernels, for
+    /// operators that have both (the Int8 family). Results are bit-identical either way.
+    pub reference: bool,
 }
 
 impl NodeSpec {
@@ -30,6 +33,7 @@ impl NodeSpec {
             n_inputs,
             n_outputs,
             seed: 0,
+            reference: false,
         }
     }
 

@@ -50,6 +50,7 @@ impl Node {
             n_inputs: def.input.len(),
             n_outputs: def.output.len(),
             seed: node_seed(def),
+            reference: false,
         };
         let status = match ops::build_op(&spec) {
             Ok(Some(op)) => NodeStatus::Ready(op),
