@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod demo;
 pub mod error;
+pub mod eval;
 pub mod graph;
 pub mod passes;
 pub mod quant;

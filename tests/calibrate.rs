@@ -247,3 +247,115 @@ fn quantize_then_eval_cli_on_generated_data() {
     assert!(agreement >= 11.0 / 12.0, "top-1 agreement {agreement}");
     assert!(j["mean_abs_delta_softmax"].as_f64().unwrap() < 0.01);
 }
+
+#[test]
+fn quantize_cli_bad_inputs_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = make_db(dir.path(), 6);
+    // The example net with an fp32-only op (Tanh, no Int8 twin) between FC and Softmax.
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let (init, mut predict) = example_net(5);
+    let fc = predict.op.iter().position(|o| o.type_() == "FC").unwrap();
+    let mut tanh = predict.op[fc].clone();
+    tanh.set_type("Tanh".into());
+    tanh.input = vec!["pred".into()];
+    tanh.output = vec!["pred".into()];
+    tanh.arg.clear();
+    predict.op.insert(fc + 1, tanh);
+    caffe2_proto::io::write(
+        &init,
+        model.join("init_net.pb"),
+        caffe2_proto::Format::Binary,
+    )
+    .unwrap();
+    caffe2_proto::io::write(
+        &predict,
+        model.join("predict_net.pb"),
+        caffe2_proto::Format::Binary,
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_c2q"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (m, d) = (model.to_str().unwrap(), db.to_str().unwrap());
+    let out = dir.path().join("int8");
+    let o = out.to_str().unwrap();
+    let base = |extra: &[&'static str], db: &str| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "quantize",
+            "--model",
+            m,
+            "--calib-db",
+            db,
+            "--out",
+            o,
+            "--scale",
+            "36",
+            "--crop",
+            "32",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let call = |v: Vec<String>| run(&v.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Missing calibration DB: the path is named, nothing is written.
+    let (ok, _, err) = call(base(&[], "/nonexistent/calib_db"));
+    assert!(!ok && err.contains("/nonexistent/calib_db"), "{err}");
+    assert!(!out.join("predict_net.pb").exists());
+    // Zero images.
+    let (ok, _, err) = call(base(&["--calib-images", "0"], d));
+    assert!(!ok && err.contains("zero calibration images"), "{err}");
+    // An excluded node that does not exist.
+    let (ok, _, err) = call(base(&["--exclude-nodes", "999"], d));
+    assert!(!ok && err.contains("exclude node 999"), "{err}");
+    let (ok, _, err) = call(base(&["--exclude-ops", "Frobnicate"], d));
+    assert!(!ok && err.contains("Frobnicate"), "{err}");
+    assert!(!out.join("predict_net.pb").exists());
+
+    // The Tanh cannot be quantized: it stays fp32 and the report says why; every quantized
+    // Conv output gets an SQNR.
+    let (ok, stdout, err) = call(base(&["--json", "--report-images", "4"], d));
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let kept = j["kept_fp32"].as_array().unwrap();
+    let tanh = kept
+        .iter()
+        .find(|k| k["type"] == "Tanh")
+        .expect("Tanh kept");
+    assert!(
+        tanh["why"].as_str().unwrap().contains("no int8 rewrite"),
+        "{tanh}"
+    );
+    let layers = j["layers"].as_array().unwrap();
+    let convs: Vec<_> = layers
+        .iter()
+        .filter(|l| {
+            l["int8_op"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Int8Conv"))
+        })
+        .collect();
+    assert_eq!(convs.len(), 3, "{layers:?}");
+    for c in convs {
+        let s = c["sqnr_db"].as_f64().unwrap();
+        // 8-bit activations on a tiny net: far above 10 dB, and not perfect.
+        assert!(s > 15.0 && s < 80.0, "{c}");
+        assert!(c["cosine"].as_f64().unwrap() > 0.99, "{c}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["layers"], j["layers"]);
+}

@@ -506,12 +506,12 @@ fn excluded_ops_get_dequantize_and_quantize_boundaries() {
 }
 
 #[test]
-fn shared_bias_gets_one_copy_per_scale_and_per_channel_is_refused() {
+fn shared_bias_gets_one_copy_per_scale_and_per_channel_scales_are_written() {
     // Two convs share w and b but read inputs with different scales.
     let mut b = NetBuilder::new("shared");
     b.input("data")
         .param("w", &[2, 2, 1, 1], vec![1.0, -0.5, 0.3, 0.8])
-        .param("b", &[2], vec![0.1, -0.1])
+        .param("b", &[2], vec![0.1, -0.11])
         .op(
             "Conv",
             &["data", "w", "b"],
@@ -552,8 +552,40 @@ fn shared_bias_gets_one_copy_per_scale_and_per_channel_is_refused() {
     load(&q); // loads and validates
 
     opts.per_channel = true;
-    let err = quantize_model(&model, &act, &input_q, &opts).unwrap_err();
-    assert!(err.to_string().contains("per-channel"), "{err}");
+    let q = quantize_model(&model, &act, &input_q, &opts).unwrap();
+    // Symmetric per channel (facts §7.3): range [-a, a] with a = max|w| gives scale
+    // t = max(a/128, a/127) = a/127 and zero point 128. Channel 0 holds {1.0, -0.5}: scale
+    // 1/127; channel 1 holds {0.3, 0.8} (one sign only, still symmetric): scale 0.8/127.
+    let conv = &q.predict.op[2];
+    assert_eq!(arg_i(conv, "quantize_channelwise"), 1);
+    let ws = &conv
+        .arg
+        .iter()
+        .find(|a| a.name() == "W_scales")
+        .expect("W_scales")
+        .floats;
+    assert_eq!(ws.len(), 2);
+    assert!((ws[0] - 1.0 / 127.0).abs() < 1e-8, "{ws:?}");
+    assert!((ws[1] - 0.8 / 127.0).abs() < 1e-8, "{ws:?}");
+    let Tensor::QU8(w, wq) = &q.params["w_int8"] else {
+        panic!("weight is not QU8");
+    };
+    assert_eq!(wq.zero_point, 128);
+    assert!(
+        (wq.scale - ws[0]).abs() < 1e-9,
+        "tensor scale is the largest channel scale"
+    );
+    // 1.0·127 = 127 + 128 = 255; -0.5·127 = -63.5 -> -64 (ties to even) + 128 = 64;
+    // 0.3·127/0.8 = 47.625 -> 48 + 128 = 176; 0.8·127/0.8 = 127 + 128 = 255.
+    assert_eq!(w.iter().copied().collect::<Vec<u8>>(), [255, 64, 176, 255]);
+    // Bias per channel with s_x = 0.01: 0.1 / (0.01/127) = 1270; -0.11 / (0.01·0.8/127) =
+    // -1746.25 -> -1746.
+    let Tensor::QI32(b, bq) = &q.params["b_int8"] else {
+        panic!("bias is not QI32");
+    };
+    assert_eq!(b.iter().copied().collect::<Vec<i32>>(), [1270, -1746]);
+    assert!((bq.scale - 0.01 * ws[0]).abs() < 1e-9);
+    load(&q);
 }
 
 #[test]

@@ -10,11 +10,13 @@ use serde_json::json;
 use super::model_args::ModelArgs;
 use super::preprocess_args::PreprocessArgs;
 use super::progress::bar;
-use crate::quant::calibrate::{calibrate_db, Calibration};
+use crate::eval::{layer_errors_on_db, BlobError};
+use crate::quant::calibrate::{calibrate_db, Calibration, ChosenRange};
 use crate::quant::{
     quantize_model, read_histogram_file, write_histogram_file, ChooseOptions, Outcome, QuantKind,
     QuantizeOptions,
 };
+use crate::Model;
 
 /// Flags of `c2q quantize`.
 #[derive(Debug, Args)]
@@ -56,7 +58,7 @@ pub struct QuantizeArgs {
     /// Symmetric activation ranges (real 0 maps to code 128).
     #[arg(long)]
     pub preserve_sparsity: bool,
-    /// Per-output-channel weight scales (not supported yet by the Int8 ops; errors).
+    /// One weight scale per output channel (c2q extension `W_scales`; real Caffe2 ignores it).
     #[arg(long)]
     pub per_channel: bool,
     /// Op types kept in fp32, comma separated.
@@ -74,6 +76,10 @@ pub struct QuantizeArgs {
     /// Also write init_net.pbtxt (large).
     #[arg(long)]
     pub text_init: bool,
+    /// Images of the calibration DB (first in key order) on which the per-layer SQNR of the
+    /// written int8 net against fp32 is measured (0 = no per-layer report).
+    #[arg(long, default_value_t = 8)]
+    pub report_images: usize,
     /// Machine-readable report.
     #[arg(long)]
     pub json: bool,
@@ -156,6 +162,32 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         files.push(("init_net.pbtxt", &int8.init, Format::Text));
     }
     write_outputs(&a.out, a.overwrite, &files)?;
+    let layers = match (&a.calib_db, a.report_images) {
+        (Some(db), n) if n > 0 => {
+            let int8_model = Model::from_nets(int8.init.clone(), int8.predict.clone())?;
+            let opts = data::BatchOptions {
+                batch_size: a.batch.max(1).min(n),
+                limit: Some(n),
+                skip_bad: a.skip_bad,
+                format: a.format,
+                preprocess: pre.clone(),
+                ..data::BatchOptions::default()
+            };
+            let (errs, _) = layer_errors_on_db(&model, &int8_model, db, opts, a.threads)?;
+            Some(errs)
+        }
+        _ => None,
+    };
+    let report = layer_report(&chosen.table, layers.as_deref());
+    let report_json = json!({
+        "kind": a.kind.name(), "preserve_sparsity": a.preserve_sparsity, "per_channel": a.per_channel,
+        "calibration_images": calibration.images, "report_images": layers.as_ref().map(|_| a.report_images),
+        "layers": report,
+    });
+    let tmp = a.out.join(".report.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&report_json)?)
+        .and_then(|_| std::fs::rename(&tmp, a.out.join("report.json")))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.out.join("report.json").display()))?;
     let secs = t0.elapsed().as_secs_f64();
     let kept: Vec<_> = int8
         .report
@@ -168,17 +200,19 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     if a.json {
         let j = json!({
             "out": a.out, "images": calibration.images, "seconds": secs, "kind": a.kind.name(),
-            "preserve_sparsity": a.preserve_sparsity, "quantized_ops": int8.quantized_count(),
+            "preserve_sparsity": a.preserve_sparsity, "per_channel": a.per_channel,
+            "quantized_ops": int8.quantized_count(),
             "int8_ops": int8.predict.op.len(),
             "kept_fp32": kept.iter().map(|(i, t, w)| json!({"index": i, "type": t, "why": w})).collect::<Vec<_>>(),
             "ranges": chosen.table.iter().map(|c| json!({"op_index": c.op_index, "blob": c.blob, "min": c.min, "max": c.max,
                 "chosen_min": c.chosen_min, "chosen_max": c.chosen_max, "clipped": c.clipped, "scale": c.q.scale, "zero_point": c.q.zero_point})).collect::<Vec<_>>(),
+            "layers": report,
             "skipped": skipped.iter().map(|s| json!({"key": s.key, "reason": s.reason})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         println!(
-            "quantized {} of {} ops ({} calibration images, {} range search{}) in {:.1} s",
+            "quantized {} of {} ops ({} calibration images, {} range search{}{}) in {:.1} s",
             int8.quantized_count(),
             model.net.nodes.len(),
             calibration.images,
@@ -188,13 +222,21 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             } else {
                 ""
             },
+            if a.per_channel {
+                ", per-channel weights"
+            } else {
+                ""
+            },
             secs
         );
         for (i, t, why) in &kept {
             println!("  kept fp32: op #{i} {t}: {why}");
         }
+        if let Some(errs) = &layers {
+            print_layer_table(errs, &chosen.table, a.report_images, 10);
+        }
         println!(
-            "wrote predict_net.pb/.pbtxt ({} ops) and init_net.pb ({} fills) to {}",
+            "wrote predict_net.pb/.pbtxt ({} ops), init_net.pb ({} fills) and report.json to {}",
             int8.predict.op.len(),
             int8.init.op.len(),
             a.out.display()
@@ -204,4 +246,69 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         eprintln!("skipped {} bad calibration records", skipped.len());
     }
     Ok(())
+}
+
+/// One JSON object per calibrated blob: observed and chosen range, clipped fraction, and the
+/// SQNR/cosine of its int8 version when measured.
+fn layer_report(table: &[ChosenRange], errs: Option<&[BlobError]>) -> Vec<serde_json::Value> {
+    let by_blob: HashMap<&str, &BlobError> = errs
+        .unwrap_or_default()
+        .iter()
+        .map(|e| (e.blob.as_str(), e))
+        .collect();
+    table
+        .iter()
+        .map(|c| {
+            let e = by_blob.get(c.blob.as_str());
+            json!({
+                "blob": c.blob, "op_index": c.op_index, "min": c.min, "max": c.max,
+                "chosen_min": c.chosen_min, "chosen_max": c.chosen_max, "clipped": c.clipped,
+                "scale": c.q.scale, "zero_point": c.q.zero_point,
+                "int8_op": e.map(|e| e.op_type.clone()),
+                "sqnr_db": e.map(|e| finite_or_null(e.sqnr_db)),
+                "cosine": e.map(|e| e.cosine),
+            })
+        })
+        .collect()
+}
+
+/// JSON has no infinity: perfect agreement becomes `null` in `sqnr_db`.
+fn finite_or_null(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// Prints the `worst` lowest-SQNR layers with their ranges.
+pub(crate) fn print_layer_table(
+    errs: &[BlobError],
+    table: &[ChosenRange],
+    images: usize,
+    worst: usize,
+) {
+    let ranges: HashMap<&str, &ChosenRange> = table.iter().map(|c| (c.blob.as_str(), c)).collect();
+    println!(
+        "per-layer error of the int8 net on {images} images ({} blobs, worst {} shown):",
+        errs.len(),
+        worst.min(errs.len())
+    );
+    println!(
+        "  {:<36} {:<16} {:>9} {:>8} {:>21} {:>8}",
+        "blob", "int8 op", "SQNR dB", "cosine", "chosen range", "clipped"
+    );
+    for e in errs.iter().take(worst) {
+        let (range, clipped) = match ranges.get(e.blob.as_str()) {
+            Some(c) => (
+                format!("[{:.3}, {:.3}]", c.chosen_min, c.chosen_max),
+                format!("{:.2e}", c.clipped),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "  {:<36} {:<16} {:>9.2} {:>8.5} {:>21} {:>8}",
+            e.blob, e.op_type, e.sqnr_db, e.cosine, range, clipped
+        );
+    }
 }

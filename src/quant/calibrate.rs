@@ -250,6 +250,12 @@ pub fn calibrate_db(
 ) -> Result<(Calibration, Vec<data::Skipped>)> {
     let input = model.data_input()?;
     let pre = opts.preprocess.clone();
+    if opts.sample == Some(0) || opts.limit == Some(0) {
+        return Err(Error::Input(format!(
+            "{}: zero calibration images requested (ask for at least 1)",
+            db.display()
+        )));
+    }
     let batches = data::Batches::open(db, opts)?;
     if batches.planned() == 0 {
         return Err(Error::Input(format!(

@@ -17,9 +17,14 @@
 //!   and `b_q = round_half_even(b / (s_x · s_w))`; a bias shared by ops with different input
 //!   or weight scales gets one copy per scale (`<b>_v1_int8`, ...).
 //!
-//! Per-channel weight quantization is not offered: the `Int8Conv`/`Int8FC` ops of this project
-//! take one (scale, zero point) pair per weight tensor, and DNNLOWP's real per-channel form
-//! needs FBGEMM-packed weight blobs, a format that is not reproduced here.
+//! With [`QuantizeOptions::per_channel`], Conv and FC weights get one symmetric scale per
+//! output channel (zero point 128 for all). Caffe2's `Int8GivenTensorFill` carries one scale,
+//! and DNNLOWP's own per-channel form needs FBGEMM-packed weight blobs, so the per-channel
+//! scales are a **c2q extension**: the op gets `quantize_channelwise = 1` and the float list
+//! `W_scales` (one scale per output channel); the weight tensor's own `Y_scale` is the largest
+//! channel scale and the bias is quantized per channel with `s_x · W_scales[m]` (its tensor
+//! scale `s_x · max(W_scales)`). Real Caffe2 would ignore `W_scales`; per-tensor output is the
+//! portable default.
 
 use std::collections::{HashMap, HashSet};
 
@@ -30,13 +35,15 @@ use ops::{QParams, Tensor, TensorInfo};
 
 use crate::graph::builder::{arg, op_def, Arg};
 use crate::passes::util::{arg_i, arg_s};
-use crate::quant::qparams::{bias_scale, quantize_bias, quantize_u8, weight_qparams_min_max};
+use crate::quant::qparams::{
+    bias_scale, choose_quantization_params, quantize_bias, quantize_u8, weight_qparams_min_max,
+};
 use crate::{Error, Model, Result};
 
 /// How [`quantize_model`] quantizes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizeOptions {
-    /// Per-output-channel weight parameters (not supported: must be false, see module docs).
+    /// One weight scale per output channel of Conv/FC (a c2q extension, see module docs).
     pub per_channel: bool,
     /// Op types kept fp32.
     pub exclude_ops: Vec<String>,
@@ -146,6 +153,15 @@ struct WeightPlan {
     x_scale: f32,
 }
 
+/// A quantized weight: its int8 name, tensor parameters and (per-channel mode) the scale of
+/// every output channel.
+#[derive(Debug, Clone)]
+struct QWeight {
+    name: String,
+    q: QParams,
+    channel_scales: Option<Vec<f32>>,
+}
+
 /// The rewriter's working state.
 struct Rewriter<'a> {
     model: &'a Model,
@@ -154,10 +170,10 @@ struct Rewriter<'a> {
     out: Vec<OperatorDef>,
     /// Int8 params in creation order.
     int8_params: Vec<(String, Tensor)>,
-    /// Weight cache: fp32 name -> (int8 name, params).
-    weights: HashMap<String, (String, QParams)>,
-    /// Bias cache: fp32 name -> [(scale, int8 name)].
-    biases: HashMap<String, Vec<(f32, String)>>,
+    /// Weight cache: fp32 name -> quantized weight.
+    weights: HashMap<String, QWeight>,
+    /// Bias cache: fp32 name -> [(scales, int8 name)].
+    biases: HashMap<String, Vec<(Vec<f32>, String)>>,
 }
 
 fn qargs(q: QParams) -> Vec<(String, Arg)> {
@@ -617,8 +633,9 @@ impl<'a> Rewriter<'a> {
         }
     }
 
-    /// Quantizes (and caches) a weight; returns its int8 name and parameters.
-    fn weight(&mut self, wp: &WeightPlan) -> Result<(String, QParams)> {
+    /// Quantizes (and caches) a weight: per tensor, or per output channel (axis 0 of the
+    /// transposed weight) when [`QuantizeOptions::per_channel`] is set.
+    fn weight(&mut self, wp: &WeightPlan) -> Result<QWeight> {
         if let Some(hit) = self.weights.get(&wp.name) {
             return Ok(hit.clone());
         }
@@ -646,22 +663,66 @@ impl<'a> Rewriter<'a> {
         }
         let shape = w.shape().to_vec();
         let values = w.f32_slice().map_err(terr)?;
-        let q = weight_qparams_min_max(values, true);
-        let codes = quantize_u8(values, q);
+        let (q, codes, channel_scales) = if self.opts.per_channel {
+            let channels = shape.first().copied().unwrap_or(0);
+            let per = if channels == 0 {
+                0
+            } else {
+                values.len() / channels
+            };
+            let mut codes = Vec::with_capacity(values.len());
+            let mut scales = Vec::with_capacity(channels);
+            for m in 0..channels {
+                let chunk = &values[m * per..(m + 1) * per];
+                // Symmetric around 0 even when a channel has one sign only, so that every
+                // channel shares the zero point 128 (the ops take one weight zero point).
+                let a = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let a = if a > 0.0 && a.is_finite() { a } else { 1.0 };
+                let qm = choose_quantization_params(-a, a, 0, 255, true);
+                if qm.zero_point != 128 {
+                    return Err(Error::Tensor {
+                        name: wp.name.clone(),
+                        msg: format!(
+                            "per-channel weights need the symmetric zero point 128 in every \
+                             channel; channel {m} got {}",
+                            qm.zero_point
+                        ),
+                    });
+                }
+                codes.extend(quantize_u8(chunk, qm));
+                scales.push(qm.scale);
+            }
+            let max = scales.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
+            let q = QParams {
+                scale: max,
+                zero_point: 128,
+            };
+            (q, codes, Some(scales))
+        } else {
+            let q = weight_qparams_min_max(values, true);
+            (q, quantize_u8(values, q), None)
+        };
         let name = format!("{}_int8", wp.name);
         let arr = ArrayD::from_shape_vec(IxDyn(&shape), codes).map_err(|e| Error::Tensor {
             name: name.clone(),
             msg: e.to_string(),
         })?;
         self.int8_params.push((name.clone(), Tensor::QU8(arr, q)));
-        self.weights.insert(wp.name.clone(), (name.clone(), q));
-        Ok((name, q))
+        let qw = QWeight {
+            name,
+            q,
+            channel_scales,
+        };
+        self.weights.insert(wp.name.clone(), qw.clone());
+        Ok(qw)
     }
 
-    /// Quantizes (and caches per scale) a bias; returns its int8 name.
-    fn bias(&mut self, b: &str, scale: f32) -> Result<String> {
+    /// Quantizes (and caches per scale list) a bias; returns its int8 name. `scales` holds
+    /// one scale for the whole tensor or one per element (per-channel weights); the tensor
+    /// carries `tensor_scale`.
+    fn bias(&mut self, b: &str, scales: &[f32], tensor_scale: f32) -> Result<String> {
         let versions = self.biases.entry(b.to_string()).or_default();
-        if let Some((_, n)) = versions.iter().find(|(s, _)| *s == scale) {
+        if let Some((_, n)) = versions.iter().find(|(s, _)| s.as_slice() == scales) {
             return Ok(n.clone());
         }
         let name = if versions.is_empty() {
@@ -669,7 +730,7 @@ impl<'a> Rewriter<'a> {
         } else {
             format!("{b}_v{}_int8", versions.len())
         };
-        versions.push((scale, name.clone()));
+        versions.push((scales.to_vec(), name.clone()));
         let t = self.model.params.get(b).ok_or_else(|| Error::Tensor {
             name: b.to_string(),
             msg: "bias parameter disappeared".into(),
@@ -678,14 +739,31 @@ impl<'a> Rewriter<'a> {
             name: b.to_string(),
             msg: e.to_string(),
         })?;
-        let codes = quantize_bias(values, scale);
+        let codes = if scales.len() == 1 {
+            quantize_bias(values, scales[0])
+        } else if scales.len() == values.len() {
+            values
+                .iter()
+                .zip(scales)
+                .flat_map(|(&v, &s)| quantize_bias(&[v], s))
+                .collect()
+        } else {
+            return Err(Error::Tensor {
+                name: b.to_string(),
+                msg: format!(
+                    "bias has {} values but the weight has {} output channels",
+                    values.len(),
+                    scales.len()
+                ),
+            });
+        };
         let arr =
             ArrayD::from_shape_vec(IxDyn(&[codes.len()]), codes).map_err(|e| Error::Tensor {
                 name: name.clone(),
                 msg: e.to_string(),
             })?;
         let q = QParams {
-            scale,
+            scale: tensor_scale,
             zero_point: 0,
         };
         self.int8_params.push((name.clone(), Tensor::QI32(arr, q)));
@@ -697,12 +775,21 @@ impl<'a> Rewriter<'a> {
         for x in &plan.act_inputs {
             inputs.push(self.ensure_int8(x)?);
         }
+        let mut args = plan.args;
         if let Some(wp) = &plan.weight {
-            let (wname, wq) = self.weight(wp)?;
-            inputs.push(wname);
+            let qw = self.weight(wp)?;
+            inputs.push(qw.name.clone());
+            let tensor_scale = bias_scale(wp.x_scale, qw.q.scale);
+            if let Some(scales) = &qw.channel_scales {
+                args.push(("quantize_channelwise".into(), Arg::I(1)));
+                args.push(("W_scales".into(), Arg::Floats(scales.clone())));
+            }
             if let Some(b) = &plan.bias {
-                let s = bias_scale(wp.x_scale, wq.scale);
-                inputs.push(self.bias(b, s)?);
+                let scales: Vec<f32> = match &qw.channel_scales {
+                    Some(cs) => cs.iter().map(|&s| bias_scale(wp.x_scale, s)).collect(),
+                    None => vec![tensor_scale],
+                };
+                inputs.push(self.bias(b, &scales, tensor_scale)?);
             }
         }
         let n_q = op.output.len() - plan.plain_outputs;
@@ -714,13 +801,7 @@ impl<'a> Rewriter<'a> {
                 outputs.push(o.clone());
             }
         }
-        let mut new = make_op(
-            &plan.op_type,
-            &inputs,
-            &outputs,
-            plan.args,
-            &self.opts.engine,
-        );
+        let mut new = make_op(&plan.op_type, &inputs, &outputs, args, &self.opts.engine);
         new.set_name(op.name().to_string());
         self.out.push(new);
         for (k, o) in op.output.iter().enumerate() {
@@ -820,14 +901,27 @@ pub fn quantize_model(
     input_q: &HashMap<String, QParams>,
     opts: &QuantizeOptions,
 ) -> Result<Int8Model> {
-    if opts.per_channel {
-        return Err(Error::Input(
-            "per-channel weight quantization is not supported: the Int8Conv/Int8FC ops take one \
-             (scale, zero point) per weight tensor; use per_channel = false"
-                .into(),
-        ));
-    }
     let def = &model.predict_def;
+    if let Some(&bad) = opts.exclude_nodes.iter().find(|&&i| i >= def.op.len()) {
+        return Err(Error::Input(format!(
+            "exclude node {bad}: the (optimized) net has only {} ops (indices 0..{})",
+            def.op.len(),
+            def.op.len().saturating_sub(1)
+        )));
+    }
+    if let Some(bad) = opts
+        .exclude_ops
+        .iter()
+        .find(|t| !def.op.iter().any(|o| o.type_() == t.as_str()))
+    {
+        let mut types: Vec<&str> = def.op.iter().map(|o| o.type_()).collect();
+        types.sort_unstable();
+        types.dedup();
+        return Err(Error::Input(format!(
+            "exclude op type `{bad}`: no op of that type in the (optimized) net; it has {}",
+            types.join(", ")
+        )));
+    }
     let data_inputs = model.data_inputs();
     let mut feed = HashMap::new();
     for d in &data_inputs {

@@ -1,0 +1,5 @@
+//! Evaluation: accuracy over an image database and per-layer error of int8 nets.
+
+pub mod layer_error;
+
+pub use layer_error::{cosine, layer_errors_on_db, sqnr_db, BlobError, LayerErrors};
