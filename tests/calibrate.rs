@@ -359,3 +359,109 @@ fn quantize_cli_bad_inputs_and_report() {
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["layers"], j["layers"]);
 }
+
+/// Records the f32 value of one blob as the net runs.
+struct Grab(&'static str, Option<Vec<f32>>);
+
+impl c2q::Observer for Grab {
+    fn on_node(&mut self, node: &c2q::Node, outputs: &[&Tensor]) {
+        for (n, t) in node.outputs.iter().zip(outputs) {
+            if n == self.0 {
+                if let Tensor::F32(a) = t {
+                    self.1 = Some(a.iter().copied().collect());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn compare_cli_and_layer_errors_match_an_independent_sqnr() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = make_db(dir.path(), 6);
+    let model = dir.path().join("model");
+    c2q::demo::write_example_model(&model, 5).unwrap();
+    let out = dir.path().join("int8");
+    let (m, d, o) = (
+        model.to_str().unwrap(),
+        db.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let pre = ["--scale", "36", "--crop", "32"];
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_c2q"))
+            .args(args)
+            .args(pre)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    run(&["quantize", "--model", m, "--calib-db", d, "--out", o]);
+    let j: serde_json::Value = serde_json::from_str(&run(&[
+        "compare", m, o, "--db", d, "--images", "4", "--json",
+    ]))
+    .unwrap();
+    assert_eq!(j["images"], 4);
+    let layers = j["layers"].as_array().unwrap();
+    // Every Int8 op of the int8 net that writes a `<blob>_int8` other than the input
+    // quantization has a row.
+    let int8 = Model::load_dir(&out).unwrap();
+    let written: Vec<&str> = int8
+        .net
+        .nodes
+        .iter()
+        .filter(|n| n.op_type.starts_with("Int8") && n.op_type != "Int8Quantize")
+        .flat_map(|n| n.outputs.iter())
+        .filter_map(|b| b.strip_suffix("_int8"))
+        .collect();
+    let mut listed: Vec<&str> = layers.iter().map(|l| l["blob"].as_str().unwrap()).collect();
+    listed.sort_unstable();
+    let mut want = written.clone();
+    want.sort_unstable();
+    assert_eq!(listed, want);
+    // Worst first.
+    let s: Vec<f64> = layers
+        .iter()
+        .map(|l| l["sqnr_db"].as_f64().unwrap())
+        .collect();
+    assert!(s.windows(2).all(|w| w[0] <= w[1]), "{s:?}");
+
+    // The FC output `pred` is dequantized by the int8 net itself: its SQNR computed here by
+    // hand from the two nets' `pred` values must match the LayerErrors figure.
+    let fp32 = Model::load_dir(&model).unwrap().optimized().unwrap().0;
+    let mut le = c2q::eval::LayerErrors::new(&fp32, &int8, 1).unwrap();
+    let (mut sig, mut noise) = (0f64, 0f64);
+    for k in 0..3 {
+        let x = Tensor::from_f32(
+            &[1, 3, 32, 32],
+            (0..3 * 32 * 32)
+                .map(|i| (((i * 7 + k * 131) % 97) as f32 / 48.0) - 1.0)
+                .collect(),
+        );
+        let feed = HashMap::from([("data".to_string(), x)]);
+        let (mut g32, mut g8) = (Grab("pred", None), Grab("pred", None));
+        Executor::new(&fp32, 1)
+            .unwrap()
+            .run_observed(feed.clone(), Some(&mut g32))
+            .unwrap();
+        Executor::new(&int8, 1)
+            .unwrap()
+            .run_observed(feed.clone(), Some(&mut g8))
+            .unwrap();
+        for (r, q) in g32.1.unwrap().iter().zip(g8.1.unwrap()) {
+            sig += f64::from(*r) * f64::from(*r);
+            noise += (f64::from(*r) - f64::from(q)).powi(2);
+        }
+        le.add_batch(feed, 1).unwrap();
+    }
+    let errs = le.finish().unwrap();
+    let pred = errs.iter().find(|e| e.blob == "pred").unwrap();
+    let want = 10.0 * (sig / noise).log10();
+    assert!(
+        (pred.sqnr_db - want).abs() < 1e-6,
+        "{} vs {want}",
+        pred.sqnr_db
+    );
+    assert_eq!(pred.op_type, "Int8FC");
+}

@@ -158,7 +158,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         let (Some(y32), Some(y8)) = (y32, y8) else {
             anyhow::bail!("a model did not produce `softmax`");
         };
-        let (t32, t8) = (super::run::top_k(&y32, 1)?, super::run::top_k(&y8, 1)?);
+        let (t32, t8) = (crate::eval::top_k(&y32, 1)?, crate::eval::top_k(&y8, 1)?);
         agree += t32
             .iter()
             .zip(&t8)

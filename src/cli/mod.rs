@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod calibrate;
+pub mod compare;
 pub mod db;
 pub mod demo;
 pub mod eval;
@@ -31,6 +32,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Collect activation histograms over sampled LMDB images (calibration).
     Calibrate(calibrate::CalibrateArgs),
+    /// Per-layer error (SQNR, cosine) of an int8 net against its fp32 original.
+    Compare(compare::CompareArgs),
     /// Look inside an image LMDB.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -53,6 +56,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(a) => bench::run(a),
         Command::Calibrate(a) => calibrate::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Db(c) => db::run(c),
         Command::MakeDb(a) => make_db::run(a),
         Command::Demo(a) => demo::run(a),

@@ -18,6 +18,10 @@ pub struct ModelArgs {
     /// The predict_net file.
     #[arg(long)]
     pub predict: Option<PathBuf>,
+    /// Run Int8 ops with the scalar reference implementation instead of the fast kernels
+    /// (bit-identical results, much slower; for checking).
+    #[arg(long)]
+    pub reference: bool,
 }
 
 impl ModelArgs {
@@ -44,7 +48,11 @@ impl ModelArgs {
 
     /// Loads the model.
     pub fn load(&self, need_init: bool) -> anyhow::Result<Model> {
-        Ok(Model::load(self.paths(need_init)?)?)
+        let mut m = Model::load(self.paths(need_init)?)?;
+        if self.reference {
+            m.set_reference(true);
+        }
+        Ok(m)
     }
 }
 

@@ -76,21 +76,6 @@ pub fn read_synsets(path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(text.lines().map(|l| l.trim().to_string()).collect())
 }
 
-/// Top-k (index, value) pairs of each row of a 2-D view `[rows, n / rows]` of the tensor.
-pub fn top_k(t: &Tensor, k: usize) -> anyhow::Result<Vec<Vec<(usize, f32)>>> {
-    let v = t.f32_slice().map_err(|e| anyhow::anyhow!("output: {e}"))?;
-    let rows = t.shape().first().copied().unwrap_or(1).max(1);
-    let cols = v.len() / rows;
-    Ok((0..rows)
-        .map(|r| {
-            let row = &v[r * cols..(r + 1) * cols];
-            let mut idx: Vec<usize> = (0..cols).collect();
-            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            idx.into_iter().take(k).map(|i| (i, row[i])).collect()
-        })
-        .collect())
-}
-
 /// Loads and preprocesses one image as a `[1, 3, crop, crop]` tensor.
 pub fn image_tensor(path: &Path, pre: &data::Preprocess) -> anyhow::Result<Tensor> {
     let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -147,7 +132,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let out = outputs
         .get(&out_name)
         .ok_or_else(|| anyhow::anyhow!("output `{out_name}` missing"))?;
-    let tops = top_k(out, a.top)?;
+    let tops = crate::eval::top_k(out, a.top)?;
     let label = |i: usize| {
         synsets
             .as_ref()

@@ -1,5 +1,7 @@
 //! Evaluation: accuracy over an image database and per-layer error of int8 nets.
 
+pub mod accuracy;
 pub mod layer_error;
 
+pub use accuracy::{evaluate, top_k, EvalOptions, EvalReport, ModelScore};
 pub use layer_error::{cosine, layer_errors_on_db, sqnr_db, BlobError, LayerErrors};

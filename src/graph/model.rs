@@ -111,12 +111,15 @@ impl Model {
         let report = crate::passes::optimize_fp32(&mut predict_def, &mut params)?;
         let read: HashSet<&String> = predict_def.op.iter().flat_map(|o| o.input.iter()).collect();
         params.retain(|k, _| read.contains(k));
-        let model = Model::from_parts(
+        let mut model = Model::from_parts(
             self.paths.clone(),
             self.init_def.clone(),
             predict_def,
             params,
         );
+        if self.uses_reference() {
+            model.set_reference(true);
+        }
         Ok((model, report))
     }
 
@@ -137,6 +140,29 @@ impl Model {
             params,
             net,
         }
+    }
+
+    /// Rebuilds every operator with the scalar reference implementation (`true`) or the fast
+    /// kernels (`false`, the default) where an op has both (the Int8 family); results are
+    /// bit-identical, only speed differs. Constant weights are packed again.
+    pub fn set_reference(&mut self, reference: bool) {
+        for node in &mut self.net.nodes {
+            if node.spec.reference == reference {
+                continue;
+            }
+            node.spec.reference = reference;
+            node.status = match ops::build_op(&node.spec) {
+                Ok(Some(op)) => NodeStatus::Ready(op),
+                Ok(None) => NodeStatus::Unknown,
+                Err(e) => NodeStatus::Invalid(e),
+            };
+        }
+        prepare_constants(&mut self.net, &self.params);
+    }
+
+    /// True when the ops were built with [`Model::set_reference`]`(true)`.
+    pub fn uses_reference(&self) -> bool {
+        self.net.nodes.iter().any(|n| n.spec.reference)
     }
 
     /// The blobs the caller must feed: external inputs that some op reads and the init_net

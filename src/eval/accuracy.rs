@@ -1,0 +1,204 @@
+//! Top-1/top-5 accuracy of one or more models over a labelled image LMDB, side by side.
+//!
+//! Every model sees the same preprocessed batches (decoded on a prefetch thread while the
+//! models run). With two or more models the first two are also compared: top-1 agreement
+//! and the mean absolute difference of their outputs.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use ops::Tensor;
+
+use crate::{Error, Executor, Model, Result};
+
+/// Indices and values of the `k` largest entries of every row of a `[rows, ...]` f32 tensor,
+/// largest first (ties: lower index first).
+pub fn top_k(t: &Tensor, k: usize) -> Result<Vec<Vec<(usize, f32)>>> {
+    let v = t
+        .f32_slice()
+        .map_err(|e| Error::Input(format!("model output: {e}")))?;
+    let rows = t.shape().first().copied().unwrap_or(1).max(1);
+    let cols = v.len() / rows;
+    Ok((0..rows)
+        .map(|r| {
+            let row = &v[r * cols..(r + 1) * cols];
+            let mut idx: Vec<usize> = (0..cols).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            idx.into_iter().take(k).map(|i| (i, row[i])).collect()
+        })
+        .collect())
+}
+
+/// The score of one model.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelScore {
+    /// Images whose label is the top-1 class.
+    pub top1: usize,
+    /// Images whose label is among the top-5 classes.
+    pub top5: usize,
+    /// Seconds spent running this model (inference only).
+    pub secs: f64,
+}
+
+/// The result of [`evaluate`].
+#[derive(Debug, Clone, Default)]
+pub struct EvalReport {
+    /// Images evaluated.
+    pub images: usize,
+    /// One score per model, in the order given.
+    pub models: Vec<ModelScore>,
+    /// Images where the first two models agree on the top-1 class.
+    pub agree: usize,
+    /// Mean over images of the mean absolute difference of the first two models' outputs.
+    pub mean_abs_delta: f64,
+    /// Wall-clock seconds of the whole evaluation (decoding overlapped).
+    pub wall_secs: f64,
+    /// Records skipped as bad (with `skip_bad`).
+    pub skipped: Vec<data::Skipped>,
+}
+
+impl EvalReport {
+    /// Top-1 accuracy of model `i`.
+    pub fn top1(&self, i: usize) -> f64 {
+        self.models[i].top1 as f64 / self.images.max(1) as f64
+    }
+
+    /// Top-5 accuracy of model `i`.
+    pub fn top5(&self, i: usize) -> f64 {
+        self.models[i].top5 as f64 / self.images.max(1) as f64
+    }
+
+    /// Inference throughput of model `i` (images per second of its own run time).
+    pub fn images_per_s(&self, i: usize) -> f64 {
+        self.images as f64 / self.models[i].secs.max(1e-12)
+    }
+
+    /// Top-1 agreement of the first two models (None with one model).
+    pub fn agreement(&self) -> Option<f64> {
+        (self.models.len() >= 2).then(|| self.agree as f64 / self.images.max(1) as f64)
+    }
+}
+
+/// How [`evaluate`] runs.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Which records, batch size and preprocessing.
+    pub batches: data::BatchOptions,
+    /// Worker threads per model (0 = all cores).
+    pub threads: usize,
+    /// Added to every label (1 for nets with a background class 0).
+    pub labels_offset: i64,
+    /// Batches decoded ahead while the models run.
+    pub prefetch: usize,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            batches: data::BatchOptions::default(),
+            threads: 0,
+            labels_offset: 0,
+            prefetch: 2,
+        }
+    }
+}
+
+/// Evaluates `models` on the labelled images of the LMDB `db`; `progress(done, planned)` is
+/// called after every batch.
+pub fn evaluate(
+    models: &[&Model],
+    db: &Path,
+    opts: &EvalOptions,
+    progress: Option<&dyn Fn(usize, usize)>,
+) -> Result<EvalReport> {
+    if models.is_empty() {
+        return Err(Error::Input("evaluate: no model given".into()));
+    }
+    let execs: Vec<Executor> = models
+        .iter()
+        .map(|m| Executor::new(m, opts.threads))
+        .collect::<Result<_>>()?;
+    let inputs: Vec<String> = models
+        .iter()
+        .map(|m| m.data_input())
+        .collect::<Result<_>>()?;
+    let outputs: Vec<String> = models
+        .iter()
+        .map(|m| {
+            m.outputs()
+                .first()
+                .cloned()
+                .ok_or_else(|| Error::Input("the model has no output".into()))
+        })
+        .collect::<Result<_>>()?;
+    let pre = opts.batches.preprocess.clone();
+    let t_wall = Instant::now();
+    let batches = data::Batches::open(db, opts.batches.clone())?;
+    let planned = batches.planned();
+    let mut batches = batches.prefetch(opts.prefetch)?;
+    let mut r = EvalReport {
+        models: vec![ModelScore::default(); models.len()],
+        ..EvalReport::default()
+    };
+    let mut dsum = 0f64;
+    for b in batches.by_ref() {
+        let b = b?;
+        let x = Tensor::from_f32(&pre.batch_shape(b.n), b.images);
+        let mut outs = Vec::with_capacity(models.len());
+        for (k, e) in execs.iter().enumerate() {
+            let t0 = Instant::now();
+            let mut o = e.run(HashMap::from([(inputs[k].clone(), x.clone())]))?;
+            r.models[k].secs += t0.elapsed().as_secs_f64();
+            let y = o.remove(&outputs[k]).ok_or_else(|| {
+                Error::Input(format!("model output `{}` was not produced", outputs[k]))
+            })?;
+            let tops = top_k(&y, 5)?;
+            for (row, &label) in tops.iter().zip(&b.labels) {
+                let want = label + opts.labels_offset;
+                if row.first().map(|t| t.0 as i64) == Some(want) {
+                    r.models[k].top1 += 1;
+                }
+                if row.iter().any(|t| t.0 as i64 == want) {
+                    r.models[k].top5 += 1;
+                }
+            }
+            outs.push((y, tops));
+        }
+        if outs.len() >= 2 {
+            for (r0, r1) in outs[0].1.iter().zip(&outs[1].1) {
+                if r0.first().map(|t| t.0) == r1.first().map(|t| t.0) {
+                    r.agree += 1;
+                }
+            }
+            let f = |t: &Tensor| {
+                t.f32_slice()
+                    .map(<[f32]>::to_vec)
+                    .map_err(|e| Error::Input(format!("model output: {e}")))
+            };
+            let (y0, y1) = (f(&outs[0].0)?, f(&outs[1].0)?);
+            if y0.len() == y1.len() && b.n > 0 {
+                dsum += y0
+                    .iter()
+                    .zip(&y1)
+                    .map(|(p, q)| f64::from((p - q).abs()))
+                    .sum::<f64>()
+                    / (y0.len() / b.n) as f64;
+            }
+        }
+        r.images += b.n;
+        if let Some(p) = progress {
+            p(r.images, planned);
+        }
+    }
+    r.wall_secs = t_wall.elapsed().as_secs_f64();
+    r.skipped = batches.skipped();
+    if r.images == 0 {
+        return Err(Error::Input(format!(
+            "{}: no image evaluated",
+            db.display()
+        )));
+    }
+    r.mean_abs_delta = dsum / r.images as f64;
+    Ok(r)
+}
