@@ -465,3 +465,167 @@ fn compare_cli_and_layer_errors_match_an_independent_sqnr() {
     );
     assert_eq!(pred.op_type, "Int8FC");
 }
+
+#[test]
+fn max_loss_moves_the_damaged_layer_back_to_fp32() {
+    // A net with one deliberately damaged layer: conv3 gets a single outlier weight, so with
+    // per-tensor weights every other conv3 weight rounds to a handful of codes.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut init, predict) = example_net(5);
+    for op in &mut init.op {
+        if op.output[0] == "conv3_w" {
+            let values = op.arg.iter_mut().find(|a| a.name() == "values").unwrap();
+            values.floats[0] = 40.0;
+        }
+    }
+    // Images labelled with the fp32 net's own top-1, so fp32 scores 100%. The random example
+    // net gives every image nearly the same pooled features, so the FC is re-centred first:
+    // logits = R·(f − mean f), which makes the prediction depend on the image.
+    let pre = data::Preprocess {
+        scale: EXAMPLE_SIZE + 4,
+        crop: EXAMPLE_SIZE,
+        ..data::Preprocess::default()
+    };
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    let mut inputs = Vec::new();
+    for k in 0..30 {
+        let img = example_image(40 + (k % 5) as u32, 36, k);
+        img.save(imgs.join(format!("{k:02}.png"))).unwrap();
+        let mut bgr = image::RgbImage::new(img.width(), img.height());
+        for (d, s) in bgr.pixels_mut().zip(img.pixels()) {
+            *d = image::Rgb([s[2], s[1], s[0]]);
+        }
+        let img = data::Image {
+            height: bgr.height() as usize,
+            width: bgr.width() as usize,
+            channels: 3,
+            data: bgr.into_raw(),
+        };
+        let mut buf = vec![0f32; pre.image_len()];
+        pre.apply(&img, &mut buf).unwrap();
+        inputs.push(HashMap::from([(
+            "data".to_string(),
+            Tensor::from_f32(&pre.batch_shape(1), buf),
+        )]));
+    }
+    let features = |init: &caffe2_proto::NetDef| -> Vec<Vec<f32>> {
+        let m = Model::from_nets(init.clone(), predict.clone()).unwrap();
+        let exec = Executor::new(&m, 1).unwrap();
+        inputs
+            .iter()
+            .map(|x| {
+                let mut g = Grab("pool2", None);
+                exec.run_observed(x.clone(), Some(&mut g)).unwrap();
+                g.1.unwrap()
+            })
+            .collect()
+    };
+    let f = features(&init);
+    let c = f[0].len();
+    let mean: Vec<f32> = (0..c)
+        .map(|j| f.iter().map(|v| v[j]).sum::<f32>() / f.len() as f32)
+        .collect();
+    // Channel 0 carries the outlier itself; the decision uses the other channels, whose
+    // small conv3 weights the per-tensor scale crushes.
+    let spread: f32 = f
+        .iter()
+        .flat_map(|v| v.iter().zip(&mean).skip(1).map(|(a, b)| (a - b).abs()))
+        .fold(0.0, f32::max);
+    let classes = c2q::demo::EXAMPLE_CLASSES;
+    let r: Vec<f32> = (0..classes * c)
+        .map(|i| {
+            if i % c == 0 {
+                0.0
+            } else {
+                ((((i * 37 + 11) % 23) as f32) / 11.0 - 1.0) / spread
+            }
+        })
+        .collect();
+    let b: Vec<f32> = (0..classes)
+        .map(|k| -(0..c).map(|j| r[k * c + j] * mean[j]).sum::<f32>())
+        .collect();
+    for op in &mut init.op {
+        let values = op.arg.iter_mut().find(|a| a.name() == "values");
+        match (op.output[0].as_str(), values) {
+            ("fc_w", Some(v)) => v.floats = r.clone(),
+            ("fc_b", Some(v)) => v.floats = b.clone(),
+            _ => {}
+        }
+    }
+    let model_dir = dir.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    caffe2_proto::io::write(
+        &init,
+        model_dir.join("init_net.pb"),
+        caffe2_proto::Format::Binary,
+    )
+    .unwrap();
+    caffe2_proto::io::write(
+        &predict,
+        model_dir.join("predict_net.pb"),
+        caffe2_proto::Format::Binary,
+    )
+    .unwrap();
+    let fp32 = Model::from_nets(init, predict).unwrap();
+    let exec = Executor::new(&fp32, 1).unwrap();
+    let mut list = String::new();
+    for (k, x) in inputs.iter().enumerate() {
+        let y = exec.run(x.clone()).unwrap().remove("softmax").unwrap();
+        let top = c2q::eval::top_k(&y, 1).unwrap()[0][0].0;
+        list.push_str(&format!("{k:02}.png {top}\n"));
+    }
+    std::fs::write(dir.path().join("list.txt"), list).unwrap();
+    let db = dir.path().join("db");
+    data::make_db(
+        &data::Source::List {
+            list: dir.path().join("list.txt"),
+            root: imgs,
+        },
+        &db,
+        &data::MakeDbOptions {
+            format: data::RecordFormat::Datum,
+            raw: None,
+            overwrite: false,
+        },
+        None,
+    )
+    .unwrap();
+
+    let out = dir.path().join("int8");
+    let o = Command::new(env!("CARGO_BIN_EXE_c2q"))
+        .args(["quantize", "--model"])
+        .arg(&model_dir)
+        .arg("--calib-db")
+        .arg(&db)
+        .arg("--out")
+        .arg(&out)
+        .args(["--scale", "36", "--crop", "32", "--kind", "min_max"])
+        .args(["--max-loss", "0", "--holdout", "15", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let fb = &j["fallback"];
+    assert_eq!(fb["holdout_images"], 15);
+    assert_eq!(fb["fp32_top1"], 1.0);
+    let before = fb["int8_top1_before"].as_f64().unwrap();
+    assert!(before < 0.9, "the damage should cost accuracy: {fb}");
+    assert_eq!(fb["met"], true, "{fb}");
+    assert_eq!(fb["int8_top1"], 1.0, "{fb}");
+    let moved = fb["moved_to_fp32"].as_array().unwrap();
+    assert_eq!(
+        moved[0]["blob"], "conv3",
+        "the damaged layer goes first: {fb}"
+    );
+    // The written net keeps conv3 in fp32 and the rest in int8.
+    let int8 = Model::load_dir(&out).unwrap();
+    let conv3 = int8
+        .net
+        .nodes
+        .iter()
+        .find(|n| n.outputs.contains(&"conv3".to_string()))
+        .unwrap();
+    assert_eq!(conv3.op_type, "Conv");
+    assert!(int8.net.nodes.iter().any(|n| n.op_type == "Int8ConvRelu"));
+}

@@ -10,12 +10,14 @@ use serde_json::json;
 use super::model_args::ModelArgs;
 use super::preprocess_args::PreprocessArgs;
 use super::progress::bar;
+use crate::eval::EvalOptions;
 use crate::eval::{layer_errors_on_db, BlobError};
 use crate::quant::calibrate::{calibrate_db, Calibration, ChosenRange};
 use crate::quant::{
     quantize_model, read_histogram_file, write_histogram_file, ChooseOptions, Outcome, QuantKind,
     QuantizeOptions,
 };
+use crate::quant::{quantize_within_loss, FallbackOptions, FallbackResult};
 use crate::Model;
 
 /// Flags of `c2q quantize`.
@@ -76,6 +78,18 @@ pub struct QuantizeArgs {
     /// Also write init_net.pbtxt (large).
     #[arg(long)]
     pub text_init: bool,
+    /// Accuracy budget: after quantizing, measure the top-1 loss (percentage points) on the
+    /// first `--holdout` images of the calibration DB (which are then not used to calibrate)
+    /// and move the most harmful layers back to fp32 one at a time until the loss is at most
+    /// this.
+    #[arg(long)]
+    pub max_loss: Option<f64>,
+    /// Held-out images for `--max-loss` (the first ones in key order).
+    #[arg(long, default_value_t = 50)]
+    pub holdout: usize,
+    /// Added to every label for `--max-loss` (1 for nets with a background class 0).
+    #[arg(long, default_value_t = 0)]
+    pub labels_offset: i64,
     /// Images of the calibration DB (first in key order) on which the per-layer SQNR of the
     /// written int8 net against fp32 is measured (0 = no per-layer report).
     #[arg(long, default_value_t = 8)]
@@ -127,6 +141,8 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             let opts = data::BatchOptions {
                 batch_size: a.batch.max(1),
                 sample: Some(a.calib_images),
+                // With --max-loss the first --holdout records are kept for evaluation.
+                skip: if a.max_loss.is_some() { a.holdout } else { 0 },
                 seed: a.seed,
                 skip_bad: a.skip_bad,
                 format: a.format,
@@ -152,7 +168,79 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         input_shapes: HashMap::from([(input, shape)]),
         ..QuantizeOptions::default()
     };
-    let int8 = quantize_model(&model, &chosen.per_op, &chosen.inputs, &opts)?;
+    let (int8, fallback) = match a.max_loss {
+        None => (
+            quantize_model(&model, &chosen.per_op, &chosen.inputs, &opts)?,
+            None,
+        ),
+        Some(budget) => {
+            let db = a.calib_db.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("--max-loss needs --calib-db (its first --holdout images)")
+            })?;
+            if a.holdout == 0 {
+                anyhow::bail!("--max-loss needs --holdout > 0 images");
+            }
+            let fb = FallbackOptions {
+                max_loss_points: budget,
+                eval: EvalOptions {
+                    batches: data::BatchOptions {
+                        batch_size: a.batch.max(1),
+                        limit: Some(a.holdout),
+                        skip_bad: a.skip_bad,
+                        format: a.format,
+                        preprocess: pre.clone(),
+                        ..data::BatchOptions::default()
+                    },
+                    threads: a.threads,
+                    labels_offset: a.labels_offset,
+                    ..EvalOptions::default()
+                },
+                report_images: a.report_images.max(1),
+                max_steps: model.net.nodes.len(),
+                trials: 4,
+            };
+            let say = |s: &str| {
+                if !a.json {
+                    println!("  {s}");
+                }
+            };
+            if !a.json {
+                println!("accuracy budget: at most {budget} points of top-1 loss");
+            }
+            let r = quantize_within_loss(&model, &chosen, &opts, db, &fb, Some(&say))?;
+            let FallbackResult {
+                int8,
+                fp32_top1,
+                initial_top1,
+                final_top1,
+                images,
+                steps,
+                met,
+                ..
+            } = r;
+            let j = json!({
+                "max_loss_points": budget, "holdout_images": images, "fp32_top1": fp32_top1,
+                "int8_top1_before": initial_top1, "int8_top1": final_top1,
+                "loss_points": 100.0 * (fp32_top1 - final_top1), "met": met,
+                "moved_to_fp32": steps.iter().map(|s| json!({"op_index": s.op_index, "op_type": s.op_type,
+                    "blob": s.blob, "sqnr_db": finite_or_null(s.sqnr_db), "top1_after": s.top1_after})).collect::<Vec<_>>(),
+            });
+            if !a.json {
+                println!(
+                    "  fp32 top-1 {fp32_top1:.4}, int8 {initial_top1:.4} -> {final_top1:.4} after moving {} layer(s) to fp32: {}",
+                    steps.len(),
+                    if met { "within budget" } else { "BUDGET NOT MET" }
+                );
+            }
+            if !met {
+                eprintln!(
+                    "warning: --max-loss {budget}: the loss is still {:.2} points with every candidate layer in fp32",
+                    100.0 * (fp32_top1 - final_top1)
+                );
+            }
+            (int8, Some(j))
+        }
+    };
     let mut files = vec![
         ("init_net.pb", &int8.init, Format::Binary),
         ("predict_net.pb", &int8.predict, Format::Binary),
@@ -183,6 +271,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         "kind": a.kind.name(), "preserve_sparsity": a.preserve_sparsity, "per_channel": a.per_channel,
         "calibration_images": calibration.images, "report_images": layers.as_ref().map(|_| a.report_images),
         "layers": report,
+        "fallback": fallback,
     });
     let tmp = a.out.join(".report.json.tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(&report_json)?)
@@ -207,6 +296,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             "ranges": chosen.table.iter().map(|c| json!({"op_index": c.op_index, "blob": c.blob, "min": c.min, "max": c.max,
                 "chosen_min": c.chosen_min, "chosen_max": c.chosen_max, "clipped": c.clipped, "scale": c.q.scale, "zero_point": c.q.zero_point})).collect::<Vec<_>>(),
             "layers": report,
+            "fallback": fallback,
             "skipped": skipped.iter().map(|s| json!({"key": s.key, "reason": s.reason})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&j)?);

@@ -219,23 +219,6 @@ pub fn cosine(dot: f64, a2: f64, b2: f64) -> f64 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sqnr_and_cosine_by_hand() {
-        // Signal {3, 4}: Σr² = 25; noise {0.3, -0.4}: Σe² = 0.25 -> 10·log10(100) = 20 dB.
-        assert!((sqnr_db(25.0, 0.25) - 20.0).abs() < 1e-12);
-        assert_eq!(sqnr_db(1.0, 0.0), f64::INFINITY);
-        assert_eq!(sqnr_db(0.0, 1.0), f64::NEG_INFINITY);
-        // r = (1, 0), q = (1, 1): dot 1, |r| 1, |q| √2.
-        assert!((cosine(1.0, 1.0, 2.0) - 0.5f64.sqrt()).abs() < 1e-12);
-        assert_eq!(cosine(0.0, 0.0, 0.0), 1.0);
-        assert_eq!(cosine(0.0, 1.0, 0.0), 0.0);
-    }
-}
-
 /// [`LayerErrors`] over the first images of an LMDB (`opts.limit`, in key order unless
 /// `opts.sample` is set), both nets fed the same preprocessed batches.
 pub fn layer_errors_on_db(
@@ -265,4 +248,21 @@ pub fn layer_errors_on_db(
         )));
     }
     Ok((le.finish()?, le.images()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqnr_and_cosine_by_hand() {
+        // Signal {3, 4}: Σr² = 25; noise {0.3, -0.4}: Σe² = 0.25 -> 10·log10(100) = 20 dB.
+        assert!((sqnr_db(25.0, 0.25) - 20.0).abs() < 1e-12);
+        assert_eq!(sqnr_db(1.0, 0.0), f64::INFINITY);
+        assert_eq!(sqnr_db(0.0, 1.0), f64::NEG_INFINITY);
+        // r = (1, 0), q = (1, 1): dot 1, |r| 1, |q| √2.
+        assert!((cosine(1.0, 1.0, 2.0) - 0.5f64.sqrt()).abs() < 1e-12);
+        assert_eq!(cosine(0.0, 0.0, 0.0), 1.0);
+        assert_eq!(cosine(0.0, 1.0, 0.0), 0.0);
+    }
 }

@@ -9,6 +9,7 @@
 
 pub mod calibrate;
 pub mod choose;
+pub mod fallback;
 pub mod hist_file;
 pub mod histogram;
 pub mod kl;
@@ -22,6 +23,7 @@ pub mod rewrite;
 pub use choose::{
     choose_from_histogram, choose_from_histogram_with, choose_from_values, ChooseOptions, QuantKind,
 };
+pub use fallback::{quantize_within_loss, FallbackOptions, FallbackResult, FallbackStep};
 pub use hist_file::{read_histogram_file, write_histogram_file, HistogramRecord};
 pub use histogram::{DynamicHistogram, Histogram};
 pub use qparams::{choose_quantization_params, QParamsOptions};

@@ -665,11 +665,7 @@ impl<'a> Rewriter<'a> {
         let values = w.f32_slice().map_err(terr)?;
         let (q, codes, channel_scales) = if self.opts.per_channel {
             let channels = shape.first().copied().unwrap_or(0);
-            let per = if channels == 0 {
-                0
-            } else {
-                values.len() / channels
-            };
+            let per = values.len().checked_div(channels).unwrap_or(0);
             let mut codes = Vec::with_capacity(values.len());
             let mut scales = Vec::with_capacity(channels);
             for m in 0..channels {

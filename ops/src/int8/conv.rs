@@ -15,8 +15,21 @@
 //! from [`ConvPoolGeometry`]. Only 2-D convolutions are implemented. Bias is optional (2 or
 //! 3 inputs) and may be Int8 int32 or f32.
 //!
-//! The work is split over output rows with rayon; every output is computed by one thread
-//! with a fixed summation order, so results never depend on the thread count.
+//! Per-channel weight scales: with the c2q argument `W_scales` (one scale per output
+//! channel), channel `m` uses `M[m] = s_x · W_scales[m] / s_y` and a float bias is quantized
+//! with `s_x · W_scales[m]` (see the [module docs](super)).
+//!
+//! Two implementations with bit-identical results:
+//!
+//! - the scalar reference (`NodeSpec::reference`): a gathered window per output pixel and a
+//!   plain dot product per channel, split over output rows with rayon;
+//! - the fast path (default), NHWC internally: depthwise convolutions (group = C = M) run the
+//!   direct kernel of [`qdepthwise`](crate::kernels::qdepthwise); all others run the int8
+//!   GEMM of [`qgemm`](crate::kernels::qgemm) per group, reading X directly as the A matrix
+//!   for 1×1 stride-1 unpadded convolutions and otherwise gathering im2col rows tile by tile
+//!   (padded cells take `z_x`). Constant weights are packed once in [`Op::prepare`].
+//!
+//! Every output is an exact integer sum, so results never depend on the thread count.
 
 use std::borrow::Cow;
 
@@ -24,19 +37,45 @@ use rayon::prelude::*;
 
 use super::requant::OutputStage;
 use super::{
-    bias_values, centered_i16, check_bias_info, check_dnnlowp_args, dot_i16, qu8_from_vec,
-    qu8_info, qu8_tensor, static_output_params, Engine,
+    bias_values, centered_i16, channel_w_scales, check_bias_info, check_dnnlowp_args,
+    check_w_scales_len, dot_i16, qu8_from_vec, qu8_info, qu8_tensor, read_w_scales,
+    static_output_params, Engine,
 };
 use crate::fp32::conv_pool::{ConvPoolGeometry, Order};
+use crate::kernels::qdepthwise::{qdepthwise, DwShape, PackedDepthwise};
+use crate::kernels::qgemm::{qgemm, PackedQWeights, QEpilogue, QLhs, QMatRef};
 use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
 
-/// `Int8Conv` / `Int8ConvRelu` operator (scalar reference).
+/// `Int8Conv` / `Int8ConvRelu` operator.
 #[derive(Debug)]
 pub struct Int8Conv {
     op_type: String,
     relu: bool,
     geo: ConvPoolGeometry,
     y: QParams,
+    /// Run the scalar reference instead of the fast kernels.
+    reference: bool,
+    /// Per-channel weight scales (`W_scales`), if given.
+    w_scales: Option<Vec<f32>>,
+    /// Weights packed by `prepare` (constant W).
+    prepared: Option<Prepared>,
+}
+
+/// Weights packed ahead of time, with what they were packed from.
+#[derive(Debug)]
+struct Prepared {
+    w_shape: Vec<usize>,
+    wq: QParams,
+    weights: PackedConv,
+}
+
+/// Packed weights of the fast path.
+#[derive(Debug)]
+enum PackedConv {
+    /// One GEMM weight block per group (`[M/G, kH·kW·C/G]` each).
+    Gemm(Vec<PackedQWeights>),
+    /// Depthwise filter `[C, kH·kW]`.
+    Depthwise(PackedDepthwise),
 }
 
 /// Sizes of one call, 2-D.
@@ -108,6 +147,9 @@ impl Int8Conv {
             relu,
             geo,
             y: static_output_params(spec, relu)?,
+            reference: spec.reference,
+            w_scales: read_w_scales(spec)?,
+            prepared: None,
         })
     }
 
@@ -163,6 +205,7 @@ impl Int8Conv {
                 self.geo.kernel
             )));
         }
+        check_w_scales_len(op, self.w_scales.as_deref(), m)?;
         if let Some(b) = b {
             check_bias_info(op, b, m, xq, wq)?;
         }
@@ -224,21 +267,9 @@ impl Op for Int8Conv {
         let d = r.d;
         let (x, _) = qu8_tensor(op, "X", inputs[0])?;
         let (w, _) = qu8_tensor(op, "filter W", inputs[1])?;
-        let bias = bias_values(op, b, d.m, r.xq, r.wq)?;
-
-        // Weights as (w − z_w) in [M, kH, kW, C/G] order; one zero point and one scale per
-        // output channel (all equal for per-tensor parameters).
-        let w_zero_points = vec![r.wq.zero_point; d.m];
-        let w_scales = vec![r.wq.scale; d.m];
-        let w_khwc: Cow<'_, [u8]> = match self.geo.order {
-            Order::Nhwc => Cow::Borrowed(w),
-            Order::Nchw => Cow::Owned(chw_to_hwc(w, d.m, d.cg(), d.kh * d.kw)),
-        };
-        let kk = d.kk();
-        let mut wc: Vec<i16> = Vec::with_capacity(d.m * kk);
-        for (mi, &zw) in w_zero_points.iter().enumerate() {
-            wc.extend(centered_i16(&w_khwc[mi * kk..(mi + 1) * kk], zw));
-        }
+        // One weight scale per output channel (all equal for per-tensor parameters).
+        let w_scales = channel_w_scales(self.w_scales.as_deref(), r.wq, d.m);
+        let bias = bias_values(op, b, r.xq, &w_scales)?;
         let stage = OutputStage::new(r.xq.scale, &w_scales, self.y, self.relu);
 
         let x_nhwc: Cow<'_, [u8]> = match self.geo.order {
@@ -246,18 +277,271 @@ impl Op for Int8Conv {
             Order::Nchw => Cow::Owned(chw_to_hwc(x, d.n, d.c, d.ih * d.iw)),
         };
         let mut y = vec![0u8; d.n * d.oh * d.ow * d.m];
-        if !y.is_empty() {
-            y.par_chunks_mut(d.ow * d.m)
-                .enumerate()
-                .for_each(|(row, yrow)| {
-                    conv_row(&d, &x_nhwc, r.xq.zero_point, &wc, &bias, &stage, row, yrow)
-                });
+        if self.reference {
+            self.eval_reference(&d, &x_nhwc, r.xq, w, r.wq, &bias, &stage, &mut y);
+        } else {
+            let packed_now;
+            let packed = match &self.prepared {
+                Some(p) if p.w_shape == inputs[1].shape() && p.wq == r.wq => &p.weights,
+                _ => {
+                    packed_now = pack_weights(w, inputs[1].shape(), self.geo.order, d.g, r.wq)?;
+                    &packed_now
+                }
+            };
+            run_fast(&d, &x_nhwc, r.xq.zero_point, packed, &bias, &stage, &mut y)?;
         }
         let y = match self.geo.order {
             Order::Nhwc => y,
             Order::Nchw => hwc_to_chw(&y, d.n, d.m, d.oh * d.ow),
         };
         Ok(vec![qu8_from_vec(&r.out_shape, y, self.y)?])
+    }
+
+    fn prepare(&mut self, constants: &[Option<&Tensor>]) -> OpResult<()> {
+        self.prepared = None;
+        if self.reference {
+            return Ok(());
+        }
+        let Some(Some(Tensor::QU8(arr, wq))) = constants.get(1) else {
+            return Ok(());
+        };
+        let Some(codes) = arr.as_slice() else {
+            return Ok(());
+        };
+        // Weights that do not fit are left for `eval` to report with its full message.
+        if let Ok(weights) = pack_weights(codes, arr.shape(), self.geo.order, self.geo.group, *wq) {
+            self.prepared = Some(Prepared {
+                w_shape: arr.shape().to_vec(),
+                wq: *wq,
+                weights,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Int8Conv {
+    /// The scalar reference: one gathered window and one dot product per output.
+    #[allow(clippy::too_many_arguments)]
+    fn eval_reference(
+        &self,
+        d: &Dims,
+        x_nhwc: &[u8],
+        xq: QParams,
+        w: &[u8],
+        wq: QParams,
+        bias: &[i32],
+        stage: &OutputStage,
+        y: &mut [u8],
+    ) {
+        // Weights as (w − z_w) in [M, kH, kW, C/G] order.
+        let w_khwc: Cow<'_, [u8]> = match self.geo.order {
+            Order::Nhwc => Cow::Borrowed(w),
+            Order::Nchw => Cow::Owned(chw_to_hwc(w, d.m, d.cg(), d.kh * d.kw)),
+        };
+        let kk = d.kk();
+        let mut wc: Vec<i16> = Vec::with_capacity(d.m * kk);
+        for mi in 0..d.m {
+            wc.extend(centered_i16(&w_khwc[mi * kk..(mi + 1) * kk], wq.zero_point));
+        }
+        if !y.is_empty() {
+            y.par_chunks_mut(d.ow * d.m)
+                .enumerate()
+                .for_each(|(row, yrow)| {
+                    conv_row(d, x_nhwc, xq.zero_point, &wc, bias, stage, row, yrow)
+                });
+        }
+    }
+}
+
+/// Packs filter codes (`w_shape` in `order`'s layout) for the fast path: the depthwise
+/// kernel when every group has one input and one output channel, else one GEMM block per
+/// group. Fails on shapes that do not describe a 2-D grouped filter.
+fn pack_weights(
+    w: &[u8],
+    w_shape: &[usize],
+    order: Order,
+    g: usize,
+    wq: QParams,
+) -> OpResult<PackedConv> {
+    let bad = || OpError::Shape(format!("filter {w_shape:?} does not fit group {g}"));
+    if w_shape.len() != 4 || g == 0 {
+        return Err(bad());
+    }
+    let m = w_shape[0];
+    let (cg, kh, kw) = match order {
+        Order::Nhwc => (w_shape[3], w_shape[1], w_shape[2]),
+        Order::Nchw => (w_shape[1], w_shape[2], w_shape[3]),
+    };
+    if m == 0 || !m.is_multiple_of(g) || w.len() != m * cg * kh * kw {
+        return Err(bad());
+    }
+    let w_khwc: Cow<'_, [u8]> = match order {
+        Order::Nhwc => Cow::Borrowed(w),
+        Order::Nchw => Cow::Owned(chw_to_hwc(w, m, cg, kh * kw)),
+    };
+    let mg = m / g;
+    let kk = kh * kw * cg;
+    if g > 1 && cg == 1 && mg == 1 {
+        let zps = vec![wq.zero_point; m];
+        return Ok(PackedConv::Depthwise(PackedDepthwise::pack(
+            &w_khwc,
+            m,
+            kh * kw,
+            &zps,
+        )?));
+    }
+    let zps = vec![wq.zero_point; mg];
+    let groups = (0..g)
+        .map(|gi| PackedQWeights::pack(&w_khwc[gi * mg * kk..(gi + 1) * mg * kk], mg, kk, &zps))
+        .collect::<OpResult<Vec<_>>>()?;
+    Ok(PackedConv::Gemm(groups))
+}
+
+/// The fast NHWC convolution into `y` (`[N, H', W', M]`).
+fn run_fast(
+    d: &Dims,
+    x: &[u8],
+    zx: i32,
+    packed: &PackedConv,
+    bias: &[i32],
+    stage: &OutputStage,
+    y: &mut [u8],
+) -> OpResult<()> {
+    let mismatch = || {
+        OpError::Shape(format!(
+            "internal: packed filter does not match the convolution {d:?}"
+        ))
+    };
+    match packed {
+        PackedConv::Depthwise(pw) => {
+            if !(d.g == d.c && d.g == d.m) {
+                return Err(mismatch());
+            }
+            let ep = QEpilogue::new(
+                pw.col_sums(),
+                zx,
+                bias,
+                &stage.multipliers,
+                stage.zero_point,
+                stage.lo,
+            )?;
+            let shape = DwShape {
+                n: d.n,
+                h: d.ih,
+                w: d.iw,
+                c: d.c,
+                oh: d.oh,
+                ow: d.ow,
+                kh: d.kh,
+                kw: d.kw,
+                stride_h: d.sh,
+                stride_w: d.sw,
+                dil_h: d.dh,
+                dil_w: d.dw,
+                pad_t: d.pt,
+                pad_l: d.pl,
+            };
+            qdepthwise(x, zx, &shape, pw, &ep, y)
+        }
+        PackedConv::Gemm(groups) => {
+            if groups.len() != d.g {
+                return Err(mismatch());
+            }
+            let (cg, mg) = (d.cg(), d.mg());
+            let direct = d.kh == 1
+                && d.kw == 1
+                && d.sh == 1
+                && d.sw == 1
+                && d.pt == 0
+                && d.pl == 0
+                && d.oh == d.ih
+                && d.ow == d.iw;
+            for (g, pw) in groups.iter().enumerate() {
+                let cols = g * mg..(g + 1) * mg;
+                let ep = QEpilogue::new(
+                    pw.col_sums(),
+                    zx,
+                    &bias[cols.clone()],
+                    &stage.multipliers[cols],
+                    stage.zero_point,
+                    stage.lo,
+                )?;
+                if direct {
+                    let a = QMatRef::new(x, d.n * d.ih * d.iw, cg, d.c, g * cg)?;
+                    qgemm(&a, pw, &ep, y, d.m, g * mg)?;
+                } else {
+                    let a = Im2col {
+                        x,
+                        d: *d,
+                        g,
+                        zx: zx as u8,
+                    };
+                    qgemm(&a, pw, &ep, y, d.m, g * mg)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The im2col rows of group `g` of an NHWC convolution, gathered one output pixel at a
+/// time: `[kH][kW][C/G]` codes per row, padded cells set to the input zero point.
+struct Im2col<'a> {
+    x: &'a [u8],
+    d: Dims,
+    g: usize,
+    zx: u8,
+}
+
+impl QLhs for Im2col<'_> {
+    fn rows(&self) -> usize {
+        self.d.n * self.d.oh * self.d.ow
+    }
+
+    fn depth(&self) -> usize {
+        self.d.kk()
+    }
+
+    fn row<'s>(&'s self, r: usize, scratch: &'s mut [u8]) -> &'s [u8] {
+        let d = &self.d;
+        let (n, pix) = (r / (d.oh * d.ow), r % (d.oh * d.ow));
+        let (oy, ox) = (pix / d.ow, pix % d.ow);
+        let image = &self.x[n * d.ih * d.iw * d.c..(n + 1) * d.ih * d.iw * d.c];
+        let cg = d.cg();
+        let dst = &mut scratch[..d.kk()];
+        // With one group and no horizontal dilation, the kW cells of a kernel row are one
+        // contiguous run of kW·C codes.
+        let runs = d.g == 1 && d.dw == 1;
+        let ix0 = (ox * d.sw) as isize - d.pl as isize;
+        let mut at = 0;
+        for ky in 0..d.kh {
+            let iy = (oy * d.sh + ky * d.dh) as isize - d.pt as isize;
+            let span = d.kw * cg;
+            if iy < 0 || iy as usize >= d.ih {
+                dst[at..at + span].fill(self.zx);
+                at += span;
+                continue;
+            }
+            let line = &image[iy as usize * d.iw * d.c..(iy as usize + 1) * d.iw * d.c];
+            if runs && ix0 >= 0 && ix0 as usize + d.kw <= d.iw {
+                let s = ix0 as usize * d.c;
+                dst[at..at + span].copy_from_slice(&line[s..s + span]);
+                at += span;
+                continue;
+            }
+            for kx in 0..d.kw {
+                let ix = ix0 + (kx * d.dw) as isize;
+                if ix < 0 || ix as usize >= d.iw {
+                    dst[at..at + cg].fill(self.zx);
+                } else {
+                    let s = ix as usize * d.c + self.g * cg;
+                    dst[at..at + cg].copy_from_slice(&line[s..s + cg]);
+                }
+                at += cg;
+            }
+        }
+        dst
     }
 }
 

@@ -13,11 +13,15 @@
 //!
 //! Int8Relu: `y = max(x, z_x)` with the input's parameters (DNNLOWP and QNNPACK alike;
 //! `Y_scale`/`Y_zero_point` are ignored, as in DNNLOWP).
+//!
+//! With `NodeSpec::reference` set, the plain loops below run; otherwise the bit-identical
+//! kernels of [`crate::kernels::qeltwise`] (AVX2 when available).
 
 use rayon::prelude::*;
 
 use super::requant::requantize_real;
 use super::{check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine};
+use crate::kernels::qeltwise::{self, RealStage};
 use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
 
 /// Elements per parallel chunk.
@@ -29,6 +33,7 @@ pub struct Int8Sum {
     op_type: String,
     relu: bool,
     y: QParams,
+    reference: bool,
 }
 
 impl Int8Sum {
@@ -54,6 +59,7 @@ impl Int8Sum {
             op_type: spec.op_type.clone(),
             relu,
             y: static_output_params(spec, relu)?,
+            reference: spec.reference,
         })
     }
 
@@ -108,6 +114,25 @@ impl Op for Int8Sum {
             if self.relu { self.y.zero_point } else { 0 },
         );
         let mut y = vec![0u8; xs[0].0.len()];
+        if !self.reference {
+            let st = RealStage {
+                multiplier: inv,
+                zero_point: zy,
+                lo,
+            };
+            let k = qeltwise::kernels();
+            qeltwise::par_chunks(&mut y, |start, yc| {
+                let r = start..start + yc.len();
+                if let [(a, qa), (b, qb)] = xs.as_slice() {
+                    (k.add2)(&a[r.clone()], *qa, &b[r], *qb, yc, st);
+                } else {
+                    let parts: Vec<(&[u8], QParams)> =
+                        xs.iter().map(|(x, q)| (&x[r.clone()], *q)).collect();
+                    (k.sum_n)(&parts, yc, st);
+                }
+            });
+            return Ok(vec![qu8_from_vec(inputs[0].shape(), y, self.y)?]);
+        }
         y.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, yc)| {
             let start = ci * CHUNK;
             for (j, out) in yc.iter_mut().enumerate() {
@@ -126,6 +151,7 @@ impl Op for Int8Sum {
 #[derive(Debug)]
 pub struct Int8Relu {
     op_type: String,
+    reference: bool,
 }
 
 impl Int8Relu {
@@ -136,6 +162,7 @@ impl Int8Relu {
         Engine::parse(&spec.op_type, &spec.engine)?;
         Ok(Int8Relu {
             op_type: spec.op_type.clone(),
+            reference: spec.reference,
         })
     }
 }
@@ -155,7 +182,16 @@ impl Op for Int8Relu {
         expect_inputs(inputs, 1, 1)?;
         let (x, q) = qu8_tensor(&self.op_type, "X", inputs[0])?;
         let z = q.zero_point as u8;
-        let y: Vec<u8> = x.iter().map(|&v| v.max(z)).collect();
+        let y: Vec<u8> = if self.reference {
+            x.iter().map(|&v| v.max(z)).collect()
+        } else {
+            let k = qeltwise::kernels();
+            let mut y = vec![0u8; x.len()];
+            qeltwise::par_chunks(&mut y, |start, yc| {
+                (k.relu)(&x[start..start + yc.len()], yc, z);
+            });
+            y
+        };
         Ok(vec![qu8_from_vec(inputs[0].shape(), y, q)?])
     }
 }

@@ -25,6 +25,19 @@
 //!   requantization is available as [`requant::Q31Multiplier`] but not selected by the
 //!   operators. Engines that change the data types (`DNNLOWP_16`, `DNNLOWP_ROWWISE*`) are
 //!   rejected.
+//! - Per-channel weight scales (a c2q extension): `Int8Conv`, `Int8ConvRelu`, `Int8FC` and
+//!   `Int8FCRelu` accept a float-list argument `W_scales` with one weight scale per output
+//!   channel (each finite and > 0). Channel `m` then requantizes with
+//!   `M[m] = s_x · W_scales[m] / s_y` instead of the weight tensor's scale; the weight
+//!   tensor's zero point is still used for every channel. Int8 int32 bias values are taken to
+//!   be in units of `s_x · W_scales[m]` (the bias tensor's own scale is still checked against
+//!   `s_x · s_w` of the tensors), a float bias is quantized per channel with
+//!   `s_x · W_scales[m]`. `quantize_channelwise = 1` is accepted only together with
+//!   `W_scales` (see [`read_w_scales`]); real Caffe2 ignores `W_scales`.
+//! - Implementations: [`conv`] and [`fc`] keep the scalar reference loops (selected by
+//!   `NodeSpec::reference`) and otherwise run the exact AVX2/portable kernels of
+//!   [`crate::kernels::qgemm`] and [`crate::kernels::qdepthwise`], which give bit-identical
+//!   results.
 
 pub mod conv;
 pub mod eltwise;
@@ -207,7 +220,8 @@ pub fn static_output_params(spec: &NodeSpec, relu_fused: bool) -> OpResult<QPara
 /// Checks the DNNLOWP arguments that would change what an operator computes:
 /// `dequantize_output` (unsupported), `followed_by` (only "Relu" is implemented; unknown
 /// values are ignored as in DNNLOWP), per-group/per-channel weight quantization
-/// (unsupported: weights come as one Int8 tensor with one parameter pair).
+/// (unsupported: weights come as one Int8 tensor with one parameter pair), except
+/// `quantize_channelwise = 1` together with the c2q `W_scales` argument.
 pub fn check_dnnlowp_args(spec: &NodeSpec) -> OpResult<()> {
     let op = spec.op_type.as_str();
     if spec.args.int_or("dequantize_output", 0)? != 0 {
@@ -216,6 +230,9 @@ pub fn check_dnnlowp_args(spec: &NodeSpec) -> OpResult<()> {
         )));
     }
     for name in ["quantize_groupwise", "quantize_channelwise"] {
+        if name == "quantize_channelwise" && spec.args.has("W_scales") {
+            continue;
+        }
         if spec.args.int_or(name, 0)? != 0 {
             return Err(OpError::Unsupported(format!(
                 "{op} with {name} = 1: per-group/per-channel weight parameters need weights \
@@ -231,6 +248,57 @@ pub fn check_dnnlowp_args(spec: &NodeSpec) -> OpResult<()> {
         }
     }
     Ok(())
+}
+
+/// Reads the c2q per-channel weight scales `W_scales` (a float list, each finite and > 0);
+/// `None` when absent. The length is checked against the output channels by
+/// [`check_w_scales_len`] once the weight shape is known.
+pub fn read_w_scales(spec: &NodeSpec) -> OpResult<Option<Vec<f32>>> {
+    let op = spec.op_type.as_str();
+    let bad = |msg: String| OpError::BadArg {
+        name: "W_scales".into(),
+        msg: format!("{op}: {msg}"),
+    };
+    let Some(v) = spec.args.floats("W_scales")? else {
+        return Ok(None);
+    };
+    if v.is_empty() {
+        return Err(bad(
+            "must hold one weight scale per output channel, got none".into(),
+        ));
+    }
+    if let Some((i, s)) = v
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !(s.is_finite() && **s > 0.0))
+    {
+        return Err(bad(format!("scale {i} is {s} (must be finite and > 0)")));
+    }
+    Ok(Some(v))
+}
+
+/// Fails unless per-channel scales (if any) number exactly `channels`.
+pub fn check_w_scales_len(op: &str, scales: Option<&[f32]>, channels: usize) -> OpResult<()> {
+    match scales {
+        Some(s) if s.len() != channels => Err(OpError::BadArg {
+            name: "W_scales".into(),
+            msg: format!(
+                "{op}: has {} scales but the weights have {channels} output channels (need \
+                 one per output channel)",
+                s.len()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The weight scale of every output channel: `W_scales` when given (length already checked),
+/// else the weight tensor's scale repeated.
+pub fn channel_w_scales(scales: Option<&[f32]>, w: QParams, channels: usize) -> Vec<f32> {
+    match scales {
+        Some(s) => s.to_vec(),
+        None => vec![w.scale; channels],
+    }
 }
 
 fn followed_by_relu(spec: &NodeSpec) -> OpResult<bool> {
@@ -299,27 +367,32 @@ pub fn check_bias_info(
     }
 }
 
-/// The int32 bias values of a Conv/FC (call [`check_bias_info`] first): Int8 int32 codes as
-/// they are, f32 values quantized with scale `s_x · s_w` ([`requant::quantize_bias`]), zeros
+/// The int32 bias values of a Conv/FC (call [`check_bias_info`] first), one per entry of
+/// `w_scales` (the weight scale of each output channel): Int8 int32 codes as they are, f32
+/// values quantized with scale `s_x · w_scales[m]` ([`requant::quantize_bias`]), zeros
 /// without a bias.
 pub fn bias_values(
     op: &str,
     b: Option<&Tensor>,
-    len: usize,
     x: QParams,
-    w: QParams,
+    w_scales: &[f32],
 ) -> OpResult<Vec<i32>> {
+    let len = w_scales.len();
     match b {
         None => Ok(vec![0; len]),
+        Some(t) if t.shape() != [len] => Err(OpError::Shape(format!(
+            "{op}: bias {:?} must have shape [{len}]",
+            t.shape()
+        ))),
         Some(Tensor::QI32(a, _)) => Ok(a.iter().copied().collect()),
-        Some(Tensor::F32(a)) => {
-            let s = x.scale * w.scale;
-            a.iter()
-                .map(|&v| {
-                    requant::quantize_bias(v, s).map_err(|e| OpError::DType(format!("{op}: {e}")))
-                })
-                .collect()
-        }
+        Some(Tensor::F32(a)) => a
+            .iter()
+            .zip(w_scales)
+            .map(|(&v, &ws)| {
+                requant::quantize_bias(v, x.scale * ws)
+                    .map_err(|e| OpError::DType(format!("{op}: {e}")))
+            })
+            .collect(),
         Some(other) => Err(OpError::DType(format!(
             "{op}: bias must be qi32 or f32, got {}",
             other.dtype().name()

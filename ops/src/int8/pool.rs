@@ -14,6 +14,12 @@
 //! Both take `order` (default NHWC; NCHW is computed by converting to NHWC and back),
 //! `kernel`/`stride`/`pads`/`legacy_pad`/`global_pooling` through [`ConvPoolGeometry`]
 //! (2-D only; dilation is rejected), and require pads smaller than the kernel as DNNLOWP does.
+//!
+//! With `NodeSpec::reference` set, `pool_row` below computes every window directly;
+//! otherwise the bit-identical row kernels of [`crate::kernels::qeltwise`] run (AVX2 when
+//! available; separable: rows first, then columns). Average pools with windows above
+//! [`qeltwise::AVG_POOL_MAX_CELLS`] cells, where i32 sums could overflow, always take the
+//! reference path.
 
 use std::borrow::Cow;
 
@@ -23,6 +29,7 @@ use super::conv::{chw_to_hwc, hwc_to_chw};
 use super::requant::requantize_real;
 use super::{check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine};
 use crate::fp32::conv_pool::{ConvPoolGeometry, Order};
+use crate::kernels::qeltwise::{self, PoolGeom, PoolScratch};
 use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
 
 /// `Int8MaxPool` / `Int8AveragePool` operator (scalar reference).
@@ -32,6 +39,7 @@ pub struct Int8Pool {
     /// `None` for MaxPool (output parameters = input parameters).
     avg_y: Option<QParams>,
     geo: ConvPoolGeometry,
+    reference: bool,
 }
 
 /// Sizes of one call, 2-D.
@@ -113,6 +121,7 @@ impl Int8Pool {
             op_type: spec.op_type.clone(),
             avg_y,
             geo,
+            reference: spec.reference,
         })
     }
 
@@ -183,7 +192,12 @@ impl Op for Int8Pool {
             Order::Nchw => Cow::Owned(chw_to_hwc(x, d.n, d.c, d.ih * d.iw)),
         };
         let mut y = vec![0u8; d.n * d.oh * d.ow * d.c];
-        if !y.is_empty() {
+        let g = d.geom();
+        let fast = !self.reference
+            && (self.avg_y.is_none() || g.max_window_cells() <= qeltwise::AVG_POOL_MAX_CELLS);
+        if fast && !y.is_empty() {
+            self.pool_fast(&g, d.n, &x, xq, yq, &mut y)?;
+        } else if !y.is_empty() {
             let image = d.ih * d.iw * d.c;
             y.par_chunks_mut(d.ow * d.c)
                 .enumerate()
@@ -200,7 +214,72 @@ impl Op for Int8Pool {
     }
 }
 
+impl PDims {
+    /// The per-image geometry the fast kernels take.
+    fn geom(&self) -> PoolGeom {
+        PoolGeom {
+            c: self.c,
+            ih: self.ih,
+            iw: self.iw,
+            oh: self.oh,
+            ow: self.ow,
+            kh: self.kh,
+            kw: self.kw,
+            sh: self.sh,
+            sw: self.sw,
+            pt: self.pt,
+            pl: self.pl,
+        }
+    }
+}
+
+/// Input bytes one parallel task should cover at least.
+const TASK_BYTES: usize = 1 << 17;
+
 impl Int8Pool {
+    /// The fast path over `n` NHWC images `x` into a non-empty `y`, one task per group of
+    /// output rows.
+    fn pool_fast(
+        &self,
+        g: &PoolGeom,
+        n: usize,
+        x: &[u8],
+        xq: QParams,
+        yq: QParams,
+        y: &mut [u8],
+    ) -> OpResult<()> {
+        if let Some((oy, ox)) = g.first_empty_window() {
+            return Err(OpError::Shape(format!(
+                "{}: output ({oy}, {ox}) has a window entirely in the padding",
+                self.op_type
+            )));
+        }
+        let image = g.image_len();
+        if x.len() < n * image {
+            return Err(OpError::Shape(format!(
+                "{}: internal: {} codes for {n} images of {image}",
+                self.op_type,
+                x.len()
+            )));
+        }
+        let k = qeltwise::kernels();
+        let row_work = (g.kh * g.iw * g.c).max(1);
+        let min_rows = (TASK_BYTES / row_work).max(1);
+        let (oh, avg) = (g.oh, self.avg_y.is_some());
+        y.par_chunks_mut(g.ow * g.c)
+            .enumerate()
+            .with_min_len(min_rows)
+            .for_each_init(PoolScratch::default, |scratch, (row, yrow)| {
+                let img = &x[(row / oh) * image..(row / oh + 1) * image];
+                if avg {
+                    (k.avg_pool_row)(img, g, row % oh, xq, yq, yrow, scratch);
+                } else {
+                    (k.max_pool_row)(img, g, row % oh, yrow, scratch);
+                }
+            });
+        Ok(())
+    }
+
     /// One NHWC output row `oy` of one image; `yrow` is `[W', C]`.
     fn pool_row(
         &self,

@@ -8,11 +8,15 @@
 //! divides (`z + nearbyint(x / s)`), which can also differ from `x · (1/s)` in the last bit.
 //! Output parameters must be static (`Y_scale`); the 3-input QNNPACK form (scale and zero
 //! point as tensors) is not supported.
+//!
+//! With `NodeSpec::reference` set, the plain loops below run; otherwise the bit-identical
+//! kernels of [`crate::kernels::qeltwise`] (AVX2 when available).
 
 use rayon::prelude::*;
 
 use super::requant::{dequantize_u8, quantize_u8};
 use super::{check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine};
+use crate::kernels::qeltwise;
 use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
 
 /// Elements per parallel chunk of the element-wise loops.
@@ -23,6 +27,7 @@ const CHUNK: usize = 1 << 14;
 pub struct Int8Quantize {
     op_type: String,
     y: QParams,
+    reference: bool,
 }
 
 impl Int8Quantize {
@@ -35,6 +40,7 @@ impl Int8Quantize {
         Ok(Int8Quantize {
             op_type: spec.op_type.clone(),
             y: static_output_params(spec, false)?,
+            reference: spec.reference,
         })
     }
 
@@ -71,6 +77,13 @@ impl Op for Int8Quantize {
         let inv = 1.0f32 / self.y.scale;
         let z = self.y.zero_point;
         let mut q = vec![0u8; x.len()];
+        if !self.reference {
+            let k = qeltwise::kernels();
+            qeltwise::par_chunks(&mut q, |start, qc| {
+                (k.quantize)(&x[start..start + qc.len()], qc, inv, z);
+            });
+            return Ok(vec![qu8_from_vec(inputs[0].shape(), q, self.y)?]);
+        }
         q.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(qc, xc)| {
@@ -86,6 +99,7 @@ impl Op for Int8Quantize {
 #[derive(Debug)]
 pub struct Int8Dequantize {
     op_type: String,
+    reference: bool,
 }
 
 impl Int8Dequantize {
@@ -96,6 +110,7 @@ impl Int8Dequantize {
         Engine::parse(&spec.op_type, &spec.engine)?;
         Ok(Int8Dequantize {
             op_type: spec.op_type.clone(),
+            reference: spec.reference,
         })
     }
 }
@@ -115,6 +130,13 @@ impl Op for Int8Dequantize {
         expect_inputs(inputs, 1, 1)?;
         let (x, p) = qu8_tensor(&self.op_type, "X", inputs[0])?;
         let mut y = vec![0f32; x.len()];
+        if !self.reference {
+            let k = qeltwise::kernels();
+            qeltwise::par_chunks(&mut y, |start, yc| {
+                (k.dequantize)(&x[start..start + yc.len()], yc, p);
+            });
+            return Ok(vec![Tensor::try_f32(inputs[0].shape(), y)?]);
+        }
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(yc, xc)| {

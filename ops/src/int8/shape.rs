@@ -12,8 +12,16 @@
 //!   optional `old_shape` output): the codes are unchanged and the output keeps the input's
 //!   parameters. A `Y_scale`/`Y_zero_point` that differs from the input's is an error, as in
 //!   Caffe2's Int8Flatten/Int8Reshape (DNNLOWP has no implementation of its own for them).
+//!
+//! Unless `NodeSpec::reference` is set, Int8Concat writes its output directly: for every
+//! index before the axis, each input's contiguous slab is copied (a memcpy of rows, e.g. of
+//! channel runs in NHWC) or, when its parameters differ from the output's, mapped through a
+//! 256-entry table holding the requantized value of every code (the same function, so the
+//! same bytes as the reference).
 
 use std::borrow::Cow;
+
+use rayon::prelude::*;
 
 use super::requant::requantize;
 use super::{
@@ -21,6 +29,7 @@ use super::{
 };
 use crate::fp32::concat::Concat;
 use crate::fp32::reshape::{Flatten, Reshape};
+use crate::kernels::qeltwise::PAR_CHUNK;
 use crate::{
     expect_inputs, ArgValue, Args, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor,
     TensorInfo,
@@ -33,6 +42,12 @@ pub struct Int8Concat {
     y: Option<QParams>,
     /// Does the data movement once every input carries the output parameters.
     inner: Concat,
+    /// The axis as given to `inner` (may be negative).
+    axis: i64,
+    /// `add_axis`: stack along a new axis.
+    add_axis: bool,
+    /// Use the reference path (convert, then `inner`).
+    reference: bool,
 }
 
 impl Int8Concat {
@@ -43,10 +58,13 @@ impl Int8Concat {
         let engine = Engine::parse(&spec.op_type, &spec.engine)?;
         check_dnnlowp_args(spec)?;
         let mut args = Args::new();
+        let mut add_axis = false;
         match spec.args.int("axis")? {
             Some(a) => {
                 args.set("axis", ArgValue::I(a));
-                args.set("add_axis", ArgValue::I(spec.args.int_or("add_axis", 0)?));
+                let add = spec.args.int_or("add_axis", 0)?;
+                add_axis = add != 0;
+                args.set("add_axis", ArgValue::I(add));
             }
             None => {
                 let axis = match spec.args.string("order")?.as_deref() {
@@ -64,6 +82,7 @@ impl Int8Concat {
                 args.set("axis", ArgValue::I(axis));
             }
         }
+        let axis = args.int("axis")?.unwrap_or(0);
         let inner = Concat::from_spec(&NodeSpec::new(
             &spec.op_type,
             args,
@@ -74,12 +93,109 @@ impl Int8Concat {
             op_type: spec.op_type.clone(),
             y: read_y_params(&spec.op_type, &spec.args)?,
             inner,
+            axis,
+            add_axis,
+            reference: spec.reference,
         })
     }
 
     fn out_params(&self, first: QParams) -> QParams {
         self.y.unwrap_or(first)
     }
+
+    /// The fast path: copies (or maps through a requantization table) each input's slab
+    /// straight into the output.
+    fn eval_fast(
+        &self,
+        inputs: &[&Tensor],
+        xs: &[(&[u8], QParams)],
+        yq: QParams,
+    ) -> OpResult<Vec<Tensor>> {
+        let op = self.op_type.as_str();
+        let infos: Vec<TensorInfo> = inputs.iter().map(|t| t.info()).collect();
+        // Validates the shapes and gives the output shapes.
+        let outs = self.infer(&infos)?;
+        let first = inputs[0].shape();
+        let rank = first.len() + usize::from(self.add_axis);
+        let r = rank as i64;
+        if self.axis < -r || self.axis >= r {
+            return Err(OpError::BadArg {
+                name: "axis".into(),
+                msg: format!("{op}: {} is out of range for rank {rank}", self.axis),
+            });
+        }
+        let axis = if self.axis < 0 {
+            self.axis + r
+        } else {
+            self.axis
+        } as usize;
+        let outer: usize = first[..axis].iter().product();
+        let (sizes, inner): (Vec<usize>, usize) = if self.add_axis {
+            (vec![1; inputs.len()], first[axis..].iter().product())
+        } else {
+            (
+                inputs.iter().map(|t| t.shape()[axis]).collect(),
+                first[axis + 1..].iter().product(),
+            )
+        };
+        let luts: Vec<Option<[u8; 256]>> = xs
+            .iter()
+            .map(|(_, q)| (*q != yq).then(|| requant_table(*q, yq)))
+            .collect();
+        let row_out: usize = sizes.iter().sum::<usize>() * inner;
+        let mut y = vec![0u8; outer * row_out];
+        if !y.is_empty() {
+            let rows_per_task = (PAR_CHUNK / row_out).max(1);
+            y.par_chunks_mut(rows_per_task * row_out)
+                .enumerate()
+                .for_each(|(t, block)| {
+                    for (r, orow) in block.chunks_exact_mut(row_out).enumerate() {
+                        let o = t * rows_per_task + r;
+                        let mut off = 0;
+                        for (((codes, _), &size), lut) in xs.iter().zip(&sizes).zip(&luts) {
+                            let len = size * inner;
+                            let src = &codes[o * len..(o + 1) * len];
+                            let dst = &mut orow[off..off + len];
+                            match lut {
+                                None => dst.copy_from_slice(src),
+                                Some(l) => {
+                                    for (d, &c) in dst.iter_mut().zip(src) {
+                                        *d = l[usize::from(c)];
+                                    }
+                                }
+                            }
+                            off += len;
+                        }
+                    }
+                });
+        }
+        let mut res = vec![qu8_from_vec(&outs[0].shape, y, yq)?];
+        if outs.len() == 2 {
+            let v = sizes
+                .iter()
+                .map(|&s| {
+                    i32::try_from(s)
+                        .map_err(|_| OpError::Shape(format!("{op}: input size {s} exceeds i32")))
+                })
+                .collect::<OpResult<Vec<i32>>>()?;
+            res.push(Tensor::I32(
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[v.len()]), v)
+                    .map_err(|e| OpError::Shape(format!("internal: {e}")))?,
+            ));
+        }
+        Ok(res)
+    }
+}
+
+/// The requantized value of every code from parameters `q` to `y` (the reference's
+/// per-code function, tabulated).
+fn requant_table(q: QParams, y: QParams) -> [u8; 256] {
+    let m = q.scale / y.scale;
+    let mut t = [0u8; 256];
+    for (c, v) in t.iter_mut().enumerate() {
+        *v = requantize(c as i32 - q.zero_point, m, y.zero_point, 0);
+    }
+    t
 }
 
 impl Op for Int8Concat {
@@ -113,6 +229,9 @@ impl Op for Int8Concat {
             .map(|(i, t)| qu8_tensor(op, &format!("input {i}"), t))
             .collect::<OpResult<Vec<_>>>()?;
         let yq = self.out_params(xs[0].1);
+        if !self.reference {
+            return self.eval_fast(inputs, &xs, yq);
+        }
         let converted = inputs
             .iter()
             .zip(&xs)

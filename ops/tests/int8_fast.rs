@@ -1,0 +1,956 @@
+//! The fast int8 Conv/FC kernels against the scalar reference (`NodeSpec::reference`), bit
+//! for bit, and the GEMM / depthwise kernels against naive loops written here; per-channel
+//! weight scales (`W_scales`) against hand-worked values.
+
+use ndarray::{ArrayD, IxDyn};
+use ops::kernels::isa::Isa;
+use ops::kernels::qdepthwise::{qdepthwise_with, DwShape, PackedDepthwise};
+use ops::kernels::qgemm::{effective_isa, qgemm_with, PackedQWeights, QEpilogue, QMatRef};
+use ops::{build_op, ArgValue, Args, NodeSpec, Op, OpError, QParams, Tensor};
+use proptest::prelude::*;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+fn qp(scale: f32, zero_point: i32) -> QParams {
+    QParams { scale, zero_point }
+}
+
+fn qu8(shape: &[usize], v: Vec<u8>, q: QParams) -> Tensor {
+    Tensor::QU8(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap(), q)
+}
+
+fn qi32(shape: &[usize], v: Vec<i32>, q: QParams) -> Tensor {
+    Tensor::QI32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap(), q)
+}
+
+fn f32t(shape: &[usize], v: Vec<f32>) -> Tensor {
+    Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
+}
+
+fn codes(t: &Tensor) -> (Vec<u8>, QParams) {
+    match t {
+        Tensor::QU8(a, q) => (a.iter().copied().collect(), *q),
+        other => panic!("expected qu8, got {:?}", other.dtype()),
+    }
+}
+
+fn i(v: i64) -> ArgValue {
+    ArgValue::I(v)
+}
+fn f(v: f32) -> ArgValue {
+    ArgValue::F(v)
+}
+fn s(v: &str) -> ArgValue {
+    ArgValue::S(v.as_bytes().to_vec())
+}
+fn ints(v: &[i64]) -> ArgValue {
+    ArgValue::Ints(v.to_vec())
+}
+fn floats(v: &[f32]) -> ArgValue {
+    ArgValue::Floats(v.to_vec())
+}
+
+fn try_build_ref(
+    op: &str,
+    args: &[(&str, ArgValue)],
+    n_in: usize,
+    reference: bool,
+) -> Result<Box<dyn Op>, OpError> {
+    let mut a = Args::new();
+    for (k, v) in args {
+        a.set(k, v.clone());
+    }
+    let mut sp = NodeSpec::new(op, a, n_in, 1);
+    sp.engine = "DNNLOWP".into();
+    sp.reference = reference;
+    build_op(&sp).map(|o| o.expect("registered"))
+}
+
+fn build_ref(op: &str, args: &[(&str, ArgValue)], n_in: usize, reference: bool) -> Box<dyn Op> {
+    try_build_ref(op, args, n_in, reference).unwrap_or_else(|e| panic!("building {op}: {e}"))
+}
+
+/// Deterministic generator (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Codes: uniform, or (extreme) only 0 and 255.
+    fn codes(&mut self, n: usize, extreme: bool) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                if extreme {
+                    if self.next() & 1 == 0 {
+                        0
+                    } else {
+                        255
+                    }
+                } else {
+                    self.next() as u8
+                }
+            })
+            .collect()
+    }
+    /// Codes, all extreme with probability `1 / one_in`.
+    fn some_codes(&mut self, n: usize, one_in: u64) -> Vec<u8> {
+        let extreme = self.below(one_in) == 0;
+        self.codes(n, extreme)
+    }
+    /// A zero point: 0, 128, 255 or anything.
+    fn zp(&mut self) -> i32 {
+        match self.below(4) {
+            0 => 0,
+            1 => 128,
+            2 => 255,
+            _ => self.below(256) as i32,
+        }
+    }
+}
+
+/// Runs `op` once in a 1-thread and once in a 2-thread pool; both must agree.
+fn eval_threads(op: &dyn Op, inputs: &[&Tensor]) -> Result<Tensor, OpError> {
+    let run = |n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+            .install(|| op.eval(inputs))
+    };
+    let one = run(1)?.remove(0);
+    let two = run(2)?.remove(0);
+    assert_eq!(codes(&one), codes(&two), "1 vs 2 threads");
+    Ok(one)
+}
+
+fn avx2_or_skip(what: &str) -> bool {
+    if effective_isa(Isa::Avx2) == Isa::Avx2 {
+        true
+    } else {
+        eprintln!("skipping the AVX2 part of {what}: this CPU has no AVX2");
+        false
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// qgemm against a naive loop
+// ---------------------------------------------------------------------------------------
+
+struct GemmCase {
+    m: usize,
+    k: usize,
+    n: usize,
+    zx: i32,
+    x: Vec<u8>,
+    w: Vec<u8>,
+    zw: Vec<i32>,
+    bias: Vec<i32>,
+    mults: Vec<f32>,
+    zy: i32,
+    lo: i32,
+}
+
+fn gemm_case(m: usize, k: usize, n: usize, seed: u64, relu: bool) -> GemmCase {
+    let mut r = Rng(seed);
+    let extreme = r.below(4) == 0;
+    let zy = r.zp();
+    GemmCase {
+        m,
+        k,
+        n,
+        zx: r.zp(),
+        x: r.some_codes(m * k, 4),
+        w: r.codes(n * k, extreme),
+        zw: (0..n).map(|_| r.zp()).collect(),
+        bias: (0..n).map(|_| r.below(200_001) as i32 - 100_000).collect(),
+        mults: (0..n)
+            .map(|_| (1e-5 + r.unit() * 3e-3) / (k as f32).sqrt())
+            .collect(),
+        zy,
+        lo: if relu { zy } else { 0 },
+    }
+}
+
+/// The definition: `clamp(round_half_even(f32(Σ (x − z_x)(w − z_w) + b) · M) + z_y, lo, 255)`.
+fn naive_gemm(c: &GemmCase) -> Vec<u8> {
+    let mut y = vec![0u8; c.m * c.n];
+    for i in 0..c.m {
+        for j in 0..c.n {
+            let mut acc: i64 = c.bias[j] as i64;
+            for p in 0..c.k {
+                acc += (c.x[i * c.k + p] as i64 - c.zx as i64)
+                    * (c.w[j * c.k + p] as i64 - c.zw[j] as i64);
+            }
+            let raw = i32::try_from(acc).expect("test sizes stay in i32");
+            let v = (raw as f32 * c.mults[j]).round_ties_even();
+            // `as i64` saturates (NaN → 0), as C's lrintf would be undefined there.
+            y[i * c.n + j] = (v as i64)
+                .saturating_add(c.zy as i64)
+                .clamp(c.lo as i64, 255) as u8;
+        }
+    }
+    y
+}
+
+fn run_gemm(isa: Isa, c: &GemmCase, ldy: usize, col0: usize) -> Vec<u8> {
+    let w = PackedQWeights::pack(&c.w, c.n, c.k, &c.zw).unwrap();
+    let ep = QEpilogue::new(w.col_sums(), c.zx, &c.bias, &c.mults, c.zy, c.lo).unwrap();
+    let a = QMatRef::new(&c.x, c.m, c.k, c.k, 0).unwrap();
+    let mut y = vec![0xA5u8; c.m * ldy];
+    qgemm_with(isa, &a, &w, &ep, &mut y, ldy, col0).unwrap();
+    // Columns outside col0..col0+n are untouched.
+    for row in y.chunks(ldy) {
+        assert!(row[..col0].iter().all(|&v| v == 0xA5));
+        assert!(row[col0 + c.n..].iter().all(|&v| v == 0xA5));
+    }
+    y.chunks(ldy)
+        .flat_map(|r| r[col0..col0 + c.n].to_vec())
+        .collect()
+}
+
+fn check_gemm(c: &GemmCase) {
+    let want = naive_gemm(c);
+    assert_eq!(run_gemm(Isa::Scalar, c, c.n, 0), want, "scalar");
+    if effective_isa(Isa::Avx2) == Isa::Avx2 {
+        assert_eq!(run_gemm(Isa::Avx2, c, c.n, 0), want, "avx2");
+        assert_eq!(
+            run_gemm(Isa::Avx2, c, c.n + 5, 3),
+            want,
+            "avx2, strided output"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn qgemm_matches_naive(
+        m in 1usize..40, k in 1usize..160, n in 1usize..70, seed in any::<u64>(), relu: bool
+    ) {
+        check_gemm(&gemm_case(m, k, n, seed, relu));
+    }
+}
+
+#[test]
+fn qgemm_long_k_and_wide_n_match_naive() {
+    avx2_or_skip("qgemm_long_k_and_wide_n_match_naive");
+    // K past one block (512) and several blocks with a short remainder; N past one
+    // channel block (256); M past one row tile (96) and across the small-M split.
+    for (idx, &(m, k, n)) in [
+        (7, 513, 20),
+        (13, 1100, 33),
+        (100, 40, 270),
+        (3, 64, 300),
+        (1, 2048, 100),
+        (200, 9, 17),
+        (61, 576, 64),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let c = gemm_case(m, k, n, 1000 + idx as u64, idx % 2 == 0);
+        for threads in [1, 2] {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| check_gemm(&c));
+        }
+    }
+}
+
+#[test]
+fn qgemm_extreme_values_match_naive() {
+    // All codes 0/255 with zero points at the far ends: |x − z_x|, |w − z_w| = 255.
+    for (zx, zw, x, w) in [(0, 255, 255u8, 0u8), (255, 0, 0, 255), (0, 0, 255, 255)] {
+        let (m, k, n) = (9, 301, 19);
+        let c = GemmCase {
+            m,
+            k,
+            n,
+            zx,
+            x: vec![x; m * k],
+            w: vec![w; n * k],
+            zw: vec![zw; n],
+            bias: vec![-7; n],
+            mults: (0..n).map(|j| 1.0 / (1 << (j % 20)) as f32).collect(),
+            zy: 128,
+            lo: 0,
+        };
+        check_gemm(&c);
+    }
+}
+
+/// Multipliers that overflow or are not finite (a tiny output scale), mixed with ordinary
+/// ones: the kernels take their general output stage and must still agree with the loop.
+fn odd_multipliers(n: usize) -> Vec<f32> {
+    let odd = [
+        f32::INFINITY,
+        f32::NAN,
+        0.0,
+        f32::MAX,
+        1e30,
+        0.01,
+        1.0,
+        -0.0,
+    ];
+    (0..n).map(|j| odd[j % odd.len()]).collect()
+}
+
+#[test]
+fn qgemm_non_finite_multipliers_match_naive() {
+    let mut c = gemm_case(13, 37, 40, 77, false);
+    c.mults = odd_multipliers(c.n);
+    c.bias[0] = 0;
+    c.x.iter_mut().for_each(|v| *v = c.zx as u8); // some raw values exactly 0 (0 · inf)
+    for v in c.x.iter_mut().skip(100) {
+        *v = v.wrapping_mul(7);
+    }
+    check_gemm(&c);
+}
+
+#[test]
+fn qdepthwise_non_finite_multipliers_match_naive() {
+    let mut r = Rng(99);
+    let c = 37;
+    let sh = DwShape {
+        n: 1,
+        h: 5,
+        w: 4,
+        c,
+        oh: 5,
+        ow: 4,
+        kh: 3,
+        kw: 3,
+        stride_h: 1,
+        stride_w: 1,
+        dil_h: 1,
+        dil_w: 1,
+        pad_t: 1,
+        pad_l: 1,
+    };
+    let x = r.codes(5 * 4 * c, false);
+    let wc = r.codes(c * 9, false);
+    let zw: Vec<i32> = (0..c).map(|_| r.zp()).collect();
+    let bias: Vec<i32> = (0..c).map(|i| if i % 3 == 0 { 0 } else { 500 }).collect();
+    let mults = odd_multipliers(c);
+    let want = naive_depthwise(&x, 17, &sh, &wc, &zw, &bias, &mults, 5, 0);
+    let pw = PackedDepthwise::pack(&wc, c, 9, &zw).unwrap();
+    let ep = QEpilogue::new(pw.col_sums(), 17, &bias, &mults, 5, 0).unwrap();
+    for isa in [Isa::Scalar, Isa::Avx2] {
+        let mut y = vec![0u8; want.len()];
+        qdepthwise_with(isa, &x, 17, &sh, &pw, &ep, &mut y).unwrap();
+        assert_eq!(y, want, "{isa:?}");
+    }
+}
+
+#[test]
+fn qgemm_zero_depth_gives_bias() {
+    // K = 0: raw = bias only. 10 · 0.5 = 5 → 5 + 3 = 8; −10 · 0.5 = −5 → −5 + 3 → 0.
+    let w = PackedQWeights::pack(&[], 2, 0, &[4, 9]).unwrap();
+    let ep = QEpilogue::new(w.col_sums(), 17, &[10, -10], &[0.5, 0.5], 3, 0).unwrap();
+    let a = QMatRef::new(&[], 3, 0, 0, 0).unwrap();
+    for isa in [Isa::Scalar, Isa::Avx2] {
+        let mut y = vec![9u8; 6];
+        qgemm_with(isa, &a, &w, &ep, &mut y, 2, 0).unwrap();
+        assert_eq!(y, vec![8, 0, 8, 0, 8, 0]);
+    }
+}
+
+#[test]
+fn qgemm_rejects_mismatched_buffers() {
+    let w = PackedQWeights::pack(&[1, 2, 3, 4], 2, 2, &[0, 0]).unwrap();
+    let ep = QEpilogue::new(w.col_sums(), 0, &[0, 0], &[1.0, 1.0], 0, 0).unwrap();
+    let x = [1u8, 2, 3];
+    let a = QMatRef::new(&x, 1, 3, 3, 0).unwrap();
+    let mut y = vec![0u8; 2];
+    assert!(qgemm_with(Isa::Scalar, &a, &w, &ep, &mut y, 2, 0).is_err());
+    assert!(QMatRef::new(&x, 2, 2, 2, 0).is_err());
+    assert!(PackedQWeights::pack(&[1, 2, 3], 2, 2, &[0, 0]).is_err());
+    assert!(PackedQWeights::pack(&[1, 2, 3, 4], 2, 2, &[0, 256]).is_err());
+    assert!(QEpilogue::new(w.col_sums(), 0, &[0], &[1.0, 1.0], 0, 0).is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// Depthwise kernel against a naive loop
+// ---------------------------------------------------------------------------------------
+
+#[allow(clippy::too_many_arguments)]
+fn naive_depthwise(
+    x: &[u8],
+    zx: i32,
+    sh: &DwShape,
+    w: &[u8],
+    zw: &[i32],
+    bias: &[i32],
+    mults: &[f32],
+    zy: i32,
+    lo: i32,
+) -> Vec<u8> {
+    let mut y = vec![0u8; sh.n * sh.oh * sh.ow * sh.c];
+    for n in 0..sh.n {
+        for oy in 0..sh.oh {
+            for ox in 0..sh.ow {
+                for c in 0..sh.c {
+                    let mut acc = bias[c] as i64;
+                    for ky in 0..sh.kh {
+                        for kx in 0..sh.kw {
+                            let iy = (oy * sh.stride_h + ky * sh.dil_h) as i64 - sh.pad_t as i64;
+                            let ix = (ox * sh.stride_w + kx * sh.dil_w) as i64 - sh.pad_l as i64;
+                            if iy < 0 || ix < 0 || iy >= sh.h as i64 || ix >= sh.w as i64 {
+                                continue;
+                            }
+                            let xv = x[((n * sh.h + iy as usize) * sh.w + ix as usize) * sh.c + c];
+                            let wv = w[(c * sh.kh + ky) * sh.kw + kx];
+                            acc += (xv as i64 - zx as i64) * (wv as i64 - zw[c] as i64);
+                        }
+                    }
+                    let v = (acc as i32 as f32 * mults[c]).round_ties_even();
+                    y[((n * sh.oh + oy) * sh.ow + ox) * sh.c + c] =
+                        (v as i64).saturating_add(zy as i64).clamp(lo as i64, 255) as u8;
+                }
+            }
+        }
+    }
+    y
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn qdepthwise_matches_naive(
+        n in 1usize..3, c in 1usize..40, k in prop::sample::select(vec![1usize, 2, 3, 5]),
+        stride in 1usize..3, dil in 1usize..3, pad in 0usize..3, extra in 0usize..6,
+        seed in any::<u64>(), relu: bool
+    ) {
+        let mut r = Rng(seed);
+        let eff = (k - 1) * dil + 1;
+        let pad = pad.min(k - 1);
+        let h = (eff + extra).saturating_sub(2 * pad).max(1);
+        let w_in = (eff + extra / 2).saturating_sub(2 * pad).max(1);
+        let out = |len: usize| (len + 2 * pad).checked_sub(eff).map(|v| v / stride + 1);
+        let (Some(oh), Some(ow)) = (out(h), out(w_in)) else { return Ok(()); };
+        let sh = DwShape {
+            n, h, w: w_in, c, oh, ow, kh: k, kw: k, stride_h: stride, stride_w: stride,
+            dil_h: dil, dil_w: dil, pad_t: pad, pad_l: pad,
+        };
+        let zx = r.zp();
+        let x = r.some_codes(n * h * w_in * c, 3);
+        let extreme = r.below(3) == 0;
+        let wc = r.codes(c * k * k, extreme);
+        let zw: Vec<i32> = (0..c).map(|_| r.zp()).collect();
+        let bias: Vec<i32> = (0..c).map(|_| r.below(20_001) as i32 - 10_000).collect();
+        let mults: Vec<f32> = (0..c).map(|_| 1e-4 + r.unit() * 0.02).collect();
+        let zy = r.zp();
+        let lo = if relu { zy } else { 0 };
+        let want = naive_depthwise(&x, zx, &sh, &wc, &zw, &bias, &mults, zy, lo);
+        let pw = PackedDepthwise::pack(&wc, c, k * k, &zw).unwrap();
+        let ep = QEpilogue::new(pw.col_sums(), zx, &bias, &mults, zy, lo).unwrap();
+        for isa in [Isa::Scalar, Isa::Avx2] {
+            let mut y = vec![0u8; want.len()];
+            qdepthwise_with(isa, &x, zx, &sh, &pw, &ep, &mut y).unwrap();
+            prop_assert_eq!(&y, &want, "{:?} {:?}", isa, sh);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Int8Conv / Int8FC: fast path against the reference path
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct ConvCase {
+    n: usize,
+    c: usize,
+    m: usize,
+    g: usize,
+    h: usize,
+    w: usize,
+    k: (usize, usize),
+    stride: (usize, usize),
+    dil: (usize, usize),
+    pads: [usize; 4],
+    nchw: bool,
+    relu: bool,
+    per_channel: bool,
+    bias: u8, // 0 none, 1 int32, 2 float
+    seed: u64,
+}
+
+/// Builds the op twice (fast and reference), runs both on the same random data and
+/// compares the codes (the fast op in 1- and 2-thread pools, and once more after
+/// `prepare` with constant weights).
+fn check_conv(cs: &ConvCase) {
+    let mut r = Rng(cs.seed);
+    let cg = cs.c / cs.g;
+    let xq = qp(0.01 + r.unit() * 0.05, r.zp());
+    let wq = qp(0.002 + r.unit() * 0.02, r.zp());
+    let yq = qp(0.05 + r.unit() * 0.5, if cs.relu { 0 } else { r.zp() });
+    let x_shape = if cs.nchw {
+        vec![cs.n, cs.c, cs.h, cs.w]
+    } else {
+        vec![cs.n, cs.h, cs.w, cs.c]
+    };
+    let w_shape = if cs.nchw {
+        vec![cs.m, cg, cs.k.0, cs.k.1]
+    } else {
+        vec![cs.m, cs.k.0, cs.k.1, cg]
+    };
+    let x = qu8(&x_shape, r.some_codes(x_shape.iter().product(), 4), xq);
+    let extreme = r.below(3) == 0;
+    let w = qu8(&w_shape, r.codes(w_shape.iter().product(), extreme), wq);
+    let scales: Vec<f32> = (0..cs.m).map(|_| 0.001 + r.unit() * 0.03).collect();
+    let mut args = vec![
+        ("kernel_h", i(cs.k.0 as i64)),
+        ("kernel_w", i(cs.k.1 as i64)),
+        ("strides", ints(&[cs.stride.0 as i64, cs.stride.1 as i64])),
+        ("dilations", ints(&[cs.dil.0 as i64, cs.dil.1 as i64])),
+        ("pads", ints(&cs.pads.map(|p| p as i64))),
+        ("group", i(cs.g as i64)),
+        ("order", s(if cs.nchw { "NCHW" } else { "NHWC" })),
+        ("Y_scale", f(yq.scale)),
+        ("Y_zero_point", i(yq.zero_point as i64)),
+    ];
+    if cs.per_channel {
+        args.push(("W_scales", floats(&scales)));
+        args.push(("quantize_channelwise", i(1)));
+    }
+    let b = match cs.bias {
+        1 => Some(qi32(
+            &[cs.m],
+            (0..cs.m).map(|_| r.below(40_001) as i32 - 20_000).collect(),
+            qp(xq.scale * wq.scale, 0),
+        )),
+        2 => Some(f32t(
+            &[cs.m],
+            (0..cs.m).map(|_| (r.unit() - 0.5) * 0.5).collect(),
+        )),
+        _ => None,
+    };
+    let mut inputs = vec![&x, &w];
+    if let Some(b) = &b {
+        inputs.push(b);
+    }
+    let op_type = if cs.relu { "Int8ConvRelu" } else { "Int8Conv" };
+    let reference = build_ref(op_type, &args, inputs.len(), true);
+    let want = reference.eval(&inputs).unwrap().remove(0);
+    let mut fast = build_ref(op_type, &args, inputs.len(), false);
+    let got = eval_threads(fast.as_ref(), &inputs).unwrap();
+    assert_eq!(codes(&got), codes(&want), "{cs:?}");
+    assert_eq!(got.shape(), want.shape());
+    let consts = [None, Some(&w), b.as_ref()];
+    fast.prepare(&consts[..inputs.len()]).unwrap();
+    let got = fast.eval(&inputs).unwrap().remove(0);
+    assert_eq!(codes(&got), codes(&want), "prepared {cs:?}");
+}
+
+fn conv_case_strategy() -> impl Strategy<Value = ConvCase> {
+    (
+        (1usize..3, 1usize..4, 1usize..12, 0usize..4),
+        (
+            prop::sample::select(vec![1usize, 2, 3, 5, 7]),
+            prop::sample::select(vec![1usize, 3]),
+        ),
+        (1usize..3, 1usize..3, 1usize..3, 0usize..3, 0usize..3),
+        (
+            0usize..7,
+            0usize..7,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        ),
+        (0u8..3, any::<u64>()),
+    )
+        .prop_map(
+            |(
+                (n, g, cg, mode),
+                (kh, kw),
+                (sh, sw, dil, pt, pb),
+                (eh, ew, nchw, relu, pc),
+                (bias, seed),
+            )| {
+                // mode 0: depthwise (C = M = G); otherwise grouped/plain with M/G in 1..20.
+                let (g, cg, mg) = match mode {
+                    0 => (g * 5 + 12, 1, 1),
+                    _ => (g, cg, 1 + (seed as usize % 20)),
+                };
+                let (pt, pb) = (pt.min(kh - 1), pb.min(kh - 1));
+                let (pl, pr) = (pb.min(kw - 1), pt.min(kw - 1));
+                // Dilation only without groups (Caffe2 forbids the combination).
+                let dil = if g > 1 { 1 } else { dil };
+                let effh = (kh - 1) * dil + 1;
+                let effw = (kw - 1) * dil + 1;
+                ConvCase {
+                    n,
+                    c: g * cg,
+                    m: g * mg,
+                    g,
+                    h: (effh + eh).saturating_sub(pt + pb).max(1),
+                    w: (effw + ew).saturating_sub(pl + pr).max(1),
+                    k: (kh, kw),
+                    stride: (sh, sw),
+                    dil: (dil, dil),
+                    pads: [pt, pl, pb, pr],
+                    nchw,
+                    relu,
+                    per_channel: pc,
+                    bias,
+                    seed,
+                }
+            },
+        )
+        .prop_filter("output must not be empty", |cs| {
+            cs.h + cs.pads[0] + cs.pads[2] > (cs.k.0 - 1) * cs.dil.0
+                && cs.w + cs.pads[1] + cs.pads[3] > (cs.k.1 - 1) * cs.dil.1
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn conv_fast_equals_reference(cs in conv_case_strategy()) {
+        check_conv(&cs);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plain(
+    n: usize,
+    c: usize,
+    m: usize,
+    hw: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    seed: u64,
+) -> ConvCase {
+    ConvCase {
+        n,
+        c,
+        m,
+        g: 1,
+        h: hw,
+        w: hw,
+        k: (k, k),
+        stride: (stride, stride),
+        dil: (1, 1),
+        pads: [pad; 4],
+        nchw: false,
+        relu: seed.is_multiple_of(2),
+        per_channel: seed.is_multiple_of(3),
+        bias: (seed % 3) as u8,
+        seed,
+    }
+}
+
+#[test]
+fn conv_fast_equals_reference_at_block_edges() {
+    let cases = [
+        // 1×1 direct path, channels around the 16-channel panel and 512-deep K block.
+        plain(1, 64, 64, 9, 1, 1, 0, 1),
+        plain(2, 17, 33, 5, 1, 1, 0, 2),
+        plain(1, 520, 20, 3, 1, 1, 0, 3),
+        // 1×1 stride 2 (gathered), 3×3 with K = 576 (two K blocks), 7×7 stride 2 first conv.
+        plain(1, 24, 40, 8, 1, 2, 0, 4),
+        plain(1, 64, 18, 6, 3, 1, 1, 5),
+        plain(1, 3, 16, 15, 7, 2, 3, 6),
+        // Many rows (row tiles of 96 and a partial one), more than 256 output channels.
+        plain(1, 8, 20, 14, 3, 1, 1, 7),
+        plain(1, 16, 260, 4, 1, 1, 0, 8),
+        // Grouped (ResNeXt-like) and depthwise with channel counts around 16.
+        ConvCase {
+            g: 4,
+            c: 32,
+            m: 36,
+            ..plain(2, 32, 36, 7, 3, 1, 1, 9)
+        },
+        ConvCase {
+            g: 35,
+            c: 35,
+            m: 35,
+            ..plain(1, 35, 35, 9, 3, 2, 1, 10)
+        },
+        ConvCase {
+            g: 48,
+            c: 48,
+            m: 48,
+            nchw: true,
+            ..plain(2, 48, 48, 6, 3, 1, 1, 11)
+        },
+    ];
+    for cs in &cases {
+        check_conv(cs);
+    }
+}
+
+fn check_fc(m: usize, k: usize, n: usize, seed: u64, relu: bool, per_channel: bool, float_b: bool) {
+    let mut r = Rng(seed);
+    let xq = qp(0.01 + r.unit() * 0.05, r.zp());
+    let wq = qp(0.002 + r.unit() * 0.02, r.zp());
+    let yq = qp(0.05 + r.unit(), if relu { 0 } else { r.zp() });
+    let x = qu8(&[m, k], r.some_codes(m * k, 4), xq);
+    let w = qu8(&[n, k], r.some_codes(n * k, 3), wq);
+    let b = if float_b {
+        f32t(&[n], (0..n).map(|_| r.unit() - 0.5).collect())
+    } else {
+        qi32(
+            &[n],
+            (0..n).map(|_| r.below(40_001) as i32 - 20_000).collect(),
+            qp(xq.scale * wq.scale, 0),
+        )
+    };
+    let mut args = vec![
+        ("Y_scale", f(yq.scale)),
+        ("Y_zero_point", i(yq.zero_point as i64)),
+    ];
+    if per_channel {
+        let sc: Vec<f32> = (0..n).map(|_| 0.001 + r.unit() * 0.03).collect();
+        args.push(("W_scales", floats(&sc)));
+    }
+    let op_type = if relu { "Int8FCRelu" } else { "Int8FC" };
+    let inputs = [&x, &w, &b];
+    let want = build_ref(op_type, &args, 3, true)
+        .eval(&inputs)
+        .unwrap()
+        .remove(0);
+    let mut fast = build_ref(op_type, &args, 3, false);
+    let got = eval_threads(fast.as_ref(), &inputs).unwrap();
+    assert_eq!(codes(&got), codes(&want), "m {m} k {k} n {n}");
+    fast.prepare(&[None, Some(&w), Some(&b)]).unwrap();
+    let got = fast.eval(&inputs).unwrap().remove(0);
+    assert_eq!(codes(&got), codes(&want), "prepared: m {m} k {k} n {n}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn fc_fast_equals_reference(
+        m in 1usize..20, k in 1usize..200, n in 1usize..80, seed in any::<u64>(),
+        relu: bool, pc: bool, fb: bool
+    ) {
+        check_fc(m, k, n, seed, relu, pc, fb);
+    }
+}
+
+#[test]
+fn fc_large_shapes_equal_reference() {
+    // ResNet-50's classifier at batch 1 and 3 (K = 2048 in 4 blocks, N split for 2 threads).
+    check_fc(1, 2048, 1000, 5, false, false, false);
+    check_fc(3, 2048, 1000, 6, false, true, true);
+}
+
+#[test]
+fn prepared_weights_are_not_used_for_other_weights() {
+    // prepare() packs W; eval with a different weight tensor (other zero point, other
+    // shape) must use that tensor, not the packed one.
+    let xq = qp(0.05, 3);
+    let x = qu8(&[1, 2, 2, 4], (0..16).map(|v| v * 9).collect(), xq);
+    let w1 = qu8(
+        &[2, 1, 1, 4],
+        vec![130, 120, 140, 128, 0, 255, 7, 9],
+        qp(0.01, 128),
+    );
+    let w2 = qu8(
+        &[2, 1, 1, 4],
+        vec![130, 120, 140, 128, 0, 255, 7, 9],
+        qp(0.01, 100),
+    );
+    let args = [("kernel", i(1)), ("order", s("NHWC")), ("Y_scale", f(0.02))];
+    let reference = build_ref("Int8Conv", &args, 2, true);
+    let mut fast = build_ref("Int8Conv", &args, 2, false);
+    fast.prepare(&[None, Some(&w1)]).unwrap();
+    for w in [&w1, &w2] {
+        let want = reference.eval(&[&x, w]).unwrap().remove(0);
+        let got = fast.eval(&[&x, w]).unwrap().remove(0);
+        assert_eq!(codes(&got), codes(&want));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-channel weight scales
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn per_channel_conv_hand_worked() {
+    // 1×1 conv, X [1, 1, 2, 2] (two pixels, two channels), s_x = 0.5, z_x = 10:
+    //   pixel 0: x = (14, 8)  → x − z_x = (4, −2)
+    //   pixel 1: x = (10, 20) → (0, 10)
+    // W [2, 1, 1, 2], z_w = 128 (tensor scale 0.25 is overridden by W_scales):
+    //   channel 0: w = (130, 127) → (2, −1);  channel 1: w = (128, 131) → (0, 3)
+    // W_scales = [0.25, 0.125], s_y = 1, z_y = 100:
+    //   M0 = 0.5 · 0.25 / 1 = 0.125,  M1 = 0.5 · 0.125 / 1 = 0.0625
+    // Float bias b = [1.0, −0.5], quantized per channel with s_x · W_scales[m]:
+    //   b0 = 1.0 / 0.125 = 8,  b1 = −0.5 / 0.0625 = −8
+    // raw:
+    //   p0 c0: 4·2 + (−2)(−1) + 8 = 18  → 18 · 0.125 = 2.25 → 2 → 102
+    //   p0 c1: 4·0 + (−2)·3 − 8 = −14   → −0.875 → −1 → 99
+    //   p1 c0: 0 + 10·(−1) + 8 = −2     → −0.25 → 0 → 100
+    //   p1 c1: 0 + 10·3 − 8 = 22        → 1.375 → 1 → 101
+    // With one tensor scale 0.25 instead, channel 1 would give M1 = 0.125 and b1 = −4:
+    //   p0 c1: −6 − 4 = −10 → −1.25 → −1 → 99; p1 c1: 30 − 4 = 26 → 3.25 → 3 → 103.
+    let x = qu8(&[1, 1, 2, 2], vec![14, 8, 10, 20], qp(0.5, 10));
+    let w = qu8(&[2, 1, 1, 2], vec![130, 127, 128, 131], qp(0.25, 128));
+    let b = f32t(&[2], vec![1.0, -0.5]);
+    let base = [
+        ("kernel", i(1)),
+        ("order", s("NHWC")),
+        ("Y_scale", f(1.0)),
+        ("Y_zero_point", i(100)),
+    ];
+    let mut args = base.to_vec();
+    args.push(("W_scales", floats(&[0.25, 0.125])));
+    args.push(("quantize_channelwise", i(1)));
+    for reference in [true, false] {
+        let op = build_ref("Int8Conv", &args, 3, reference);
+        let y = op.eval(&[&x, &w, &b]).unwrap().remove(0);
+        assert_eq!(
+            codes(&y),
+            (vec![102, 99, 100, 101], qp(1.0, 100)),
+            "ref {reference}"
+        );
+        let op = build_ref("Int8Conv", &base, 3, reference);
+        let y = op.eval(&[&x, &w, &b]).unwrap().remove(0);
+        assert_eq!(
+            codes(&y).0,
+            vec![102, 99, 100, 103],
+            "per-tensor, ref {reference}"
+        );
+    }
+    // An Int8 int32 bias is used as is (units s_x · W_scales[m]): b = [8, −8] gives the same.
+    let bq = qi32(&[2], vec![8, -8], qp(0.125, 0));
+    for reference in [true, false] {
+        let op = build_ref("Int8Conv", &args, 3, reference);
+        let y = op.eval(&[&x, &w, &bq]).unwrap().remove(0);
+        assert_eq!(codes(&y).0, vec![102, 99, 100, 101]);
+    }
+}
+
+#[test]
+fn per_channel_fc_hand_worked() {
+    // X [1, 3] = (12, 10, 4), z_x = 10, s_x = 1 → (2, 0, −6).
+    // W [2, 3], z_w = 0: row 0 (1, 5, 1), row 1 (3, 0, 2). W_scales = [0.5, 0.25], s_y = 0.5,
+    // z_y = 0, ReLU: M0 = 1 · 0.5 / 0.5 = 1, M1 = 0.5. Bias int32 [3, 1].
+    //   row 0: 2 − 6 + 3 = −1 → ReLU clamp → 0;  row 1: 6 − 12 + 1 = −5 → −2.5 → −2 → 0.
+    // Bias [3, 20]: row 1: −6 + 20 = 14 → 7.
+    let x = qu8(&[1, 3], vec![12, 10, 4], qp(1.0, 10));
+    let w = qu8(&[2, 3], vec![1, 5, 1, 3, 0, 2], qp(0.5, 0));
+    let args = [
+        ("Y_scale", f(0.5)),
+        ("W_scales", floats(&[0.5, 0.25])),
+        ("quantize_channelwise", i(1)),
+    ];
+    for reference in [true, false] {
+        let op = build_ref("Int8FCRelu", &args, 3, reference);
+        let b = qi32(&[2], vec![3, 1], qp(0.5, 0));
+        assert_eq!(codes(&op.eval(&[&x, &w, &b]).unwrap()[0]).0, vec![0, 0]);
+        let b = qi32(&[2], vec![3, 20], qp(0.5, 0));
+        assert_eq!(codes(&op.eval(&[&x, &w, &b]).unwrap()[0]).0, vec![0, 7]);
+    }
+}
+
+#[test]
+fn per_channel_argument_errors() {
+    let x = qu8(&[1, 1, 1, 2], vec![1, 2], qp(0.5, 0));
+    let w = qu8(&[2, 1, 1, 2], vec![1, 2, 3, 4], qp(0.5, 0));
+    let base = [("kernel", i(1)), ("order", s("NHWC")), ("Y_scale", f(1.0))];
+    let with = |extra: Vec<(&'static str, ArgValue)>| {
+        let mut a = base.to_vec();
+        a.extend(extra);
+        a
+    };
+    // Wrong length: reported by infer/eval, naming the op and the count.
+    let op = build_ref(
+        "Int8Conv",
+        &with(vec![("W_scales", floats(&[0.1]))]),
+        2,
+        false,
+    );
+    match op.eval(&[&x, &w]).unwrap_err() {
+        OpError::BadArg { name, msg } => {
+            assert_eq!(name, "W_scales");
+            assert!(
+                msg.contains("Int8Conv") && msg.contains("1 scales"),
+                "{msg}"
+            );
+        }
+        e => panic!("unexpected {e}"),
+    }
+    assert!(op.infer(&[x.info(), w.info()]).is_err());
+    // Non-positive / non-finite / empty scales: rejected when building.
+    for bad in [
+        vec![0.1, 0.0],
+        vec![0.1, -1.0],
+        vec![f32::NAN, 0.1],
+        vec![f32::INFINITY, 1.0],
+    ] {
+        let e = try_build_ref(
+            "Int8Conv",
+            &with(vec![("W_scales", floats(&bad))]),
+            2,
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, OpError::BadArg { name, msg } if name == "W_scales" && msg.contains("Int8Conv")),
+            "{e}"
+        );
+    }
+    assert!(try_build_ref("Int8FC", &with(vec![("W_scales", floats(&[]))]), 3, false).is_err());
+    // quantize_channelwise needs W_scales; quantize_groupwise stays unsupported.
+    let e = try_build_ref(
+        "Int8Conv",
+        &with(vec![("quantize_channelwise", i(1))]),
+        2,
+        false,
+    )
+    .unwrap_err();
+    assert!(matches!(e, OpError::Unsupported(_)), "{e}");
+    let e = try_build_ref(
+        "Int8Conv",
+        &with(vec![
+            ("quantize_groupwise", i(1)),
+            ("W_scales", floats(&[0.1, 0.2])),
+        ]),
+        2,
+        false,
+    )
+    .unwrap_err();
+    assert!(matches!(e, OpError::Unsupported(_)), "{e}");
+    assert!(try_build_ref(
+        "Int8Conv",
+        &with(vec![
+            ("quantize_channelwise", i(1)),
+            ("W_scales", floats(&[0.1, 0.2])),
+        ]),
+        2,
+        false,
+    )
+    .is_ok());
+    // FC: one scale per output row.
+    let xf = qu8(&[1, 2], vec![1, 2], qp(0.5, 0));
+    let wf = qu8(&[3, 2], vec![1, 2, 3, 4, 5, 6], qp(0.5, 0));
+    let bf = qi32(&[3], vec![0, 0, 0], qp(0.25, 0));
+    let op = build_ref(
+        "Int8FC",
+        &with(vec![("W_scales", floats(&[0.1, 0.2]))]),
+        3,
+        true,
+    );
+    assert!(matches!(
+        op.eval(&[&xf, &wf, &bf]).unwrap_err(),
+        OpError::BadArg { .. }
+    ));
+}
