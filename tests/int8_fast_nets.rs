@@ -1,0 +1,275 @@
+//! Whole int8 nets: the fast kernels give the same bytes as the scalar reference executor for
+//! every blob of real-sized nets (SqueezeNet and ResNet-50 quantized by c2q, and the published
+//! `resnet50_quantized` graph with synthetic weights).
+
+mod common;
+
+use std::collections::HashMap;
+
+use c2q::quant::calibrate::calibrate_db;
+use c2q::quant::{quantize_model, ChooseOptions, QuantKind, QuantizeOptions};
+use c2q::{Executor, Model, ModelPaths, Node, Observer};
+use caffe2_proto::{io, NetDef};
+use ndarray::{ArrayD, IxDyn};
+use ops::{QParams, Tensor};
+
+/// Every output of every node, as bytes, in execution order.
+#[derive(Default)]
+struct Record(Vec<(String, Vec<u8>)>);
+
+impl Observer for Record {
+    fn on_node(&mut self, node: &Node, outputs: &[&Tensor]) {
+        for (name, t) in node.outputs.iter().zip(outputs) {
+            let bytes = match t {
+                Tensor::QU8(a, q) => {
+                    let mut v: Vec<u8> = a.iter().copied().collect();
+                    v.extend(q.scale.to_le_bytes());
+                    v.extend(q.zero_point.to_le_bytes());
+                    v
+                }
+                Tensor::F32(a) => a.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                other => format!("{other:?}").into_bytes(),
+            };
+            self.0.push((name.clone(), bytes));
+        }
+    }
+}
+
+fn record(model: &Model, feed: &HashMap<String, Tensor>, threads: usize) -> Record {
+    let mut r = Record::default();
+    Executor::new(model, threads)
+        .unwrap()
+        .run_observed(feed.clone(), Some(&mut r))
+        .unwrap();
+    r
+}
+
+/// Runs `int8` with the fast kernels (1 and 2 threads) and the reference, and asserts that
+/// every blob is identical. Returns the number of distinct codes in the last Int8 blob.
+fn assert_fast_equals_reference(int8: &Model, feed: &HashMap<String, Tensor>) -> usize {
+    assert!(!int8.uses_reference());
+    let fast1 = record(int8, feed, 1);
+    let fast2 = record(int8, feed, 2);
+    let mut reference = Model::from_parts(
+        int8.paths.clone(),
+        int8.init_def.clone(),
+        int8.predict_def.clone(),
+        int8.params.clone(),
+    );
+    reference.set_reference(true);
+    let slow = record(&reference, feed, 2);
+    assert_eq!(fast1.0.len(), slow.0.len());
+    for ((a, b), (c, d)) in fast1.0.iter().zip(&slow.0) {
+        assert_eq!(a, c);
+        assert!(b == d, "blob `{a}` differs between fast and reference");
+    }
+    assert!(
+        fast1.0 == fast2.0,
+        "fast results depend on the thread count"
+    );
+    let last_int8 = int8
+        .net
+        .nodes
+        .iter()
+        .rposition(|n| n.op_type.starts_with("Int8") && n.op_type != "Int8Dequantize")
+        .unwrap();
+    let name = &int8.net.nodes[last_int8].outputs[0];
+    let (_, bytes) = fast1.0.iter().rev().find(|(n, _)| n == name).unwrap();
+    let mut codes: Vec<u8> = bytes[..bytes.len() - 8].to_vec();
+    codes.sort_unstable();
+    codes.dedup();
+    codes.len()
+}
+
+fn quantized(model: &Model, db: &std::path::Path, images: usize, per_channel: bool) -> Model {
+    let pre = data::Preprocess::default();
+    let opts = data::BatchOptions {
+        batch_size: images,
+        limit: Some(images),
+        preprocess: pre.clone(),
+        ..data::BatchOptions::default()
+    };
+    let (cal, _) = calibrate_db(model, db, opts, 2, 2048, None).unwrap();
+    let act = cal
+        .choose(model, &ChooseOptions::new(QuantKind::MinMax, false))
+        .unwrap();
+    let mut q = QuantizeOptions {
+        per_channel,
+        ..QuantizeOptions::default()
+    };
+    q.input_shapes
+        .insert(model.data_input().unwrap(), pre.batch_shape(1).to_vec());
+    let int8 = quantize_model(model, &act.per_op, &act.inputs, &q).unwrap();
+    Model::from_nets(int8.init, int8.predict).unwrap()
+}
+
+fn first_images(db: &std::path::Path, n: usize) -> Tensor {
+    let pre = data::Preprocess::default();
+    let opts = data::BatchOptions {
+        batch_size: n,
+        limit: Some(n),
+        preprocess: pre.clone(),
+        ..data::BatchOptions::default()
+    };
+    let b = data::Batches::open(db, opts)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    Tensor::from_f32(&pre.batch_shape(b.n), b.images)
+}
+
+#[test]
+fn squeezenet_int8_fast_equals_reference_per_tensor_and_per_channel() {
+    let (Some(dir), Some(db)) = (
+        common::shared("models/squeezenet1_1"),
+        common::shared("data/imagenet100"),
+    ) else {
+        return;
+    };
+    let model = Model::load_dir(&dir).unwrap().optimized().unwrap().0;
+    let x = first_images(&db, 2);
+    for per_channel in [false, true] {
+        let int8 = quantized(&model, &db, 4, per_channel);
+        let feed = HashMap::from([(model.data_input().unwrap(), x.clone())]);
+        let distinct = assert_fast_equals_reference(&int8, &feed);
+        assert!(
+            distinct > 50,
+            "last int8 blob has only {distinct} distinct codes"
+        );
+    }
+}
+
+#[test]
+fn resnet50_int8_fast_equals_reference() {
+    let (Some(dir), Some(db)) = (
+        common::shared("models/resnet50"),
+        common::shared("data/imagenet100"),
+    ) else {
+        return;
+    };
+    let model = Model::load_dir(&dir).unwrap().optimized().unwrap().0;
+    let int8 = quantized(&model, &db, 1, false);
+    let feed = HashMap::from([(model.data_input().unwrap(), first_images(&db, 1))]);
+    let distinct = assert_fast_equals_reference(&int8, &feed);
+    assert!(
+        distinct > 20,
+        "last int8 blob has only {distinct} distinct codes"
+    );
+}
+
+/// Deterministic pseudo-random numbers for synthetic weights.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) as u32
+    }
+}
+
+#[test]
+fn published_resnet50_quantized_runs_with_synthetic_weights() {
+    let (Some(qdir), Some(fdir)) = (
+        common::shared("models/resnet50_quantized"),
+        common::shared("models/resnet50"),
+    ) else {
+        return;
+    };
+    let (predict, _) = io::read::<NetDef>(qdir.join("predict_net.pb")).unwrap();
+    // Weight shapes from the fp32 zoo init_net (`shape` args), transposed to NHWC filters.
+    let (finit, _) = io::read::<NetDef>(fdir.join("init_net.pbtxt")).unwrap();
+    let shapes: HashMap<String, Vec<usize>> = finit
+        .op
+        .iter()
+        .filter_map(|op| {
+            let s = op.arg.iter().find(|a| a.name() == "shape")?;
+            Some((
+                op.output[0].clone(),
+                s.ints.iter().map(|&d| d as usize).collect(),
+            ))
+        })
+        .collect();
+    // Scales of every blob as the net is walked (names are reused, so in order).
+    let arg_f = |op: &caffe2_proto::OperatorDef, n: &str| {
+        op.arg.iter().find(|a| a.name() == n).map(|a| a.f())
+    };
+    let mut scale: HashMap<String, f32> = HashMap::new();
+    let mut params: HashMap<String, Tensor> = HashMap::new();
+    let mut rng = Lcg(7);
+    for op in &predict.op {
+        let t = op.type_();
+        if t.starts_with("Int8Conv") || t == "Int8FC" {
+            let sx = scale[&op.input[0]];
+            let sy = arg_f(op, "Y_scale").unwrap();
+            let fp32_name = op.input[1].replace("_w_0_int8", "_w");
+            let s = &shapes[&fp32_name];
+            let shape: Vec<usize> = if s.len() == 4 {
+                vec![s[0], s[2], s[3], s[1]]
+            } else {
+                s.clone()
+            };
+            let m = shape[0];
+            let k: usize = shape[1..].iter().product();
+            // Codes uniform in 128 ± 40 (std ≈ 23); pick the weight scale so that the output
+            // spread is tens of codes: s_w = s_y / (s_x · √K · 23) · 30/30.
+            let sw = sy / (sx * (k as f32).sqrt() * 23.0);
+            let codes: Vec<u8> = (0..m * k).map(|_| 88 + (rng.next() % 81) as u8).collect();
+            params.insert(
+                op.input[1].clone(),
+                Tensor::QU8(
+                    ArrayD::from_shape_vec(IxDyn(&shape), codes).unwrap(),
+                    QParams {
+                        scale: sw,
+                        zero_point: 128,
+                    },
+                ),
+            );
+            let sb = sx * sw;
+            let bias: Vec<i32> = (0..m)
+                .map(|_| ((rng.next() % 21) as i32 - 10) * ((sy / sb) as i32).max(1))
+                .collect();
+            params.insert(
+                op.input[2].clone(),
+                Tensor::QI32(
+                    ArrayD::from_shape_vec(IxDyn(&[m]), bias).unwrap(),
+                    QParams {
+                        scale: sb,
+                        zero_point: 0,
+                    },
+                ),
+            );
+        }
+        let out_scale =
+            arg_f(op, "Y_scale").or_else(|| op.input.first().and_then(|i| scale.get(i).copied()));
+        if let Some(s) = out_scale {
+            scale.insert(op.output[0].clone(), s);
+        }
+    }
+    assert_eq!(params.len(), 2 * 54);
+    let model = Model::from_parts(
+        ModelPaths {
+            init: None,
+            predict: qdir.join("predict_net.pb"),
+        },
+        None,
+        predict,
+        params,
+    );
+    assert_eq!(model.data_inputs(), ["gpu_0/data_0"]);
+    let x: Vec<f32> = (0..3 * 224 * 224)
+        .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 400.0 - 1.25)
+        .collect();
+    let feed = HashMap::from([(
+        "gpu_0/data_0".to_string(),
+        Tensor::from_f32(&[1, 3, 224, 224], x),
+    )]);
+    let distinct = assert_fast_equals_reference(&model, &feed);
+    assert!(
+        distinct > 20,
+        "last int8 blob has only {distinct} distinct codes"
+    );
+}
