@@ -1,7 +1,7 @@
 //! `c2q demo`: a small example CNN and example images generated on the spot, so the main job
 //! can be tried on a fresh machine with nothing downloaded.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use caffe2_proto::{io, Format, NetDef};
 
@@ -129,6 +129,48 @@ pub fn write_example_model(dir: &Path, seed: u64) -> crate::Result<()> {
     io::write(&predict, dir.join("predict_net.pb"), Format::Binary)?;
     io::write(&predict, dir.join("predict_net.pbtxt"), Format::Text)?;
     Ok(())
+}
+
+/// Writes `per_class` generated images of each of `classes` classes (PNG files under
+/// `dir/images/class<c>/`) and an LMDB of them (`dir/db`, Caffe `Datum` records, labels = class
+/// index); returns the LMDB path. An existing `dir/images` or `dir/db` is replaced.
+pub fn write_example_db(dir: &Path, classes: usize, per_class: usize) -> crate::Result<PathBuf> {
+    let file_err = |p: &Path, e: &dyn std::fmt::Display| crate::Error::File {
+        path: p.to_path_buf(),
+        msg: e.to_string(),
+    };
+    let images = dir.join("images");
+    if images.exists() {
+        std::fs::remove_dir_all(&images).map_err(|e| file_err(&images, &e))?;
+    }
+    for c in 0..classes {
+        let d = images.join(format!("class{c}"));
+        std::fs::create_dir_all(&d).map_err(|e| file_err(&d, &e))?;
+        for k in 0..per_class {
+            let path = d.join(format!("{k}.png"));
+            example_image(44 + 3 * k as u32, 38 + 2 * k as u32, c)
+                .save(&path)
+                .map_err(|e| file_err(&path, &e))?;
+        }
+    }
+    let db = dir.join("db");
+    let opts = data::MakeDbOptions {
+        format: data::RecordFormat::Datum,
+        raw: None,
+        overwrite: true,
+    };
+    data::make_db(&data::Source::Folder(images), &db, &opts, None)?;
+    Ok(db)
+}
+
+/// The preprocessing that fits the example images and net: shorter side to 36, centre crop
+/// 32, the zoo mean/std.
+pub fn example_preprocess() -> data::Preprocess {
+    data::Preprocess {
+        scale: EXAMPLE_SIZE + 4,
+        crop: EXAMPLE_SIZE,
+        ..data::Preprocess::default()
+    }
 }
 
 /// A synthetic RGB test picture: smooth colour gradients plus a disc whose position and colour

@@ -8,7 +8,7 @@ use caffe2_proto::{io, Format};
 use clap::Args;
 use ops::Tensor;
 
-use crate::demo::{example_image, write_example_model, EXAMPLE_SIZE};
+use crate::demo::{example_preprocess, write_example_db, write_example_model, EXAMPLE_SIZE};
 use crate::quant::calibrate::Calibrator;
 use crate::quant::{quantize_model, ChooseOptions, QuantKind, QuantizeOptions};
 use crate::{Executor, Model};
@@ -31,30 +31,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     write_example_model(&model_dir, a.seed)?;
     println!("1. wrote an example CNN to {}", model_dir.display());
 
-    let images = a.out.join("images");
-    if images.exists() {
-        std::fs::remove_dir_all(&images)?;
-    }
-    let classes = 4;
-    let per_class = 8;
-    for c in 0..classes {
-        let dir = images.join(format!("class{c}"));
-        std::fs::create_dir_all(&dir)?;
-        for k in 0..per_class {
-            example_image(44 + 3 * k as u32, 38 + 2 * k as u32, c)
-                .save(dir.join(format!("{k}.png")))?;
-        }
-    }
-    let db = a.out.join("db");
-    let opts = data::MakeDbOptions {
-        format: data::RecordFormat::Datum,
-        raw: None,
-        overwrite: true,
-    };
-    let made = data::make_db(&data::Source::Folder(images.clone()), &db, &opts, None)?;
+    let (classes, per_class) = (4, 8);
+    let db = write_example_db(&a.out, classes, per_class)?;
     println!(
         "2. wrote {} generated images ({classes} classes) to the LMDB {}",
-        made.count,
+        classes * per_class,
         db.display()
     );
 
@@ -67,11 +48,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         rewrites.join(", ")
     );
 
-    let pre = data::Preprocess {
-        scale: EXAMPLE_SIZE + 4,
-        crop: EXAMPLE_SIZE,
-        ..data::Preprocess::default()
-    };
+    let pre = example_preprocess();
     let exec = Executor::new(&model, 0)?;
     let batch_opts = data::BatchOptions {
         batch_size: 8,

@@ -17,6 +17,7 @@ pub mod l2_approx;
 pub mod l2_fast;
 pub mod norm_min;
 pub mod p99;
+pub mod pipeline;
 pub mod qparams;
 pub mod rewrite;
 
@@ -26,5 +27,6 @@ pub use choose::{
 pub use fallback::{quantize_within_loss, FallbackOptions, FallbackResult, FallbackStep};
 pub use hist_file::{read_histogram_file, write_histogram_file, HistogramRecord};
 pub use histogram::{DynamicHistogram, Histogram};
+pub use pipeline::{quantize_db, QuantizeConfig, Quantized};
 pub use qparams::{choose_quantization_params, QParamsOptions};
 pub use rewrite::{quantize_model, Int8Model, Outcome, QuantizeOptions, RewriteNote};

@@ -108,6 +108,25 @@ impl Int8Model {
             .filter(|n| matches!(n.outcome, Outcome::Quantized(_)))
             .count()
     }
+
+    /// The int8 net as a runnable [`Model`].
+    pub fn to_model(&self) -> Result<Model> {
+        Model::from_nets(self.init.clone(), self.predict.clone())
+    }
+
+    /// Writes `init_net.pb`, `predict_net.pb` and `predict_net.pbtxt` into `dir` (created if
+    /// needed), each through a temporary file and a rename.
+    pub fn write_dir(&self, dir: &std::path::Path) -> Result<()> {
+        use caffe2_proto::{io, Format};
+        std::fs::create_dir_all(dir).map_err(|e| Error::File {
+            path: dir.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        io::write(&self.init, dir.join("init_net.pb"), Format::Binary)?;
+        io::write(&self.predict, dir.join("predict_net.pb"), Format::Binary)?;
+        io::write(&self.predict, dir.join("predict_net.pbtxt"), Format::Text)?;
+        Ok(())
+    }
 }
 
 /// What is known about the current value of a blob while rewriting.
