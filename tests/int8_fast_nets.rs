@@ -273,3 +273,116 @@ fn published_resnet50_quantized_runs_with_synthetic_weights() {
         "last int8 blob has only {distinct} distinct codes"
     );
 }
+
+/// A QNNPACK-style int8 net (engine "" and `NNPACK,DEPTHWISE_3x3`, uint8 weights with their own
+/// zero points, a separate Int8Relu, a depthwise conv, Int8Add, global pooling, Int8FC), as
+/// the mobile nets of the Caffe2 zoo are built: the fast kernels match the reference.
+#[test]
+fn qnnpack_style_net_fast_equals_reference() {
+    use c2q::graph::builder::{op_def, Arg};
+    let q = |scale: f32, zero_point: i32| QParams { scale, zero_point };
+    let mut rng = Lcg(11);
+    let mut codes = |n: usize| -> Vec<u8> { (0..n).map(|_| (rng.next() % 256) as u8).collect() };
+    let qu8 = |shape: &[usize], v: Vec<u8>, p: QParams| {
+        Tensor::QU8(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap(), p)
+    };
+    let qi32 = |v: Vec<i32>, s: f32| {
+        Tensor::QI32(
+            ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).unwrap(),
+            q(s, 0),
+        )
+    };
+    let (x_q, c1_q, dw_q, add_q, fc_q) = (
+        q(0.02, 114),
+        q(0.05, 90),
+        q(0.04, 100),
+        q(0.06, 110),
+        q(0.1, 78),
+    );
+    let (w1_q, wd_q, wf_q) = (q(0.004, 100), q(0.01, 131), q(0.003, 120));
+    let mut params = HashMap::new();
+    params.insert("w1".to_string(), qu8(&[16, 3, 3, 3], codes(16 * 27), w1_q));
+    params.insert(
+        "b1".to_string(),
+        qi32((0..16).map(|i| i * 37 - 300).collect(), 0.02 * 0.004),
+    );
+    params.insert("wd".to_string(), qu8(&[16, 3, 3, 1], codes(16 * 9), wd_q));
+    params.insert(
+        "bd".to_string(),
+        qi32((0..16).map(|i| 50 - i * 11).collect(), 0.05 * 0.01),
+    );
+    params.insert("wf".to_string(), qu8(&[10, 16], codes(160), wf_q));
+    params.insert(
+        "bf".to_string(),
+        qi32((0..10).map(|i| i * 200 - 900).collect(), 0.06 * 0.003),
+    );
+    let y = |p: QParams| -> Vec<(&'static str, Arg)> {
+        vec![
+            ("Y_scale", Arg::F(p.scale)),
+            ("Y_zero_point", Arg::I(p.zero_point as i64)),
+        ]
+    };
+    let conv = |k: i64, pad: i64, group: i64, p: QParams| {
+        let mut a = vec![
+            ("kernel", Arg::I(k)),
+            ("pad", Arg::I(pad)),
+            ("group", Arg::I(group)),
+            ("order", Arg::S("NHWC".into())),
+        ];
+        a.extend(y(p));
+        a
+    };
+    let mut net = NetDef::new();
+    net.set_name("qnnpack_style".into());
+    net.external_input = ["data", "w1", "b1", "wd", "bd", "wf", "bf"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    net.external_output = vec!["prob".into()];
+    let mut ops = vec![
+        op_def("NCHW2NHWC", &["data"], &["data_nhwc"], vec![]),
+        op_def("Int8Quantize", &["data_nhwc"], &["x"], y(x_q)),
+        op_def("Int8Conv", &["x", "w1", "b1"], &["c1"], conv(3, 1, 1, c1_q)),
+        op_def("Int8Relu", &["c1"], &["r1"], y(c1_q)),
+        op_def(
+            "Int8Conv",
+            &["r1", "wd", "bd"],
+            &["dw"],
+            conv(3, 1, 16, dw_q),
+        ),
+        op_def("Int8Add", &["dw", "r1"], &["s"], y(add_q)),
+        op_def(
+            "Int8AveragePool",
+            &["s"],
+            &["p"],
+            [
+                vec![
+                    ("global_pooling", Arg::I(1)),
+                    ("order", Arg::S("NHWC".into())),
+                ],
+                y(add_q),
+            ]
+            .concat(),
+        ),
+        op_def("Int8FC", &["p", "wf", "bf"], &["f"], y(fc_q)),
+        op_def("Int8Dequantize", &["f"], &["logits"], vec![]),
+        op_def("Softmax", &["logits"], &["prob"], vec![]),
+    ];
+    ops[4].set_engine("NNPACK,DEPTHWISE_3x3".into());
+    net.op = ops.into();
+    let model = Model::from_parts(
+        ModelPaths {
+            init: None,
+            predict: "<memory>/predict_net".into(),
+        },
+        None,
+        net,
+        params,
+    );
+    let x: Vec<f32> = (0..2 * 3 * 16 * 16)
+        .map(|i| ((i * 7919) % 211) as f32 / 50.0 - 2.0)
+        .collect();
+    let feed = HashMap::from([("data".to_string(), Tensor::from_f32(&[2, 3, 16, 16], x))]);
+    let distinct = assert_fast_equals_reference(&model, &feed);
+    assert!(distinct > 5, "FC output has only {distinct} distinct codes");
+}
