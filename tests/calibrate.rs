@@ -464,6 +464,15 @@ fn compare_cli_and_layer_errors_match_an_independent_sqnr() {
         pred.sqnr_db
     );
     assert_eq!(pred.op_type, "Int8FC");
+    // compare names the fp32 op index that --exclude-nodes takes.
+    let fc = fp32
+        .net
+        .nodes
+        .iter()
+        .position(|n| n.op_type == "FC")
+        .unwrap();
+    let row = layers.iter().find(|l| l["blob"] == "pred").unwrap();
+    assert_eq!(row["fp32_op_index"], fc);
 }
 
 #[test]

@@ -878,3 +878,43 @@ fn resnet50_int8_run_tracks_fp32_logits() {
     );
     assert!(d < 0.05 * range, "relative {}", d / range);
 }
+
+#[test]
+fn average_pool_counting_padding_stays_fp32() {
+    let mut b = NetBuilder::new("avgpad");
+    b.input("data")
+        .param("w", &[2, 2, 1, 1], vec![1.0, -0.5, 0.3, 0.8])
+        .op("Conv", &["data", "w"], &["c1"], vec![("kernel", Arg::I(1))])
+        .op(
+            "AveragePool",
+            &["c1"],
+            &["p"],
+            vec![
+                ("kernel", Arg::I(3)),
+                ("pad", Arg::I(1)),
+                ("count_include_pad", Arg::I(1)),
+            ],
+        )
+        .output("p");
+    let (init, predict) = b.build();
+    let model = Model::from_nets(init, predict).unwrap();
+    let q1 = QParams {
+        scale: 0.05,
+        zero_point: 128,
+    };
+    let act = vec![vec![Some(q1)], vec![Some(q1)]];
+    let input_q = HashMap::from([("data".to_string(), q1)]);
+    let mut opts = QuantizeOptions::default();
+    opts.input_shapes.insert("data".into(), vec![1, 2, 4, 4]);
+    let q = quantize_model(&model, &act, &input_q, &opts).unwrap();
+    match &q.report[1].outcome {
+        Outcome::KeptFp32(why) => assert!(why.contains("count_include_pad"), "{why}"),
+        other => panic!("AveragePool was rewritten: {other:?}"),
+    }
+    assert!(q.predict.op.iter().any(|o| o.type_() == "AveragePool"));
+    // The mixed net still computes the same pooling as fp32 (up to conv quantization).
+    let x: Vec<f32> = (0..32).map(|i| (i as f32 - 16.0) / 10.0).collect();
+    let feed = HashMap::from([("data".to_string(), Tensor::from_f32(&[1, 2, 4, 4], x))]);
+    let (a, b) = (run_out(&model, &feed, "p"), run_out(&load(&q), &feed, "p"));
+    assert!(common::max_abs_diff(&a, &b) < 0.06, "{a:?} vs {b:?}");
+}

@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::preprocess_args::PreprocessArgs;
-use crate::eval::layer_errors_on_db;
+use crate::eval::{blob_owners, layer_errors_on_db};
 use crate::Model;
 
 /// Flags of `c2q compare`.
@@ -61,11 +61,15 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         ..data::BatchOptions::default()
     };
     let (errs, images) = layer_errors_on_db(&fp32, &int8, &a.db, opts, a.threads)?;
+    // The fp32 op index of each blob: what `quantize --exclude-nodes` takes.
+    let owners = blob_owners(&fp32);
+    let fp32_op = |blob: &str| owners.get(blob).map(|(i, _)| *i);
     if a.json {
         let j = json!({
             "images": images,
             "layers": errs.iter().map(|e| json!({
-                "blob": e.blob, "op_index": e.op_index, "op_type": e.op_type, "op_name": e.op_name,
+                "blob": e.blob, "fp32_op_index": fp32_op(&e.blob), "int8_op_index": e.op_index,
+                "op_type": e.op_type, "op_name": e.op_name,
                 "values": e.values, "sqnr_db": e.sqnr_db.is_finite().then_some(e.sqnr_db),
                 "cosine": e.cosine, "max_abs_err": e.max_abs_err,
             })).collect::<Vec<_>>(),
@@ -79,13 +83,17 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         a.db.display()
     );
     println!(
-        "{:>4}  {:<40} {:<16} {:>9} {:>9} {:>11}",
-        "op", "blob", "int8 op", "SQNR dB", "cosine", "max |err|"
+        "(`fp32 op` is the index `c2q quantize --exclude-nodes` takes to keep that op in fp32)"
+    );
+    println!(
+        "{:>7}  {:<40} {:<16} {:>9} {:>9} {:>11}",
+        "fp32 op", "blob", "int8 op", "SQNR dB", "cosine", "max |err|"
     );
     for e in &errs {
+        let i = fp32_op(&e.blob).map_or("-".to_string(), |i| i.to_string());
         println!(
-            "{:>4}  {:<40} {:<16} {:>9.2} {:>9.5} {:>11.4}",
-            e.op_index, e.blob, e.op_type, e.sqnr_db, e.cosine, e.max_abs_err
+            "{:>7}  {:<40} {:<16} {:>9.2} {:>9.5} {:>11.4}",
+            i, e.blob, e.op_type, e.sqnr_db, e.cosine, e.max_abs_err
         );
     }
     Ok(())

@@ -197,6 +197,27 @@ impl<'m> LayerErrors<'m> {
     }
 }
 
+/// Blob label (`name`, or `name#k` for the k-th write of a reused name) → (op index, op type)
+/// of the fp32 op that writes it, labelled the way [`LayerErrors`] labels blobs. The index is
+/// the one `--exclude-nodes` takes.
+pub fn blob_owners(model: &Model) -> HashMap<String, (usize, String)> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut out = HashMap::new();
+    for (i, n) in model.net.nodes.iter().enumerate() {
+        for o in &n.outputs {
+            let k = seen.entry(o.as_str()).or_default();
+            let label = if *k == 0 {
+                o.clone()
+            } else {
+                format!("{o}#{k}")
+            };
+            *k += 1;
+            out.insert(label, (i, n.op_type.clone()));
+        }
+    }
+    out
+}
+
 /// `10·log10(signal / noise)`; +∞ without noise, −∞ without signal (but with noise).
 pub fn sqnr_db(signal: f64, noise: f64) -> f64 {
     if noise == 0.0 {

@@ -4,4 +4,4 @@ pub mod accuracy;
 pub mod layer_error;
 
 pub use accuracy::{evaluate, top_k, EvalOptions, EvalReport, ModelScore};
-pub use layer_error::{cosine, layer_errors_on_db, sqnr_db, BlobError, LayerErrors};
+pub use layer_error::{blob_owners, cosine, layer_errors_on_db, sqnr_db, BlobError, LayerErrors};

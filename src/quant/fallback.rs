@@ -88,26 +88,6 @@ impl FallbackResult {
     }
 }
 
-/// Blob label (`name`, or `name#k` for the k-th rewrite of a reused name) → (op index, type)
-/// over an fp32 net, labelled the way [`LayerErrors`] labels blobs.
-fn blob_owners(model: &Model) -> HashMap<String, (usize, String)> {
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    let mut out = HashMap::new();
-    for (i, n) in model.net.nodes.iter().enumerate() {
-        for o in &n.outputs {
-            let k = seen.entry(o.as_str()).or_default();
-            let label = if *k == 0 {
-                o.clone()
-            } else {
-                format!("{o}#{k}")
-            };
-            *k += 1;
-            out.insert(label, (i, n.op_type.clone()));
-        }
-    }
-    out
-}
-
 /// Quantizes `model` (already optimized) with `act`, then moves layers to fp32 until the
 /// top-1 loss on the held-out images of `db` is at most `fb.max_loss_points`.
 pub fn quantize_within_loss(
@@ -123,7 +103,7 @@ pub fn quantize_within_loss(
             p(s)
         }
     };
-    let owners = blob_owners(model);
+    let owners = crate::eval::blob_owners(model);
     let mut opts = opts.clone();
     let mut int8 = quantize_model(model, &act.per_op, &act.inputs, &opts)?;
     let mut int8_model = Model::from_nets(int8.init.clone(), int8.predict.clone())?;

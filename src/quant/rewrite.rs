@@ -549,6 +549,12 @@ impl<'a> Rewriter<'a> {
                     return Err("order is not NCHW".into());
                 }
                 need_4d(&op.input[0])?;
+                if t == "AveragePool" && arg_i(op, "count_include_pad").unwrap_or(0) != 0 {
+                    return Err(
+                        "count_include_pad = 1 (Int8AveragePool divides by the unpadded cells)"
+                            .into(),
+                    );
+                }
                 let xq = self.act_q(&op.input[0])?;
                 let y = if t == "MaxPool" { xq } else { out_act(0)? };
                 let mut args = copy_args(op);
