@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use c2q::graph::builder::{Arg, NetBuilder};
 use c2q::quant::qparams::choose_activation_params;
-use c2q::quant::{quantize_model, Int8Model, Outcome, QuantizeOptions};
+use c2q::quant::{quantize_model, Int8Model, Outcome, QuantKind, QuantizeOptions};
 use c2q::{Executor, Model, Node, Observer};
 use caffe2_proto::{io, NetDef, OperatorDef};
 use ops::{QParams, Tensor};
@@ -917,4 +917,73 @@ fn average_pool_counting_padding_stays_fp32() {
     let feed = HashMap::from([("data".to_string(), Tensor::from_f32(&[1, 2, 4, 4], x))]);
     let (a, b) = (run_out(&model, &feed, "p"), run_out(&load(&q), &feed, "p"));
     assert!(common::max_abs_diff(&a, &b) < 0.06, "{a:?} vs {b:?}");
+}
+
+#[test]
+fn l2_weight_ranges_clip_long_tails_for_lower_total_error() {
+    // 2 output channels x 500 inputs with a long (exponential) tail: most weights are tiny,
+    // a few are large. Channel 1 is ten times smaller than channel 0.
+    let w: Vec<f32> = (0..1000)
+        .map(|i| {
+            let u = (((i * 7919) % 9973) as f32 + 0.5) / 9973.0;
+            let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+            let scale = if i < 500 { 0.01 } else { 0.001 };
+            sign * scale * -u.ln()
+        })
+        .collect();
+    let mut b = NetBuilder::new("wkind");
+    b.input("data")
+        .param("w", &[2, 500], w.clone())
+        .param("b", &[2], vec![0.0, 0.0])
+        .op("FC", &["data", "w", "b"], &["y"], vec![])
+        .output("y");
+    let (init, predict) = b.build();
+    let model = Model::from_nets(init, predict).unwrap();
+    let q1 = QParams {
+        scale: 0.05,
+        zero_point: 128,
+    };
+    let act = vec![vec![Some(q1)]];
+    let input_q = HashMap::from([("data".to_string(), q1)]);
+    let mut opts = QuantizeOptions::default();
+    opts.input_shapes.insert("data".into(), vec![1, 500]);
+    // Σ (w − s_m·(q − 128))² over the written codes, computed here from the codes.
+    let l2_error = |codes: &[u8], scales: &[f32]| -> f64 {
+        w.iter()
+            .zip(codes)
+            .enumerate()
+            .map(|(i, (&v, &c))| {
+                let s = scales[(i / 500).min(scales.len() - 1)];
+                (f64::from(v) - f64::from(s) * (f64::from(c) - 128.0)).powi(2)
+            })
+            .sum()
+    };
+    let max_abs = w.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let quantized = |opts: &QuantizeOptions| {
+        let q = quantize_model(&model, &act, &input_q, opts).unwrap();
+        let Tensor::QU8(codes, p) = &q.params["w_int8"] else {
+            panic!("no int8 weight");
+        };
+        let scales = match q.predict.op[1].arg.iter().find(|a| a.name() == "W_scales") {
+            Some(a) => a.floats.clone(),
+            None => vec![p.scale],
+        };
+        (scales, codes.iter().copied().collect::<Vec<u8>>())
+    };
+    let (mm, mm_codes) = quantized(&opts);
+    assert!(
+        (mm[0] - max_abs / 127.0).abs() < 1e-9,
+        "min_max keeps the full range"
+    );
+    opts.weight_kind = QuantKind::L2;
+    let (l2, l2_codes) = quantized(&opts);
+    assert!(l2[0] < mm[0], "L2 clips the tail: {l2:?} vs {mm:?}");
+    let (e_mm, e_l2) = (l2_error(&mm_codes, &mm), l2_error(&l2_codes, &l2));
+    assert!(e_l2 < e_mm, "L2 error {e_l2} vs min_max {e_mm}");
+    // Per channel: the small channel gets its own, ten-times-finer grid.
+    opts.per_channel = true;
+    let (pc, pc_codes) = quantized(&opts);
+    assert_eq!(pc.len(), 2);
+    assert!(pc[1] < pc[0] / 5.0, "{pc:?}");
+    assert!(l2_error(&pc_codes, &pc) < e_l2);
 }

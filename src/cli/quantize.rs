@@ -57,6 +57,11 @@ pub struct QuantizeArgs {
     /// min_max, kl, p99.
     #[arg(long, default_value = "l2")]
     pub kind: QuantKind,
+    /// Weight range search: min_max (default, the full range) or l2 / l2_approx / kl / p99
+    /// over a 2048-bin histogram of the weights (the published ResNet-50 used l2). Weights are
+    /// always symmetric.
+    #[arg(long, default_value = "min_max")]
+    pub weight_kind: QuantKind,
     /// Symmetric activation ranges (real 0 maps to code 128).
     #[arg(long)]
     pub preserve_sparsity: bool,
@@ -163,6 +168,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     let shape = pre.batch_shape(1).to_vec();
     let opts = QuantizeOptions {
         per_channel: a.per_channel,
+        weight_kind: a.weight_kind,
         exclude_ops: a.exclude_ops.clone(),
         exclude_nodes: a.exclude_nodes.clone(),
         input_shapes: HashMap::from([(input, shape)]),
@@ -290,6 +296,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         let j = json!({
             "out": a.out, "images": calibration.images, "seconds": secs, "kind": a.kind.name(),
             "preserve_sparsity": a.preserve_sparsity, "per_channel": a.per_channel,
+            "weight_kind": a.weight_kind.name(),
             "quantized_ops": int8.quantized_count(),
             "int8_ops": int8.predict.op.len(),
             "kept_fp32": kept.iter().map(|(i, t, w)| json!({"index": i, "type": t, "why": w})).collect::<Vec<_>>(),

@@ -27,6 +27,8 @@ pub struct QuantizeConfig {
     pub preserve_sparsity: bool,
     /// Per-output-channel weight scales (c2q extension) instead of one per tensor.
     pub per_channel: bool,
+    /// Weight range search (`MinMax` default, or e.g. `L2`).
+    pub weight_kind: QuantKind,
     /// Op types kept in fp32.
     pub exclude_ops: Vec<String>,
     /// Op indices (of the optimized net) kept in fp32.
@@ -44,6 +46,7 @@ impl Default for QuantizeConfig {
             kind: QuantKind::L2,
             preserve_sparsity: false,
             per_channel: false,
+            weight_kind: QuantKind::MinMax,
             exclude_ops: Vec::new(),
             exclude_nodes: Vec::new(),
         }
@@ -79,6 +82,7 @@ pub fn quantize_db(model: &Model, db: &Path, cfg: &QuantizeConfig) -> Result<Qua
         calibration.choose(&fp32, &ChooseOptions::new(cfg.kind, cfg.preserve_sparsity))?;
     let q = QuantizeOptions {
         per_channel: cfg.per_channel,
+        weight_kind: cfg.weight_kind,
         exclude_ops: cfg.exclude_ops.clone(),
         exclude_nodes: cfg.exclude_nodes.clone(),
         input_shapes: HashMap::from([(fp32.data_input()?, cfg.preprocess.batch_shape(1).to_vec())]),

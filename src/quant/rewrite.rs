@@ -38,6 +38,7 @@ use crate::passes::util::{arg_i, arg_s};
 use crate::quant::qparams::{
     bias_scale, choose_quantization_params, quantize_bias, quantize_u8, weight_qparams_min_max,
 };
+use crate::quant::{choose_from_values, QuantKind};
 use crate::{Error, Model, Result};
 
 /// How [`quantize_model`] quantizes.
@@ -45,6 +46,9 @@ use crate::{Error, Model, Result};
 pub struct QuantizeOptions {
     /// One weight scale per output channel of Conv/FC (a c2q extension, see module docs).
     pub per_channel: bool,
+    /// How weight ranges are chosen: `MinMax` (the default: the full range) or a histogram
+    /// search such as `L2` (what the published ResNet-50 used); always symmetric.
+    pub weight_kind: QuantKind,
     /// Op types kept fp32.
     pub exclude_ops: Vec<String>,
     /// Op indices (in `model.predict_def`) kept fp32.
@@ -59,6 +63,7 @@ impl Default for QuantizeOptions {
     fn default() -> Self {
         QuantizeOptions {
             per_channel: false,
+            weight_kind: QuantKind::MinMax,
             exclude_ops: Vec::new(),
             exclude_nodes: Vec::new(),
             engine: "DNNLOWP".to_string(),
@@ -697,7 +702,10 @@ impl<'a> Rewriter<'a> {
                 let chunk = &values[m * per..(m + 1) * per];
                 // Symmetric around 0 even when a channel has one sign only, so that every
                 // channel shares the zero point 128 (the ops take one weight zero point).
-                let a = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let a = match self.opts.weight_kind {
+                    QuantKind::MinMax => chunk.iter().fold(0f32, |a, v| a.max(v.abs())),
+                    kind => symmetric_extent(chunk, kind),
+                };
                 let a = if a > 0.0 && a.is_finite() { a } else { 1.0 };
                 let qm = choose_quantization_params(-a, a, 0, 255, true);
                 if qm.zero_point != 128 {
@@ -720,7 +728,13 @@ impl<'a> Rewriter<'a> {
             };
             (q, codes, Some(scales))
         } else {
-            let q = weight_qparams_min_max(values, true);
+            let q = match self.opts.weight_kind {
+                QuantKind::MinMax => weight_qparams_min_max(values, true),
+                kind => {
+                    let a = symmetric_extent(values, kind);
+                    choose_quantization_params(-a, a, 0, 255, true)
+                }
+            };
             (q, quantize_u8(values, q), None)
         };
         let name = format!("{}_int8", wp.name);
@@ -844,6 +858,21 @@ impl<'a> Rewriter<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// The half-width `a` of the symmetric weight range `[-a, a]` chosen by a histogram search:
+/// the search runs on the weights' own (asymmetric) range and the larger end is kept. (Caffe2's
+/// symmetric search only tries windows centred on zero no wider than the histogram, so for a
+/// lopsided range it can never keep the long side; searching asymmetrically avoids that.)
+/// Falls back to 1 for all-zero or non-finite input.
+fn symmetric_extent(values: &[f32], kind: QuantKind) -> f32 {
+    let (lo, hi, _) = choose_from_values(values, kind, false);
+    let a = lo.abs().max(hi.abs());
+    if a > 0.0 && a.is_finite() {
+        a
+    } else {
+        1.0
     }
 }
 
