@@ -369,7 +369,7 @@ fn qnnpack_style_net_fast_equals_reference() {
         op_def("Softmax", &["logits"], &["prob"], vec![]),
     ];
     ops[4].set_engine("NNPACK,DEPTHWISE_3x3".into());
-    net.op = ops.into();
+    net.op = ops;
     let model = Model::from_parts(
         ModelPaths {
             init: None,

@@ -7,7 +7,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 
-use ops::kernels::qgemm::{qgemm, PackedQWeights, QEpilogue, QMatRef};
+use ops::kernels::qgemm::{qgemm, PackedQWeights, QEpilogue, QLayout, QMatRef};
 use ops::{build_op, ArgValue, Args, NodeSpec, Op, QParams, Tensor};
 
 fn codes(n: usize, seed: usize) -> Vec<u8> {
@@ -149,11 +149,11 @@ fn bench_resnet50(cr: &mut Criterion) {
 }
 
 fn bench_kernel(cr: &mut Criterion) {
-    // A cache-resident GEMM (96 rows, K = 256, 64 channels): the micro-kernel's ceiling.
+    // A cache-resident GEMM (96 rows, K = 256, 64 channels): the micro-kernel's ceiling, for
+    // both weight layouts (small weights, so the quad layout needs no outliers).
     let (m, k, n) = (96, 256, 64);
     let x = codes(m * k, 3);
-    let w = PackedQWeights::pack(&codes(n * k, 4), n, k, &vec![128; n]).expect("pack");
-    let ep = QEpilogue::new(w.col_sums(), 3, &vec![0; n], &vec![0.001; n], 0, 0).expect("ep");
+    let wc: Vec<u8> = (0..n * k).map(|i| (112 + (i * 7919) % 33) as u8).collect();
     let a = QMatRef::new(&x, m, k, k, 0).expect("view");
     let mut y = vec![0u8; m * n];
     let mut g = cr.benchmark_group("int8_qgemm");
@@ -162,9 +162,14 @@ fn bench_kernel(cr: &mut Criterion) {
         .measurement_time(Duration::from_secs(1));
     g.throughput(Throughput::Elements((m * k * n) as u64));
     let tp = pool(1);
-    g.bench_function("96x256x64_1t", |b| {
-        tp.install(|| b.iter(|| qgemm(&a, &w, &ep, &mut y, n, 0).expect("qgemm")))
-    });
+    for layout in [QLayout::Pairs, QLayout::Quads] {
+        let w = PackedQWeights::pack_with(&wc, n, k, &vec![128; n], layout).expect("pack");
+        assert_eq!(w.outlier_count(), 0);
+        let ep = QEpilogue::new(w.col_sums(), 3, &vec![0; n], &vec![0.001; n], 0, 0).expect("ep");
+        g.bench_function(format!("96x256x64_1t_{layout:?}"), |b| {
+            tp.install(|| b.iter(|| qgemm(&a, &w, &ep, &mut y, n, 0).expect("qgemm")))
+        });
+    }
     g.finish();
 }
 

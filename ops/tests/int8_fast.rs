@@ -5,7 +5,7 @@
 use ndarray::{ArrayD, IxDyn};
 use ops::kernels::isa::Isa;
 use ops::kernels::qdepthwise::{qdepthwise_with, DwShape, PackedDepthwise};
-use ops::kernels::qgemm::{effective_isa, qgemm_with, PackedQWeights, QEpilogue, QMatRef};
+use ops::kernels::qgemm::{effective_isa, qgemm_with, PackedQWeights, QEpilogue, QLayout, QMatRef};
 use ops::{build_op, ArgValue, Args, NodeSpec, Op, OpError, QParams, Tensor};
 use proptest::prelude::*;
 
@@ -242,6 +242,144 @@ proptest! {
     ) {
         check_gemm(&gemm_case(m, k, n, seed, relu));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The quad (vpmaddubsw) layout: saturation-free main part plus exact outliers
+// ---------------------------------------------------------------------------------------
+
+/// Weights whose centred values fit i8, mostly small with runs of large same-sign values
+/// (which break the i16 lane budget and must become outliers), zero points 0/128/255 or
+/// random ones.
+fn quad_case(m: usize, k: usize, n: usize, seed: u64, relu: bool) -> GemmCase {
+    let mut c = gemm_case(m, k, n, seed, relu);
+    let mut r = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
+    c.zx = [0, 128, 255, r.zp()][r.below(4) as usize];
+    for j in 0..n {
+        let zw = [0, 128, 255, r.zp()][r.below(4) as usize];
+        c.zw[j] = zw;
+        // Centred range that keeps the codes in [0, 255] and the values in [−128, 127].
+        let (lo, hi) = ((-zw).max(-128), (255 - zw).min(127));
+        let big = r.below(3);
+        for p in 0..k {
+            let v = match r.below(8) {
+                0 if big > 0 => hi,
+                1 if big > 1 => lo,
+                2 => r.below(41) as i32 - 20,
+                3 => r.below(256) as i32 - 128,
+                _ => r.below(11) as i32 - 5,
+            };
+            c.w[j * k + p] = (v.clamp(lo, hi) + zw) as u8;
+        }
+    }
+    c
+}
+
+fn check_quads(c: &GemmCase) -> usize {
+    let want = naive_gemm(c);
+    let w = PackedQWeights::pack_with(&c.w, c.n, c.k, &c.zw, QLayout::Quads).unwrap();
+    assert_eq!(w.layout(), QLayout::Quads);
+    let ep = QEpilogue::new(w.col_sums(), c.zx, &c.bias, &c.mults, c.zy, c.lo).unwrap();
+    let a = QMatRef::new(&c.x, c.m, c.k, c.k, 0).unwrap();
+    let isas: &[Isa] = if effective_isa(Isa::Avx2) == Isa::Avx2 {
+        &[Isa::Scalar, Isa::Avx2]
+    } else {
+        &[Isa::Scalar]
+    };
+    for &isa in isas {
+        for threads in [1, 2] {
+            let mut y = vec![0u8; c.m * c.n];
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| qgemm_with(isa, &a, &w, &ep, &mut y, c.n, 0).unwrap());
+            assert_eq!(y, want, "{isa:?}, {threads} threads");
+        }
+    }
+    w.outlier_count()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn qgemm_quads_match_naive(
+        m in 1usize..30, k in 1usize..300, n in 1usize..40, seed in any::<u64>(), relu: bool
+    ) {
+        check_quads(&quad_case(m, k, n, seed, relu));
+    }
+}
+
+#[test]
+fn qgemm_quads_outliers_and_blocks_match_naive() {
+    // K past one block (1024 in quads) with a short remainder, K not a multiple of 8,
+    // channels past one block, and weights that force many outliers.
+    let mut outliers = 0;
+    for (idx, &(m, k, n)) in [(9, 1037, 21), (50, 77, 270), (3, 2500, 17), (13, 8, 16)]
+        .iter()
+        .enumerate()
+    {
+        outliers += check_quads(&quad_case(m, k, n, 77 + idx as u64, idx % 2 == 1));
+    }
+    assert!(
+        outliers > 100,
+        "only {outliers} outliers: the case does not test them"
+    );
+}
+
+#[test]
+fn qgemm_quads_lane_budget_edges() {
+    // Four same-sign weights of 32 in one i16 lane sum to exactly 128 (kept), 33 + 32·3
+    // breaks the budget (one outlier), with every activation at 255 and zero point 0: the
+    // i16 lane reaches ±255·128 = ±32640 without saturating; four weights of −128 leave
+    // one in the main part and three outliers per lane.
+    let (m, k, n) = (5, 16, 3);
+    for (wv, zw, want_out) in [(32, 128, 0), (-32, 128, 0), (33, 128, 2), (-128, 128, 6)] {
+        let mut w = vec![128u8; n * k];
+        for p in [0, 1, 4, 5, 8, 9, 12, 13] {
+            w[p] = (wv + zw) as u8;
+        }
+        if wv == 33 {
+            // Only one set per octet over budget.
+            for p in [1, 4, 5, 9, 12, 13] {
+                w[p] = (32 + zw) as u8;
+            }
+        }
+        let c = GemmCase {
+            m,
+            k,
+            n,
+            zx: 0,
+            x: vec![255; m * k],
+            w,
+            zw: vec![zw; n],
+            bias: vec![3; n],
+            mults: vec![1.0 / 1024.0; n],
+            zy: 128,
+            lo: 0,
+        };
+        let got = check_quads(&c);
+        assert_eq!(got, want_out, "weight {wv}");
+        // Hand-worked: channel 0 is 255 · (sum of its weights) + 3, scaled by 1/1024, + 128
+        // (e.g. 32: 255·256 + 3 = 65283 → 63.75 → 64 → 192).
+        let y = naive_gemm(&c);
+        let wsum: i32 = if wv == 33 { 2 * 33 + 6 * 32 } else { 8 * wv };
+        let v = ((255 * wsum + 3) as f32 / 1024.0).round_ties_even() as i32 + 128;
+        assert_eq!(y[0] as i32, v.clamp(0, 255));
+        if wv == 32 {
+            assert_eq!(y[0], 192);
+        }
+    }
+}
+
+#[test]
+fn qgemm_quads_reject_wide_weights() {
+    // Zero point 0 with a code of 200: the centred value does not fit i8.
+    let e = PackedQWeights::pack_with(&[200, 1], 1, 2, &[0], QLayout::Quads);
+    assert!(e.is_err());
+    // The automatic choice falls back to pairs and stays exact.
+    let w = PackedQWeights::pack(&[200, 1], 1, 2, &[0]).unwrap();
+    assert_eq!(w.layout(), QLayout::Pairs);
 }
 
 #[test]

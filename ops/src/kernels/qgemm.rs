@@ -12,21 +12,35 @@
 //! which equals `Σ_k (x − z_x)(w − z_w) + b` of the scalar reference modulo 2^32, i.e. bit
 //! for bit the same accumulator, and the same output stage as
 //! [`requantize`](crate::int8::requant::requantize). The activations are used as they are
-//! (zero-extended to i16) and the zero-point correction is folded into a per-channel offset
+//! (unsigned codes) and the zero-point correction is folded into a per-channel offset
 //! ([`QEpilogue`]); im2col cells that stand for padding therefore take the value `z_x`.
 //!
-//! Arithmetic: weights are centred once, `(w − z_w) ∈ [−255, 255]`, and stored as i16 pairs
-//! of consecutive k; activations are packed per call as i16 pairs. The AVX2 kernel multiplies
-//! them with `vpmaddwd` (two i16 products summed into an i32: at most 2·255·255, exact) and
-//! accumulates with `vpaddd` (wrapping, like the reference). `vpmaddubsw` is not used: its
-//! saturating int16 sums would differ from the reference (facts §6.9).
+//! Two weight layouts ([`QLayout`], chosen when the weights are packed):
 //!
-//! Blocking: a register tile of [`MR`] rows × [`NR`] channels (12 ymm accumulators), K cut
-//! into equal blocks of at most 512 (partial sums kept in an i32 tile buffer between
-//! blocks), channels in blocks of 256, rows in tiles of up to 96 (fewer for long K, so the
-//! packed A tile stays in L2). Work is split with rayon over row tiles, or over channel
-//! blocks when there are too few rows. Every output is an exact integer sum, so results do
-//! not depend on the tiling, the kernel or the thread count.
+//! - **Pairs** (any zero point): weights centred once, `(w − z_w) ∈ [−255, 255]`, stored as
+//!   i16 pairs of consecutive k; activations packed per call as i16 pairs. The AVX2 kernel
+//!   multiplies them with `vpmaddwd` (two i16 products summed into an i32: at most
+//!   2·255·255, exact) and accumulates with `vpaddd` (wrapping, like the reference).
+//!   Register tile [`MR`] × [`NR`] (12 ymm accumulators).
+//! - **Quads** (every centred weight in [−128, 127], e.g. zero point 128): weights stored as
+//!   i8 quads, activations as u8 quads. Per two quads the AVX2 kernel does two `vpmaddubsw`
+//!   (u8 × i8, adjacent products summed into saturating i16), one `vpaddw`, one `vpmaddwd`
+//!   by ones (to i32) and one `vpaddd`: 3 multiply-pipe µops per 64 multiply-adds instead of
+//!   4. It is exact because no i16 lane can saturate or wrap: each lane sums the products of
+//!   one set of four k (8j + {0, 1, 4, 5} or 8j + {2, 3, 6, 7}), and packing keeps the
+//!   positive and the negative weights of every set at most 128 in total magnitude
+//!   (`255 · 128 = 32640`). Weights that break this budget are moved, largest first, to a
+//!   sparse outlier list (main part 0) whose products are added exactly in i32 before the
+//!   kernel runs (facts §6.9: a saturating sum would differ from the reference, so none is
+//!   allowed to happen). Register tile [`QR`] × [`NR`]. Weights needing more than ~1.5 %
+//!   outliers are packed as pairs instead (the outliers would cost more than they save).
+//!
+//! Blocking: K cut into equal blocks of at most 256 units (pairs or quads; partial sums kept
+//! in an i32 tile buffer between blocks), channels in blocks of 256, rows in tiles of up to
+//! 96 (fewer for long K, so the packed A tile stays in L2). Work is split with rayon over row
+//! tiles, or over channel blocks when there are too few rows. Every output is an exact
+//! integer sum, so results do not depend on the layout, the tiling, the kernel or the
+//! thread count.
 //!
 //! The kernel set (AVX2 or portable) is chosen once from [`Isa::current`] and kept in a
 //! table of function pointers.
@@ -40,11 +54,13 @@ use super::isa::Isa;
 use crate::int8::requant::requantize;
 use crate::{OpError, OpResult};
 
-/// Rows of the register tile (output pixels / FC rows).
+/// Rows of the register tile (output pixels / FC rows) of the pair kernel.
 pub const MR: usize = 6;
+/// Rows of the register tile of the quad kernel.
+pub const QR: usize = 4;
 /// Output channels of the register tile.
 pub const NR: usize = 16;
-/// Largest K block, in pairs of k (512 values of k).
+/// Largest K block, in units (pairs: 512 values of k; quads: 1024).
 const KCP_MAX: usize = 256;
 /// Largest row tile.
 const MC_MAX: usize = 96;
@@ -65,44 +81,113 @@ fn unpair(v: i32) -> (i32, i32) {
     (i32::from(v as i16), v >> 16)
 }
 
+/// How packed weights store K (chosen by [`PackedQWeights::pack`], or forced with
+/// [`PackedQWeights::pack_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QLayout {
+    /// i16 pairs of consecutive k for `vpmaddwd` (any zero point).
+    Pairs,
+    /// i8 quads of consecutive k for `vpmaddubsw` (centred weights in [−128, 127]), split
+    /// into a saturation-free main part and exact sparse outliers.
+    Quads,
+}
+
+/// One weight moved out of the `vpmaddubsw` main part: `acc[·, lane] += x[·, k] · delta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Outlier {
+    k: u32,
+    lane: u32,
+    delta: i32,
+    /// `delta` as the low half of an i16 pair (high half 0), the `vpmaddwd` operand.
+    dpair: i32,
+}
+
+impl Outlier {
+    fn new(k: usize, lane: usize, delta: i32) -> Self {
+        Outlier {
+            k: k as u32,
+            lane: lane as u32,
+            delta,
+            dpair: delta & 0xffff,
+        }
+    }
+}
+
 /// Weights `[N, K]` centred by their zero points and packed for the GEMM: panels of [`NR`]
-/// channels, within a panel `[k pair][channel]` of i16 pairs (zero padded), plus the
-/// per-channel sums `Σ_k (w − z_w)` for the zero-point correction.
+/// channels, within a panel `[k unit][channel]` (zero padded), where a unit is an i16 pair
+/// ([`QLayout::Pairs`]) or an i8 quad ([`QLayout::Quads`], with the number of quads even),
+/// plus the per-channel sums `Σ_k (w − z_w)` for the zero-point correction.
 #[derive(Clone, PartialEq)]
 pub struct PackedQWeights {
     n: usize,
     k: usize,
-    kpairs: usize,
+    layout: QLayout,
+    /// K units per panel row (pairs, or an even number of quads).
+    kunits: usize,
     data: Vec<i32>,
     col_sums: Vec<i32>,
+    /// Quads only: weights kept out of the main part, grouped by panel.
+    outliers: Vec<Outlier>,
+    /// Quads only: `outliers[panel_outliers[p]..panel_outliers[p + 1]]` belong to panel `p`.
+    panel_outliers: Vec<usize>,
 }
 
 impl std::fmt::Debug for PackedQWeights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedQWeights {{ n: {}, k: {} }}", self.n, self.k)
+        write!(
+            f,
+            "PackedQWeights {{ n: {}, k: {}, layout: {:?}, outliers: {} }}",
+            self.n,
+            self.k,
+            self.layout,
+            self.outliers.len()
+        )
     }
 }
 
+/// Largest sum of same-sign centred weights allowed in one i16 lane of the quad kernel:
+/// `255 · 128 = 32640` fits i16 both ways.
+const LANE_BUDGET: i32 = 128;
+
 impl PackedQWeights {
-    /// Packs `codes` (`[n, k]` row-major uint8) with one zero point per row (in [0, 255]).
+    /// Packs `codes` (`[n, k]` row-major uint8) with one zero point per row (in [0, 255]),
+    /// choosing [`QLayout::Quads`] when every centred weight fits i8 and few outliers are
+    /// needed, else [`QLayout::Pairs`].
     pub fn pack(codes: &[u8], n: usize, k: usize, zero_points: &[i32]) -> OpResult<Self> {
-        if n.checked_mul(k) != Some(codes.len()) {
-            return Err(OpError::Shape(format!(
-                "int8 GEMM weights: {} codes do not form [{n}, {k}]",
-                codes.len()
-            )));
+        check_weights(codes, n, k, zero_points)?;
+        if fits_i8(codes, n, k, zero_points) {
+            let q = Self::pack_quads(codes, n, k, zero_points);
+            // Each outlier costs a scalar multiply per row; the quad kernel saves about a
+            // quarter of the multiply work, so give up beyond ~0.5 % outliers.
+            if q.outliers.len() * 64 <= n * k {
+                return Ok(q);
+            }
         }
-        if zero_points.len() != n {
-            return Err(OpError::Shape(format!(
-                "int8 GEMM weights: {} zero points for {n} output channels",
-                zero_points.len()
-            )));
+        Ok(Self::pack_pairs(codes, n, k, zero_points))
+    }
+
+    /// Packs like [`pack`](Self::pack) with the given layout; [`QLayout::Quads`] fails when
+    /// a centred weight does not fit i8.
+    pub fn pack_with(
+        codes: &[u8],
+        n: usize,
+        k: usize,
+        zero_points: &[i32],
+        layout: QLayout,
+    ) -> OpResult<Self> {
+        check_weights(codes, n, k, zero_points)?;
+        match layout {
+            QLayout::Pairs => Ok(Self::pack_pairs(codes, n, k, zero_points)),
+            QLayout::Quads if fits_i8(codes, n, k, zero_points) => {
+                Ok(Self::pack_quads(codes, n, k, zero_points))
+            }
+            QLayout::Quads => Err(OpError::DType(
+                "int8 GEMM weights: centred weights do not fit i8 for the quad layout".into(),
+            )),
         }
-        if let Some(z) = zero_points.iter().find(|z| !(0..=255).contains(*z)) {
-            return Err(OpError::DType(format!(
-                "int8 GEMM weights: zero point {z} is outside [0, 255]"
-            )));
-        }
+    }
+
+    fn pack_pairs(codes: &[u8], n: usize, k: usize, zero_points: &[i32]) -> Self {
         let kpairs = k.div_ceil(2);
         let panels = n.div_ceil(NR);
         let mut data = vec![0i32; panels * kpairs * NR];
@@ -119,13 +204,85 @@ impl PackedQWeights {
             }
             *sum = s;
         }
-        Ok(PackedQWeights {
+        PackedQWeights {
             n,
             k,
-            kpairs,
+            layout: QLayout::Pairs,
+            kunits: kpairs,
             data,
             col_sums,
-        })
+            outliers: Vec::new(),
+            panel_outliers: vec![0; panels + 1],
+        }
+    }
+
+    /// The quad layout. The kernel adds the two i16 sums of quads `2j` and `2j + 1` lane by
+    /// lane, so one i16 lane collects k = 8j + {0, 1, 4, 5} or 8j + {2, 3, 6, 7}; in each
+    /// such set the positive weights and the negative weights must each sum to at most
+    /// [`LANE_BUDGET`] in magnitude. Weights of largest magnitude are moved to the outlier
+    /// list (main part 0) until the set complies.
+    fn pack_quads(codes: &[u8], n: usize, k: usize, zero_points: &[i32]) -> Self {
+        let kquads = k.div_ceil(8) * 2;
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0i32; panels * kquads * NR];
+        let mut col_sums = vec![0i32; n];
+        let mut outliers = Vec::new();
+        let mut panel_outliers = vec![0usize; panels + 1];
+        let mut main = vec![0i32; kquads * 4];
+        for (c, (&z, sum)) in zero_points.iter().zip(&mut col_sums).enumerate() {
+            let row = &codes[c * k..(c + 1) * k];
+            main.fill(0);
+            let mut s = 0i32;
+            for (m, &v) in main.iter_mut().zip(row) {
+                *m = i32::from(v) - z;
+                s = s.wrapping_add(*m);
+            }
+            *sum = s;
+            for oct in 0..kquads / 2 {
+                for set in [[0usize, 1, 4, 5], [2, 3, 6, 7]] {
+                    let idx = set.map(|j| 8 * oct + j);
+                    loop {
+                        let pos: i32 = idx.iter().map(|&i| main[i].max(0)).sum();
+                        let neg: i32 = idx.iter().map(|&i| (-main[i]).max(0)).sum();
+                        let sign = if pos > LANE_BUDGET {
+                            1
+                        } else if neg > LANE_BUDGET {
+                            -1
+                        } else {
+                            break;
+                        };
+                        // The largest weight of the offending sign becomes an outlier.
+                        let mut best = idx[0];
+                        for &i in &idx {
+                            if main[i] * sign > main[best] * sign {
+                                best = i;
+                            }
+                        }
+                        outliers.push(Outlier::new(best, c % NR, main[best]));
+                        main[best] = 0;
+                    }
+                }
+            }
+            let base = (c / NR) * kquads * NR + c % NR;
+            for (q, four) in main.chunks_exact(4).enumerate() {
+                let b: [u8; 4] = std::array::from_fn(|j| four[j] as i8 as u8);
+                data[base + q * NR] = i32::from_le_bytes(b);
+            }
+            panel_outliers[c / NR + 1] = outliers.len();
+        }
+        for p in 1..=panels {
+            panel_outliers[p] = panel_outliers[p].max(panel_outliers[p - 1]);
+        }
+        PackedQWeights {
+            n,
+            k,
+            layout: QLayout::Quads,
+            kunits: kquads,
+            data,
+            col_sums,
+            outliers,
+            panel_outliers,
+        }
     }
 
     /// Output channels (N).
@@ -138,16 +295,64 @@ impl PackedQWeights {
         self.k
     }
 
+    /// The layout the weights were packed in.
+    pub fn layout(&self) -> QLayout {
+        self.layout
+    }
+
+    /// Number of weights handled as exact outliers (always 0 for [`QLayout::Pairs`]).
+    pub fn outlier_count(&self) -> usize {
+        self.outliers.len()
+    }
+
     /// `Σ_k (w[n, k] − z_w[n])` for every channel (wrapping i32).
     pub fn col_sums(&self) -> &[i32] {
         &self.col_sums
     }
 
-    /// Rows `pc..pc+kc` (in k pairs) of the panel holding channel `col` (`col % NR == 0`).
+    /// Units `pc..pc+kc` of the panel holding channel `col` (`col % NR == 0`).
     fn block(&self, col: usize, pc: usize, kc: usize) -> &[i32] {
-        let s = ((col / NR) * self.kpairs + pc) * NR;
+        let s = ((col / NR) * self.kunits + pc) * NR;
         &self.data[s..s + kc * NR]
     }
+
+    /// The outliers of the panel holding channel `col`.
+    fn panel_outliers(&self, col: usize) -> &[Outlier] {
+        let p = col / NR;
+        &self.outliers[self.panel_outliers[p]..self.panel_outliers[p + 1]]
+    }
+}
+
+/// Checks the sizes and zero points of weights to pack.
+fn check_weights(codes: &[u8], n: usize, k: usize, zero_points: &[i32]) -> OpResult<()> {
+    if n.checked_mul(k) != Some(codes.len()) {
+        return Err(OpError::Shape(format!(
+            "int8 GEMM weights: {} codes do not form [{n}, {k}]",
+            codes.len()
+        )));
+    }
+    if zero_points.len() != n {
+        return Err(OpError::Shape(format!(
+            "int8 GEMM weights: {} zero points for {n} output channels",
+            zero_points.len()
+        )));
+    }
+    if let Some(z) = zero_points.iter().find(|z| !(0..=255).contains(*z)) {
+        return Err(OpError::DType(format!(
+            "int8 GEMM weights: zero point {z} is outside [0, 255]"
+        )));
+    }
+    Ok(())
+}
+
+/// True when every centred weight `w − z_w` lies in [−128, 127].
+fn fits_i8(codes: &[u8], n: usize, k: usize, zero_points: &[i32]) -> bool {
+    (0..n).all(|c| {
+        let row = &codes[c * k..(c + 1) * k];
+        let z = zero_points[c];
+        row.iter()
+            .all(|&v| (-128..=127).contains(&(i32::from(v) - z)))
+    })
 }
 
 /// The fused output stage of one GEMM: per channel the additive offset
@@ -334,29 +539,46 @@ struct OutTile<'a> {
     finite: bool,
 }
 
-/// Micro-kernel: `kp` k pairs of an MR-row A panel (`[p][MR]`) times an NR-channel B panel
-/// (`[p][NR]`), accumulators starting at 0 or (with `load`) at `acc`; the result goes back to
-/// `acc` (MR × NR, stride NR) or, with an output tile, through the output stage.
+/// Micro-kernel: `kc` k units of an MR-row A panel (`[u][MR]`) times an NR-channel B panel
+/// (`[u][NR]`), accumulators starting at 0 or (with `load`) at `acc`; the result goes back to
+/// `acc` (MR × NR, stride NR) or, with an output tile, through the output stage. Units are
+/// i16 pairs (`micro`) or u8/i8 quads, `kc` even (`micro_quads`).
 type MicroFn = unsafe fn(usize, &[i32], &[i32], &mut [i32], bool, Option<OutTile<'_>>);
 
-/// Packs MR full rows (`k` codes each) into an A panel `[kpairs][MR]` of i16 pairs.
-type PackFn = unsafe fn(&[&[u8]; MR], usize, &mut [i32]);
+/// Packs full rows (`k` codes each; [`MR`] rows for pairs, [`QR`] for quads) into an A
+/// panel `[units][rows]` (i16 pairs, or u8 quads with the number of quads even).
+type PackFn = unsafe fn(&[&[u8]], usize, &mut [i32]);
+
+/// Outlier products of one weight panel for every row tile: `(outliers, apack, units,
+/// corr)` sets `corr[t]` (a [`QR`] × [`NR`] tile, `t < corr.len() / (QR·NR)`) to
+/// `Σ x[r, k] · delta` per lane, reading the activations from the packed quad panels
+/// `apack[t·units·QR..]` (`[quad][QR]` each).
+type OutlierFn = unsafe fn(&[Outlier], &[i32], usize, &mut [i32]);
 
 /// The kernels of one instruction set.
 struct Kernels {
     micro: MicroFn,
     pack: PackFn,
+    micro_quads: MicroFn,
+    pack_quads: PackFn,
+    outliers: OutlierFn,
 }
 
 static SCALAR: Kernels = Kernels {
     micro: micro_scalar,
     pack: pack_scalar,
+    micro_quads: micro_quads_scalar,
+    pack_quads: pack_quads_scalar,
+    outliers: outlier_tile_scalar,
 };
 
 #[cfg(target_arch = "x86_64")]
 static AVX2: Kernels = Kernels {
     micro: avx2::micro,
     pack: avx2::pack,
+    micro_quads: avx2::micro_quads,
+    pack_quads: avx2::pack_quads,
+    outliers: avx2::outlier_tile,
 };
 
 /// The kernel table for `isa`; AVX2 only if this CPU has it (else the portable kernels).
@@ -434,15 +656,17 @@ pub fn qgemm_with<L: QLhs + ?Sized>(
     }
     let kern = kernels(isa);
     let threads = rayon::current_num_threads().max(1);
-    let row_bytes = w.kpairs.max(1) * 4;
-    let mc_cap = (A_TILE_BUDGET / row_bytes / MR * MR).clamp(4 * MR, MC_MAX);
+    let row_bytes = w.kunits.max(1) * 4;
+    // Row granularity: the register tile.
+    let mr = if w.layout == QLayout::Quads { QR } else { MR };
+    let mc_cap = (A_TILE_BUDGET / row_bytes / mr * mr).clamp(4 * mr, MC_MAX);
     // Row tiles of about equal size, their number a multiple of the thread count (at
     // least two per thread when there are several threads).
     let per_thread = m
         .div_ceil(threads * mc_cap)
         .max(if threads > 1 { 2 } else { 1 });
     let tasks = threads * per_thread;
-    let mc = (m.div_ceil(tasks).div_ceil(MR) * MR).min(mc_cap);
+    let mc = (m.div_ceil(tasks).div_ceil(mr) * mr).min(mc_cap);
     if threads == 1 || mc >= 4 * MR || n <= NR {
         // Row tiles, each writing its own rows of Y.
         y.par_chunks_mut(mc * ldy)
@@ -475,12 +699,13 @@ pub fn qgemm_with<L: QLhs + ?Sized>(
     Ok(())
 }
 
-/// Per-thread scratch: packed A tile, partial sums, gathered rows.
+/// Per-thread scratch: packed A tile, partial sums, gathered rows, outlier products.
 #[derive(Default)]
 struct Scratch {
     apack: Vec<i32>,
     partial: Vec<i32>,
     gather: Vec<u8>,
+    corr: Vec<i32>,
 }
 
 thread_local! {
@@ -503,72 +728,138 @@ fn run_tile<L: QLhs + ?Sized>(
     ldo: usize,
     ocol: usize,
 ) {
+    let args = TileArgs {
+        r0,
+        rows,
+        c0,
+        cols,
+        ldo,
+        ocol,
+    };
+    match w.layout {
+        QLayout::Pairs => {
+            run_tile_r::<MR, L>(kern.micro, kern.pack, kern.outliers, a, w, ep, out, &args)
+        }
+        QLayout::Quads => run_tile_r::<QR, L>(
+            kern.micro_quads,
+            kern.pack_quads,
+            kern.outliers,
+            a,
+            w,
+            ep,
+            out,
+            &args,
+        ),
+    }
+}
+
+/// Where one [`run_tile`] call reads and writes.
+struct TileArgs {
+    r0: usize,
+    rows: usize,
+    c0: usize,
+    cols: usize,
+    ldo: usize,
+    ocol: usize,
+}
+
+/// [`run_tile`] with register tiles of `R` rows.
+#[allow(clippy::too_many_arguments)]
+fn run_tile_r<const R: usize, L: QLhs + ?Sized>(
+    micro: MicroFn,
+    pack: PackFn,
+    outliers: OutlierFn,
+    a: &L,
+    w: &PackedQWeights,
+    ep: &QEpilogue,
+    out: &mut [u8],
+    t: &TileArgs,
+) {
+    let TileArgs {
+        r0,
+        rows,
+        c0,
+        cols,
+        ldo,
+        ocol,
+    } = *t;
     debug_assert_eq!(c0 % NR, 0);
+    let quads = w.layout == QLayout::Quads;
     // Taken out of the thread-local for the call (a nested call would allocate its own).
     let mut s = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    let kpairs = w.kpairs;
-    let subtiles = rows.div_ceil(MR);
-    s.apack.resize(subtiles * kpairs * MR, 0);
-    s.gather.resize(MR * (2 * kpairs).max(1), 0);
+    let ku = w.kunits;
+    let subtiles = rows.div_ceil(R);
+    s.apack.resize(subtiles * ku * R, 0);
+    s.gather.resize(R * (4 * ku).max(1), 0);
     for t in 0..subtiles {
-        let dst = &mut s.apack[t * kpairs * MR..(t + 1) * kpairs * MR];
-        pack_rows(
-            kern,
-            a,
-            r0 + t * MR,
-            MR.min(rows - t * MR),
-            &mut s.gather,
-            dst,
-        );
+        let dst = &mut s.apack[t * ku * R..(t + 1) * ku * R];
+        pack_rows::<R, L>(pack, a, r0 + t * R, R.min(rows - t * R), &mut s.gather, dst);
     }
-    let kblocks = kpairs.div_ceil(KCP_MAX).max(1);
-    let kstep = kpairs.div_ceil(kblocks);
+    let kblocks = ku.div_ceil(KCP_MAX).max(1);
+    let mut kstep = ku.div_ceil(kblocks);
+    if quads {
+        // The quad kernel takes quads two at a time.
+        kstep += kstep % 2;
+    }
     let mut edge = [0u8; MR * NR];
-    // Accumulator tile for single-block K (never read: the kernel starts from 0 there).
+    // Accumulator tile for single-block K (read only when outliers preload it).
     let mut local = [0i32; MR * NR];
     for nb in (c0..c0 + cols).step_by(NC) {
         let nbw = NC.min(c0 + cols - nb);
         let npan = nbw.div_ceil(NR);
         if kblocks > 1 {
-            s.partial.resize(subtiles * npan * MR * NR, 0);
+            s.partial.resize(subtiles * npan * R * NR, 0);
         }
         for kb in 0..kblocks {
             let pc = kb * kstep;
-            let kc = kstep.min(kpairs - pc);
+            let kc = kstep.min(ku - pc);
             let (first, last) = (kb == 0, kb + 1 == kblocks);
             for jr in 0..npan {
                 let col = nb + jr * NR;
                 let bp = w.block(col, pc, kc);
                 let ncols = NR.min(c0 + cols - col);
+                let outl = if first { w.panel_outliers(col) } else { &[] };
+                if !outl.is_empty() {
+                    // Outliers exist only in the quad layout (R = QR).
+                    s.corr.resize(subtiles * R * NR, 0);
+                    // SAFETY: `outliers` is an AVX2 kernel only on CPUs with AVX2; it checks
+                    // its slice lengths.
+                    unsafe { outliers(outl, &s.apack, ku, &mut s.corr) };
+                }
                 for t in 0..subtiles {
-                    let ap = &s.apack[t * kpairs * MR + pc * MR..t * kpairs * MR + (pc + kc) * MR];
+                    let apanel = &s.apack[t * ku * R..(t + 1) * ku * R];
+                    let ap = &apanel[pc * R..(pc + kc) * R];
                     let acc: &mut [i32] = if kblocks > 1 {
-                        let at = (t * npan + jr) * MR * NR;
-                        &mut s.partial[at..at + MR * NR]
+                        let at = (t * npan + jr) * R * NR;
+                        &mut s.partial[at..at + R * NR]
                     } else {
-                        &mut local
+                        &mut local[..R * NR]
+                    };
+                    let load = if outl.is_empty() {
+                        !first
+                    } else {
+                        acc.copy_from_slice(&s.corr[t * R * NR..(t + 1) * R * NR]);
+                        true
                     };
                     if !last {
-                        // SAFETY: `kern` holds AVX2 kernels only on CPUs with AVX2 (see
+                        // SAFETY: `micro` is an AVX2 kernel only on CPUs with AVX2 (see
                         // `kernels`); slice lengths are checked inside the kernel.
-                        unsafe { (kern.micro)(kc, ap, bp, acc, !first, None) };
+                        unsafe { micro(kc, ap, bp, acc, load, None) };
                         continue;
                     }
-                    let mrows = MR.min(rows - t * MR);
+                    let mrows = R.min(rows - t * R);
                     let oc = ocol + (col - c0);
-                    if mrows == MR && ncols == NR {
-                        let at = t * MR * ldo + oc;
-                        let y = &mut out[at..at + (MR - 1) * ldo + NR];
+                    if mrows == R && ncols == NR {
+                        let at = t * R * ldo + oc;
+                        let y = &mut out[at..at + (R - 1) * ldo + NR];
                         // SAFETY: as above.
-                        unsafe {
-                            (kern.micro)(kc, ap, bp, acc, !first, Some(out_tile(ep, col, y, ldo)))
-                        };
+                        unsafe { micro(kc, ap, bp, acc, load, Some(out_tile(ep, col, y, ldo))) };
                     } else {
-                        let tile = out_tile(ep, col, &mut edge, NR);
+                        let tile = out_tile(ep, col, &mut edge[..R * NR], NR);
                         // SAFETY: as above.
-                        unsafe { (kern.micro)(kc, ap, bp, acc, !first, Some(tile)) };
+                        unsafe { micro(kc, ap, bp, acc, load, Some(tile)) };
                         for r in 0..mrows {
-                            let at = (t * MR + r) * ldo + oc;
+                            let at = (t * R + r) * ldo + oc;
                             out[at..at + ncols].copy_from_slice(&edge[r * NR..r * NR + ncols]);
                         }
                     }
@@ -577,6 +868,32 @@ fn run_tile<L: QLhs + ?Sized>(
         }
     }
     SCRATCH.with(|c| *c.borrow_mut() = s);
+}
+
+/// Portable outlier products (see [`OutlierFn`]).
+///
+/// # Safety
+/// None required (safe code; `unsafe` only to fit the kernel table).
+unsafe fn outlier_tile_scalar(outl: &[Outlier], apack: &[i32], units: usize, corr: &mut [i32]) {
+    for (t, acc) in corr.chunks_exact_mut(QR * NR).enumerate() {
+        let apanel = &apack[t * units * QR..(t + 1) * units * QR];
+        // Lane-major sums first (one row of QR per lane), then transposed into `acc`.
+        let mut sums = [[0i32; QR]; NR];
+        for o in outl {
+            let (k, lane) = (o.k as usize, o.lane as usize);
+            let quads = &apanel[(k / 4) * QR..(k / 4 + 1) * QR];
+            let shift = 8 * (k % 4);
+            for (v, &q) in sums[lane].iter_mut().zip(quads) {
+                let x = (q as u32 >> shift) as i32 & 0xff;
+                *v = v.wrapping_add(x * o.delta);
+            }
+        }
+        for (r, row) in acc.chunks_exact_mut(NR).enumerate() {
+            for (v, lane) in row.iter_mut().zip(&sums) {
+                *v = lane[r];
+            }
+        }
+    }
 }
 
 /// The output tile for channels `col..col + NR` written to `y` at stride `ldy`.
@@ -592,10 +909,10 @@ fn out_tile<'a>(ep: &'a QEpilogue, col: usize, y: &'a mut [u8], ldy: usize) -> O
     }
 }
 
-/// Packs rows `r0..r0+rows` (`rows <= MR`) of A into one panel `[kpairs][MR]`; rows past
-/// `rows` are zero.
-fn pack_rows<L: QLhs + ?Sized>(
-    kern: &Kernels,
+/// Packs rows `r0..r0+rows` (`rows <= R`) of A into one panel with `pack`; rows past
+/// `rows` are zero (they are gathered into zeroed scratch first).
+fn pack_rows<const R: usize, L: QLhs + ?Sized>(
+    pack: PackFn,
     a: &L,
     r0: usize,
     rows: usize,
@@ -603,42 +920,116 @@ fn pack_rows<L: QLhs + ?Sized>(
     dst: &mut [i32],
 ) {
     let k = a.depth();
-    let step = gather.len() / MR;
+    let step = gather.len() / R;
     let mut chunks = gather.chunks_exact_mut(step);
-    let bufs: [&mut [u8]; MR] = std::array::from_fn(|_| chunks.next().unwrap_or_default());
-    if rows == MR {
-        let mut i = 0;
-        let rs: [&[u8]; MR] = bufs.map(|b| {
-            let r = a.row(r0 + i, b);
-            i += 1;
-            r
-        });
-        // SAFETY: `kern` holds AVX2 kernels only on CPUs with AVX2; the kernel checks that
-        // every row has `k` codes and `dst` holds `k.div_ceil(2)·MR` values.
-        unsafe { (kern.pack)(&rs, k, dst) };
-    } else {
-        dst.fill(0);
-        for (i, b) in bufs.into_iter().take(rows).enumerate() {
-            let row = a.row(r0 + i, b);
-            pack_row_scalar(&row[..k], i, dst);
+    let mut bufs: [&mut [u8]; R] = std::array::from_fn(|_| chunks.next().unwrap_or_default());
+    if rows < R {
+        for b in bufs.iter_mut().skip(rows) {
+            b[..k].fill(0);
         }
     }
+    let mut i = 0;
+    let rs: [&[u8]; R] = bufs.map(|b| {
+        let r = if i < rows { a.row(r0 + i, b) } else { &b[..k] };
+        i += 1;
+        r
+    });
+    // SAFETY: `pack` is an AVX2 kernel only on CPUs with AVX2; the kernel checks the number
+    // of rows, that every row has `k` codes and that `dst` is large enough.
+    unsafe { pack(&rs, k, dst) };
 }
 
-/// Writes row `i` of a panel from its codes.
+/// Writes row `i` of a pair panel ([`MR`] rows) from its codes.
 fn pack_row_scalar(row: &[u8], i: usize, dst: &mut [i32]) {
     for (p, two) in row.chunks(2).enumerate() {
         dst[p * MR + i] = pair(i32::from(two[0]), two.get(1).map_or(0, |&v| i32::from(v)));
     }
 }
 
-/// Portable panel packing.
+/// Writes row `i` of a quad panel ([`QR`] rows) from its codes (missing codes of the last
+/// quad are 0).
+fn pack_quad_row_scalar(row: &[u8], i: usize, dst: &mut [i32]) {
+    for (q, four) in row.chunks(4).enumerate() {
+        let mut b = [0u8; 4];
+        b[..four.len()].copy_from_slice(four);
+        dst[q * QR + i] = i32::from_le_bytes(b);
+    }
+}
+
+/// Portable panel packing (i16 pairs, [`MR`] rows).
 ///
 /// # Safety
 /// None required (safe code; `unsafe` only to fit the kernel table).
-unsafe fn pack_scalar(rows: &[&[u8]; MR], k: usize, dst: &mut [i32]) {
+unsafe fn pack_scalar(rows: &[&[u8]], k: usize, dst: &mut [i32]) {
+    assert_eq!(rows.len(), MR);
     for (i, row) in rows.iter().enumerate() {
         pack_row_scalar(&row[..k], i, dst);
+    }
+}
+
+/// Portable panel packing (u8 quads, [`QR`] rows; the quads past `k` up to the even count
+/// are 0).
+///
+/// # Safety
+/// None required (safe code; `unsafe` only to fit the kernel table).
+unsafe fn pack_quads_scalar(rows: &[&[u8]], k: usize, dst: &mut [i32]) {
+    assert_eq!(rows.len(), QR);
+    let kq = k.div_ceil(8) * 2;
+    dst[k.div_ceil(4) * QR..kq * QR].fill(0);
+    for (i, row) in rows.iter().enumerate() {
+        pack_quad_row_scalar(&row[..k], i, dst);
+    }
+}
+
+/// Portable quad micro-kernel ([`QR`] rows): the exact sums the AVX2 kernel computes (its
+/// i16 lanes never saturate for weights packed by [`PackedQWeights::pack_quads`]).
+///
+/// # Safety
+/// None required (safe code; `unsafe` only to fit the kernel table).
+unsafe fn micro_quads_scalar(
+    kq: usize,
+    a: &[i32],
+    b: &[i32],
+    acc: &mut [i32],
+    load: bool,
+    out: Option<OutTile<'_>>,
+) {
+    let mut t = [[0i32; NR]; QR];
+    if load {
+        for (r, row) in t.iter_mut().enumerate() {
+            row.copy_from_slice(&acc[r * NR..(r + 1) * NR]);
+        }
+    }
+    for (ap, bp) in a.chunks_exact(QR).zip(b.chunks_exact(NR)).take(kq) {
+        let bs: [[i32; 4]; NR] =
+            std::array::from_fn(|c| bp[c].to_le_bytes().map(|v| i32::from(v as i8)));
+        for (row, &av) in t.iter_mut().zip(ap) {
+            let xs = av.to_le_bytes().map(i32::from);
+            for (x, wb) in row.iter_mut().zip(&bs) {
+                let d = xs[0] * wb[0] + xs[1] * wb[1] + xs[2] * wb[2] + xs[3] * wb[3];
+                *x = x.wrapping_add(d);
+            }
+        }
+    }
+    finish_scalar(&t, acc, out);
+}
+
+/// Stores a scalar accumulator tile to `acc` or through the output stage.
+fn finish_scalar<const R: usize>(t: &[[i32; NR]; R], acc: &mut [i32], out: Option<OutTile<'_>>) {
+    match out {
+        None => {
+            for (r, row) in t.iter().enumerate() {
+                acc[r * NR..(r + 1) * NR].copy_from_slice(row);
+            }
+        }
+        Some(o) => {
+            for (r, row) in t.iter().enumerate() {
+                for (c, &v) in row.iter().enumerate() {
+                    o.y[r * o.ldy + c] =
+                        requantize(v.wrapping_add(o.offsets[c]), o.mults[c], o.zero_point, o.lo);
+                }
+            }
+        }
     }
 }
 
@@ -669,27 +1060,13 @@ unsafe fn micro_scalar(
             }
         }
     }
-    match out {
-        None => {
-            for (r, row) in t.iter().enumerate() {
-                acc[r * NR..(r + 1) * NR].copy_from_slice(row);
-            }
-        }
-        Some(o) => {
-            for (r, row) in t.iter().enumerate() {
-                for (c, &v) in row.iter().enumerate() {
-                    o.y[r * o.ldy + c] =
-                        requantize(v.wrapping_add(o.offsets[c]), o.mults[c], o.zero_point, o.lo);
-                }
-            }
-        }
-    }
+    finish_scalar(&t, acc, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     //! AVX2 kernels (also used by the depthwise kernel for the output stage).
-    use super::{OutTile, MR, NR};
+    use super::{OutTile, MR, NR, QR};
     use std::arch::x86_64::*;
 
     /// The DNNLOWP output stage on 8 accumulators: `clamp(lrint(f32(acc + off) · m) + zp,
@@ -786,22 +1163,11 @@ pub(crate) mod avx2 {
         out: Option<OutTile<'_>>,
     ) {
         assert!(a.len() >= kp * MR && b.len() >= kp * NR && acc.len() >= MR * NR);
-        if let Some(o) = &out {
-            assert!(o.offsets.len() >= NR && o.mults.len() >= NR);
-            assert!(o.y.len() >= (MR - 1) * o.ldy + NR);
-        }
-        // SAFETY: the asserts above bound every pointer below: `a` is read at [0, kp·MR),
-        // `b` at [0, kp·NR), `acc` at [0, MR·NR), `y` at r·ldy + [0, NR) for r < MR, the
-        // stage vectors at [0, NR). All loads and stores are unaligned.
+        // SAFETY: the assert above bounds every pointer below: `a` is read at [0, kp·MR),
+        // `b` at [0, kp·NR), `acc` (in `start`/`finish`) at [0, MR·NR). All loads are
+        // unaligned.
         unsafe {
-            let mut c = [[_mm256_setzero_si256(); 2]; MR];
-            if load {
-                for (r, row) in c.iter_mut().enumerate() {
-                    let p = acc.as_ptr().add(r * NR) as *const __m256i;
-                    row[0] = _mm256_loadu_si256(p);
-                    row[1] = _mm256_loadu_si256(p.add(1));
-                }
-            }
+            let mut c = start::<MR>(acc, load);
             let mut ap = a.as_ptr();
             let mut bp = b.as_ptr() as *const __m256i;
             for _ in 0..kp {
@@ -815,6 +1181,257 @@ pub(crate) mod avx2 {
                 ap = ap.add(MR);
                 bp = bp.add(2);
             }
+            finish(&c, acc, out);
+        }
+    }
+
+    /// AVX2 quad micro-kernel (see `MicroFn`, `kq` even): per two quads and row, two
+    /// `vpmaddubsw` (u8 activations × i8 weights, i16 sums of two products), one `vpaddw`,
+    /// one `vpmaddwd` by ones to widen to i32 and one `vpaddd`: three multiply-pipe µops per
+    /// 64 multiply-adds instead of four. Exact because the packed weights keep every i16
+    /// lane within ±255·128 (see `PackedQWeights::pack_quads`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA. (Slice lengths are checked here.)
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn micro_quads(
+        kq: usize,
+        a: &[i32],
+        b: &[i32],
+        acc: &mut [i32],
+        load: bool,
+        out: Option<OutTile<'_>>,
+    ) {
+        assert!(kq.is_multiple_of(2));
+        assert!(a.len() >= kq * QR && b.len() >= kq * NR && acc.len() >= QR * NR);
+        // SAFETY: the asserts above bound every pointer below: `a` is read at [0, kq·QR),
+        // `b` at [0, kq·NR), `acc` (in `start`/`finish`) at [0, QR·NR). All loads are
+        // unaligned.
+        unsafe {
+            let mut c = start::<QR>(acc, load);
+            let ones = _mm256_set1_epi16(1);
+            let mut ap = a.as_ptr();
+            let mut bp = b.as_ptr() as *const __m256i;
+            for _ in 0..kq / 2 {
+                // Row by row, the B vectors loaded where they are used (volatile reads, so
+                // the compiler neither keeps all four in registers nor spills accumulators):
+                // 8 accumulators, two broadcasts, two products and `ones` fit the 16 ymm.
+                for (r, row) in c.iter_mut().enumerate() {
+                    let a0 = _mm256_set1_epi32(*ap.add(r));
+                    let a1 = _mm256_set1_epi32(*ap.add(QR + r));
+                    for (h, acc) in row.iter_mut().enumerate() {
+                        let s = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(a0, load_volatile(bp.add(h))),
+                            _mm256_maddubs_epi16(a1, load_volatile(bp.add(2 + h))),
+                        );
+                        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(s, ones));
+                    }
+                }
+                ap = ap.add(2 * QR);
+                bp = bp.add(4);
+            }
+            finish(&c, acc, out);
+        }
+    }
+
+    /// AVX2 outlier products (see `OutlierFn`), four row tiles at a time: per outlier, the
+    /// sixteen rows' codes of its k are picked out of their quads with `vpshufb`,
+    /// multiplied by the weight with `vpmaddwd` (code and weight both fit i16, the other
+    /// halves are 0) and added to the lane's column.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2. (Lengths are checked here.)
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn outlier_tile(
+        outl: &[super::Outlier],
+        apack: &[i32],
+        units: usize,
+        corr: &mut [i32],
+    ) {
+        let tiles = corr.len() / (QR * NR);
+        assert!(apack.len() >= tiles * units * QR);
+        assert!(outl.iter().all(|o| (o.k as usize) < 4 * units));
+        // Byte j of every i32 lane moved to the lane's low byte, the rest zeroed.
+        let sel: [__m256i; 4] = std::array::from_fn(|j| {
+            let j = j as i8;
+            let z = -1i8;
+            _mm256_setr_epi8(
+                j,
+                z,
+                z,
+                z,
+                4 + j,
+                z,
+                z,
+                z,
+                8 + j,
+                z,
+                z,
+                z,
+                12 + j,
+                z,
+                z,
+                z,
+                j,
+                z,
+                z,
+                z,
+                4 + j,
+                z,
+                z,
+                z,
+                8 + j,
+                z,
+                z,
+                z,
+                12 + j,
+                z,
+                z,
+                z,
+            )
+        });
+        for t in (0..tiles).step_by(4) {
+            // Four tiles at a time (the last one repeated past the end).
+            let tt: [usize; 4] = std::array::from_fn(|i| (t + i).min(tiles - 1));
+            let p = tt.map(|ti| apack[ti * units * QR..].as_ptr());
+            let product = |o: &super::Outlier| {
+                let k = o.k as usize;
+                let at = (k / 4) * QR;
+                // SAFETY: k/4 < units (asserted), so every 4-value load stays inside its
+                // tile's panel, which lies inside `apack` (asserted).
+                let (q01, q23) = unsafe {
+                    let ld = |i: usize| _mm_loadu_si128(p[i].add(at) as *const __m128i);
+                    (
+                        _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(ld(0)), ld(1)),
+                        _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(ld(2)), ld(3)),
+                    )
+                };
+                let d = _mm256_set1_epi32(o.dpair);
+                let m = sel[k % 4];
+                (
+                    _mm256_madd_epi16(_mm256_shuffle_epi8(q01, m), d),
+                    _mm256_madd_epi16(_mm256_shuffle_epi8(q23, m), d),
+                )
+            };
+            let mut sums = [[_mm256_setzero_si256(); 2]; NR];
+            // The outliers of a panel come lane by lane: sum each lane's run in registers.
+            for run in outl.chunk_by(|a, b| a.lane == b.lane) {
+                let z = _mm256_setzero_si256();
+                let (mut s01, mut s23, mut u01, mut u23) = (z, z, z, z);
+                let mut two = run.chunks_exact(2);
+                for o in &mut two {
+                    let (a01, a23) = product(&o[0]);
+                    let (b01, b23) = product(&o[1]);
+                    s01 = _mm256_add_epi32(s01, a01);
+                    s23 = _mm256_add_epi32(s23, a23);
+                    u01 = _mm256_add_epi32(u01, b01);
+                    u23 = _mm256_add_epi32(u23, b23);
+                }
+                if let [o] = two.remainder() {
+                    let (a01, a23) = product(o);
+                    s01 = _mm256_add_epi32(s01, a01);
+                    s23 = _mm256_add_epi32(s23, a23);
+                }
+                let l = &mut sums[run[0].lane as usize % NR];
+                l[0] = _mm256_add_epi32(l[0], _mm256_add_epi32(s01, u01));
+                l[1] = _mm256_add_epi32(l[1], _mm256_add_epi32(s23, u23));
+            }
+            // sums[lane][half] holds rows 0–7 of tiles 2·half, 2·half + 1: transpose 8 × 8
+            // blocks into the row-major tiles (`half` picks the inner vector of each lane).
+            #[allow(clippy::needless_range_loop)]
+            for half in 0..2 {
+                for lb in 0..NR / 8 {
+                    let w = transpose8(std::array::from_fn(|i| sums[8 * lb + i][half]));
+                    for (r, wr) in w.iter().enumerate() {
+                        let i = 2 * half + r / QR;
+                        if t + i < tiles {
+                            let at = (tt[i] * QR + r % QR) * NR + 8 * lb;
+                            let dst = &mut corr[at..at + 8];
+                            // SAFETY: `dst` holds 8 i32.
+                            unsafe { _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, *wr) };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Transposes an 8 × 8 block of i32: lane `j` of result `r` is lane `r` of `v[j]`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn transpose8(v: [__m256i; 8]) -> [__m256i; 8] {
+        let lo = transpose4(v[0], v[1], v[2], v[3]);
+        let hi = transpose4(v[4], v[5], v[6], v[7]);
+        // lo[j] = [lane j of v0–v3 | lane j + 4 of v0–v3], hi likewise for v4–v7.
+        std::array::from_fn(|r| {
+            let (a, b) = (lo[r % 4], hi[r % 4]);
+            if r < 4 {
+                _mm256_permute2x128_si256::<0x20>(a, b)
+            } else {
+                _mm256_permute2x128_si256::<0x31>(a, b)
+            }
+        })
+    }
+
+    /// An unaligned 32-byte vector, for [`load_volatile`].
+    #[derive(Clone, Copy)]
+    #[repr(C, packed)]
+    struct Unaligned(__m256i);
+
+    /// An unaligned load the compiler keeps at its place (neither hoisted nor merged).
+    ///
+    /// # Safety
+    /// `p` must be valid for reading 32 bytes (any alignment).
+    #[inline(always)]
+    unsafe fn load_volatile(p: *const __m256i) -> __m256i {
+        // SAFETY: the caller guarantees 32 readable bytes; `Unaligned` has alignment 1.
+        unsafe { (p as *const Unaligned).read_volatile().0 }
+    }
+
+    /// The initial accumulators of an R-row tile: zero, or (with `load`) the tile in `acc`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2. (The length of `acc` is checked here.)
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn start<const R: usize>(acc: &[i32], load: bool) -> [[__m256i; 2]; R] {
+        let mut c = [[_mm256_setzero_si256(); 2]; R];
+        if load {
+            assert!(acc.len() >= R * NR);
+            for (r, row) in c.iter_mut().enumerate() {
+                // SAFETY: r·NR + 16 ≤ R·NR ≤ acc.len() (asserted).
+                unsafe {
+                    let p = acc.as_ptr().add(r * NR) as *const __m256i;
+                    row[0] = _mm256_loadu_si256(p);
+                    row[1] = _mm256_loadu_si256(p.add(1));
+                }
+            }
+        }
+        c
+    }
+
+    /// Stores the accumulators to `acc` (no output tile) or through the output stage.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA. (Slice lengths are checked here.)
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn finish<const R: usize>(
+        c: &[[__m256i; 2]; R],
+        acc: &mut [i32],
+        out: Option<OutTile<'_>>,
+    ) {
+        assert!(acc.len() >= R * NR);
+        if let Some(o) = &out {
+            assert!(o.offsets.len() >= NR && o.mults.len() >= NR);
+            assert!(o.y.len() >= (R - 1) * o.ldy + NR);
+        }
+        // SAFETY: the asserts above bound the pointers: `acc` is written at [0, R·NR),
+        // `y` at r·ldy + [0, NR) for r < R, the stage vectors read at [0, NR).
+        unsafe {
             match out {
                 None => {
                     for (r, row) in c.iter().enumerate() {
@@ -852,15 +1469,17 @@ pub(crate) mod avx2 {
         }
     }
 
-    /// AVX2 panel packing: 16 codes of each row at a time, zero-extended to i16 pairs and
-    /// transposed (rows 0–3 with a 4 × 4 transpose of i32 lanes, rows 4–5 interleaved).
+    /// AVX2 pair panel packing ([`MR`] rows): 16 codes of each row at a time,
+    /// zero-extended to i16 pairs and transposed (rows 0–3 with a 4 × 4 transpose of i32
+    /// lanes, rows 4–5 interleaved).
     ///
     /// # Safety
     /// The CPU must support AVX2. (Lengths are checked here.)
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn pack(rows: &[&[u8]; MR], k: usize, dst: &mut [i32]) {
+    pub(super) unsafe fn pack(rows: &[&[u8]], k: usize, dst: &mut [i32]) {
         let kpairs = k.div_ceil(2);
-        assert!(rows.iter().all(|r| r.len() >= k) && dst.len() >= kpairs * MR);
+        assert!(rows.len() == MR && rows.iter().all(|r| r.len() >= k));
+        assert!(dst.len() >= kpairs * MR);
         let groups = k / 16;
         // SAFETY: row loads read bytes [16g, 16g + 16) ⊂ [0, k); stores write pairs
         // p = 8g..8g+8 < kpairs at dst[p·MR..p·MR + MR] (xmm at +0, 8 bytes at +4).
@@ -873,17 +1492,7 @@ pub(crate) mod avx2 {
                     ))
                 };
                 let (r0, r1, r2, r3, r4, r5) = (ld(0), ld(1), ld(2), ld(3), ld(4), ld(5));
-                let t0 = _mm256_unpacklo_epi32(r0, r1);
-                let t1 = _mm256_unpackhi_epi32(r0, r1);
-                let t2 = _mm256_unpacklo_epi32(r2, r3);
-                let t3 = _mm256_unpackhi_epi32(r2, r3);
-                // u_j = [pair j of rows 0-3 | pair j + 4 of rows 0-3].
-                let u = [
-                    _mm256_unpacklo_epi64(t0, t2),
-                    _mm256_unpackhi_epi64(t0, t2),
-                    _mm256_unpacklo_epi64(t1, t3),
-                    _mm256_unpackhi_epi64(t1, t3),
-                ];
+                let u = transpose4(r0, r1, r2, r3);
                 // v: [pairs 0, 1 | 4, 5] of rows 4-5, w: [2, 3 | 6, 7].
                 let v = _mm256_unpacklo_epi32(r4, r5);
                 let w = _mm256_unpackhi_epi32(r4, r5);
@@ -912,9 +1521,66 @@ pub(crate) mod avx2 {
             }
         }
         for (i, row) in rows.iter().enumerate() {
-            let tail = &row[16 * groups..k];
-            super::pack_row_scalar(tail, i, &mut dst[8 * groups * MR..]);
+            super::pack_row_scalar(&row[16 * groups..k], i, &mut dst[8 * groups * MR..]);
         }
+    }
+
+    /// AVX2 quad panel packing ([`QR`] rows): 32 codes (8 quads) of each row at a time,
+    /// transposed as i32 lanes; the quads past `k` up to an even count are zeroed.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2. (Lengths are checked here.)
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pack_quads(rows: &[&[u8]], k: usize, dst: &mut [i32]) {
+        let kq = k.div_ceil(8) * 2;
+        assert!(rows.len() == QR && rows.iter().all(|r| r.len() >= k));
+        assert!(dst.len() >= kq * QR);
+        let groups = k / 32;
+        // SAFETY: row loads read bytes [32g, 32g + 32) ⊂ [0, k); stores write quads
+        // q = 8g..8g+8 ≤ kq at dst[q·QR..q·QR + QR].
+        unsafe {
+            let d = dst.as_mut_ptr();
+            for g in 0..groups {
+                let ld = |i: usize| _mm256_loadu_si256(rows[i].as_ptr().add(32 * g) as *const _);
+                let u = transpose4(ld(0), ld(1), ld(2), ld(3));
+                let q0 = 8 * g;
+                for (j, uj) in u.iter().enumerate() {
+                    _mm_storeu_si128(
+                        d.add((q0 + j) * QR) as *mut __m128i,
+                        _mm256_castsi256_si128(*uj),
+                    );
+                    _mm_storeu_si128(
+                        d.add((q0 + j + 4) * QR) as *mut __m128i,
+                        _mm256_extracti128_si256::<1>(*uj),
+                    );
+                }
+            }
+        }
+        let rest = &mut dst[8 * groups * QR..kq * QR];
+        rest.fill(0);
+        for (i, row) in rows.iter().enumerate() {
+            super::pack_quad_row_scalar(&row[32 * groups..k], i, rest);
+        }
+    }
+
+    /// Transposes the i32 lanes of four rows: result `j` holds lane `j` of rows 0–3 in its
+    /// low half and lane `j + 4` in its high half.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn transpose4(r0: __m256i, r1: __m256i, r2: __m256i, r3: __m256i) -> [__m256i; 4] {
+        let t0 = _mm256_unpacklo_epi32(r0, r1);
+        let t1 = _mm256_unpackhi_epi32(r0, r1);
+        let t2 = _mm256_unpacklo_epi32(r2, r3);
+        let t3 = _mm256_unpackhi_epi32(r2, r3);
+        [
+            _mm256_unpacklo_epi64(t0, t2),
+            _mm256_unpackhi_epi64(t0, t2),
+            _mm256_unpacklo_epi64(t1, t3),
+            _mm256_unpackhi_epi64(t1, t3),
+        ]
     }
 }
 
@@ -1019,6 +1685,105 @@ mod tests {
                     assert_eq!(ys, yv, "kp {kp} load {load} zp {zp}");
                 }
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_quad_kernels_match_scalar() {
+        if effective_isa(Isa::Avx2) != Isa::Avx2 {
+            eprintln!("skipping: this CPU has no AVX2");
+            return;
+        }
+        let mut seed = 5u64;
+        // Packing: k not a multiple of 32 or 8, layout checked independently.
+        for k in [1usize, 3, 8, 31, 32, 33, 64, 100, 147] {
+            let data: Vec<u8> = (0..QR * k).map(|_| lcg(&mut seed) as u8).collect();
+            let rows: Vec<&[u8]> = (0..QR).map(|i| &data[i * k..(i + 1) * k]).collect();
+            let kq = k.div_ceil(8) * 2;
+            let mut s = vec![-1i32; kq * QR];
+            let mut v = vec![-2i32; kq * QR];
+            // SAFETY: AVX2 checked above; pack_quads_scalar is safe code.
+            unsafe {
+                pack_quads_scalar(&rows, k, &mut s);
+                avx2::pack_quads(&rows, k, &mut v);
+            }
+            assert_eq!(s, v, "k = {k}");
+            for q in 0..kq {
+                for (i, row) in rows.iter().enumerate() {
+                    let want: [u8; 4] = std::array::from_fn(|j| *row.get(4 * q + j).unwrap_or(&0));
+                    assert_eq!(s[q * QR + i].to_le_bytes(), want);
+                }
+            }
+        }
+        // Micro-kernel with small weights (no i16 lane can saturate: |w| ≤ 32), checked
+        // against a plain loop too.
+        for kq in [0usize, 2, 6, 40] {
+            let a: Vec<i32> = (0..kq * QR).map(|_| lcg(&mut seed) as i32).collect();
+            let b: Vec<i32> = (0..kq * NR)
+                .map(|_| {
+                    let w: [u8; 4] =
+                        std::array::from_fn(|_| ((lcg(&mut seed) % 65) as i32 - 32) as i8 as u8);
+                    i32::from_le_bytes(w)
+                })
+                .collect();
+            let init: Vec<i32> = (0..QR * NR).map(|i| i as i32 * 999 - 5).collect();
+            for load in [false, true] {
+                let (mut s, mut v) = (init.clone(), init.clone());
+                // SAFETY: AVX2 checked above.
+                unsafe {
+                    micro_quads_scalar(kq, &a, &b, &mut s, load, None);
+                    avx2::micro_quads(kq, &a, &b, &mut v, load, None);
+                }
+                assert_eq!(s, v, "kq {kq} load {load}");
+                for r in 0..QR {
+                    for c in 0..NR {
+                        let mut want = if load { init[r * NR + c] } else { 0 };
+                        for q in 0..kq {
+                            let x = a[q * QR + r].to_le_bytes();
+                            let w = b[q * NR + c].to_le_bytes();
+                            for j in 0..4 {
+                                want += x[j] as i32 * (w[j] as i8) as i32;
+                            }
+                        }
+                        assert_eq!(s[r * NR + c], want);
+                    }
+                }
+            }
+        }
+        // Outlier products over 1 to 9 row tiles (groups of four and partial groups).
+        let units = 10;
+        for tiles in [1usize, 2, 3, 4, 5, 8, 9] {
+            let apack: Vec<i32> = (0..tiles * units * QR)
+                .map(|_| lcg(&mut seed) as i32)
+                .collect();
+            let mut outl: Vec<Outlier> = (0..30)
+                .map(|_| {
+                    let k = (lcg(&mut seed) % (4 * units as u64)) as usize;
+                    let lane = (lcg(&mut seed) % NR as u64) as usize;
+                    Outlier::new(k, lane, (lcg(&mut seed) % 256) as i32 - 128)
+                })
+                .collect();
+            outl.sort_by_key(|o| o.lane);
+            let mut s = vec![7i32; tiles * QR * NR];
+            let mut v = vec![9i32; tiles * QR * NR];
+            // SAFETY: AVX2 checked above.
+            unsafe {
+                outlier_tile_scalar(&outl, &apack, units, &mut s);
+                avx2::outlier_tile(&outl, &apack, units, &mut v);
+            }
+            assert_eq!(s, v, "tiles {tiles}");
+            let (t, r, lane) = (tiles - 1, QR - 1, outl[0].lane as usize);
+            let want: i32 = outl
+                .iter()
+                .filter(|o| o.lane as usize == lane)
+                .map(|o| {
+                    let k = o.k as usize;
+                    let q = apack[t * units * QR + (k / 4) * QR + r];
+                    q.to_le_bytes()[k % 4] as i32 * o.delta
+                })
+                .sum();
+            assert_eq!(s[t * QR * NR + r * NR + lane], want);
         }
     }
 
