@@ -409,10 +409,19 @@ impl Batches {
         let handle = std::thread::Builder::new()
             .name("c2q-batches".into())
             .spawn(move || {
-                for item in self {
-                    if tx.send(item).is_err() {
-                        break;
+                // Decode on this one thread (its own 1-thread pool), not on the global pool:
+                // the consumer (inference) keeps the other cores, and its parallel ops are not
+                // slowed down by decode work interleaved on their threads.
+                let run = || {
+                    for item in self {
+                        if tx.send(item).is_err() {
+                            break;
+                        }
                     }
+                };
+                match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+                    Ok(pool) => pool.install(run),
+                    Err(_) => run(),
                 }
             })
             .map_err(|e| DataError::Lmdb {
