@@ -246,6 +246,17 @@ fn quantize_then_eval_cli_on_generated_data() {
     let agreement = j["top1_agreement"].as_f64().unwrap();
     assert!(agreement >= 11.0 / 12.0, "top-1 agreement {agreement}");
     assert!(j["mean_abs_delta_softmax"].as_f64().unwrap() < 0.01);
+    // Decoding inline (no prefetch thread) gives the same figures.
+    eargs.extend(["--prefetch", "0"]);
+    let (ok, stdout, err) = run(&eargs);
+    assert!(ok, "{err}");
+    let k: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for i in 0..2 {
+        assert_eq!(k["models"][i]["top1"], j["models"][i]["top1"]);
+        assert_eq!(k["models"][i]["top5"], j["models"][i]["top5"]);
+    }
+    assert_eq!(k["top1_agreement"], j["top1_agreement"]);
+    assert_eq!(k["mean_abs_delta_softmax"], j["mean_abs_delta_softmax"]);
 }
 
 #[test]

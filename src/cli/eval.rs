@@ -37,6 +37,10 @@ pub struct EvalArgs {
     /// Record format; detected when omitted.
     #[arg(long)]
     pub format: Option<data::RecordFormat>,
+    /// Batches decoded ahead on a background thread while the models run; 0 decodes each
+    /// batch on all cores just before it is used.
+    #[arg(long, default_value_t = 2)]
+    pub prefetch: usize,
     /// Run Int8 ops with the scalar reference implementation (slow; bit-identical).
     #[arg(long)]
     pub reference: bool,
@@ -72,7 +76,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         },
         threads: a.threads,
         labels_offset: a.labels_offset,
-        ..EvalOptions::default()
+        prefetch: a.prefetch,
     };
     let pb = bar(0, "evaluating");
     let progress = |done: usize, planned: usize| {

@@ -89,7 +89,8 @@ pub struct EvalOptions {
     pub threads: usize,
     /// Added to every label (1 for nets with a background class 0).
     pub labels_offset: i64,
-    /// Batches decoded ahead while the models run.
+    /// Batches decoded ahead on a background thread while the models run (0: decode each
+    /// batch on all cores just before use).
     pub prefetch: usize,
 }
 
@@ -136,13 +137,27 @@ pub fn evaluate(
     let t_wall = Instant::now();
     let batches = data::Batches::open(db, opts.batches.clone())?;
     let planned = batches.planned();
-    let mut batches = batches.prefetch(opts.prefetch)?;
+    // Either a prefetch thread decodes ahead while the models run, or (prefetch 0) each batch
+    // is decoded on all cores just before it is used.
+    enum Source {
+        Ahead(data::Prefetch),
+        Inline(data::Batches),
+    }
+    let mut batches = if opts.prefetch > 0 {
+        Source::Ahead(batches.prefetch(opts.prefetch)?)
+    } else {
+        Source::Inline(batches)
+    };
+    let mut next = || match &mut batches {
+        Source::Ahead(p) => p.next(),
+        Source::Inline(b) => b.next(),
+    };
     let mut r = EvalReport {
         models: vec![ModelScore::default(); models.len()],
         ..EvalReport::default()
     };
     let mut dsum = 0f64;
-    for b in batches.by_ref() {
+    while let Some(b) = next() {
         let b = b?;
         let x = Tensor::from_f32(&pre.batch_shape(b.n), b.images);
         let mut outs = Vec::with_capacity(models.len());
@@ -192,7 +207,10 @@ pub fn evaluate(
         }
     }
     r.wall_secs = t_wall.elapsed().as_secs_f64();
-    r.skipped = batches.skipped();
+    r.skipped = match &batches {
+        Source::Ahead(p) => p.skipped(),
+        Source::Inline(b) => b.skipped(),
+    };
     if r.images == 0 {
         return Err(Error::Input(format!(
             "{}: no image evaluated",
