@@ -12,8 +12,8 @@
 //!   decoded, its shorter side resized to `scale` with INTER_AREA (the size rule of
 //!   [`target_size`], as in preprocessing) and the pixels stored as a raw `Datum` (CHW, BGR,
 //!   `encoded = false`).
-//! - [`RecordFormat::TensorProtos`]: `protos[0]` STRING dims [1] with the file bytes, `protos[1]`
-//!   INT32 dims [1] with the label; with `raw`, `protos[0]` is BYTE dims [H, W, 3] (HWC BGR).
+//! - [`RecordFormat::TensorProtos`]: `protos[0]` STRING dims `[1]` with the file bytes, `protos[1]`
+//!   INT32 dims `[1]` with the label; with `raw`, `protos[0]` is BYTE dims `[H, W, 3]` (HWC BGR).
 //!
 //! Encoded mode stores the files as they are, without checking that they decode.
 //!

@@ -497,8 +497,8 @@ fn int_label(label: i32) -> TensorProto {
     t
 }
 
-/// Serializes a Caffe2 `make_image_db` record: `protos[0]` STRING dims [1] with the file
-/// bytes, `protos[1]` INT32 dims [1] with the label.
+/// Serializes a Caffe2 `make_image_db` record: `protos[0]` STRING dims `[1]` with the file
+/// bytes, `protos[1]` INT32 dims `[1]` with the label.
 pub fn tensor_protos_encoded(file: &[u8], label: i32) -> DataResult<Vec<u8>> {
     let mut img = TensorProto::new();
     img.set_data_type(DataType::STRING);
@@ -510,7 +510,7 @@ pub fn tensor_protos_encoded(file: &[u8], label: i32) -> DataResult<Vec<u8>> {
 }
 
 /// Serializes a raw Caffe2 `make_image_db --raw` record: `protos[0]` BYTE dims
-/// [H, W, C] with interleaved pixels, `protos[1]` INT32 dims [1] with the label.
+/// `[H, W, C]` with interleaved pixels, `protos[1]` INT32 dims `[1]` with the label.
 pub fn tensor_protos_raw(img: &Image, label: i32) -> DataResult<Vec<u8>> {
     check_image(img)?;
     let mut t = TensorProto::new();

@@ -13,8 +13,8 @@
 //! | UniformFill | `min` (0) .. `max` (1), needs min < max | f32 |
 //! | UniformIntFill | `min` (0) ..= `max` (1), needs min < max | i32 |
 //! | GaussianFill | normal(`mean` 0, `std` 1) | f32 |
-//! | XavierFill | uniform(-s, s), s = sqrt(3 / fan_in), fan_in = numel / dims[0] | f32 |
-//! | MSRAFill | normal(0, sqrt(2 / fan_out)), fan_out = numel / dims[1] | f32 |
+//! | XavierFill | uniform(-s, s), s = sqrt(3 / fan_in), fan_in = numel / `dims[0]` | f32 |
+//! | MSRAFill | normal(0, sqrt(2 / fan_out)), fan_out = numel / `dims[1]` | f32 |
 //! | RangeFill | 0, 1, 2, ... | f32 |
 //! | Int8GivenTensorFill | `values`: one byte string (field `s`), one byte per element | QU8(`Y_scale` 1.0, `Y_zero_point` 0) |
 //! | Int8GivenIntTensorFill | `values` in ints | QI32(`Y_scale`, `Y_zero_point`) |

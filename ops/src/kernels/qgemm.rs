@@ -11,7 +11,7 @@
 //!
 //! which equals `Σ_k (x − z_x)(w − z_w) + b` of the scalar reference modulo 2^32, i.e. bit
 //! for bit the same accumulator, and the same output stage as
-//! [`requantize`](crate::int8::requant::requantize). The activations are used as they are
+//! [`crate::int8::requant::requantize`]. The activations are used as they are
 //! (unsigned codes) and the zero-point correction is folded into a per-channel offset
 //! ([`QEpilogue`]); im2col cells that stand for padding therefore take the value `z_x`.
 //!
