@@ -140,17 +140,7 @@ fn calibrate_cli_reports_and_fails_clearly() {
     let model = dir.path().join("model");
     c2q::demo::write_example_model(&model, 5).unwrap();
     let hist = dir.path().join("h.txt");
-    let run = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_c2q"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
+    let run = common::c2q;
     let m = model.to_str().unwrap();
     let (ok, out, err) = run(&[
         "calibrate",
@@ -193,17 +183,7 @@ fn quantize_then_eval_cli_on_generated_data() {
     let model = dir.path().join("model");
     c2q::demo::write_example_model(&model, 5).unwrap();
     let out = dir.path().join("int8");
-    let run = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_c2q"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
+    let run = common::c2q;
     let (m, d, o) = (
         model.to_str().unwrap(),
         db.to_str().unwrap(),
@@ -286,17 +266,7 @@ fn quantize_cli_bad_inputs_and_report() {
         caffe2_proto::Format::Binary,
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_c2q"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
+    let run = common::c2q;
     let (m, d) = (model.to_str().unwrap(), db.to_str().unwrap());
     let out = dir.path().join("int8");
     let o = out.to_str().unwrap();
@@ -400,13 +370,9 @@ fn compare_cli_and_layer_errors_match_an_independent_sqnr() {
     );
     let pre = ["--scale", "36", "--crop", "32"];
     let run = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_c2q"))
-            .args(args)
-            .args(pre)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        let (ok, stdout, stderr) = common::c2q(&[args, &pre[..]].concat());
+        assert!(ok, "{stderr}");
+        stdout
     };
     run(&["quantize", "--model", m, "--calib-db", d, "--out", o]);
     let j: serde_json::Value = serde_json::from_str(&run(&[

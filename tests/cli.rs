@@ -3,22 +3,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use c2q::demo::{example_image, write_example_model};
 use caffe2_proto::{io, Format, TensorProto, TensorProtos};
-
-fn c2q(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_c2q"))
-        .args(args)
-        .output()
-        .expect("c2q runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::c2q;
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()

@@ -191,6 +191,30 @@ fn setup(b: &NetBuilder, shape: &[usize]) -> Setup {
     }
 }
 
+/// Activation parameters for a net with `ops` single-output ops, all (0.05, 128), the data
+/// input quantized with `input`, and options giving the data input `shape`.
+fn fixed_params(
+    ops: usize,
+    input: QParams,
+    shape: &[usize],
+) -> (
+    Vec<Vec<Option<QParams>>>,
+    HashMap<String, QParams>,
+    QuantizeOptions,
+) {
+    let q1 = QParams {
+        scale: 0.05,
+        zero_point: 128,
+    };
+    let mut opts = QuantizeOptions::default();
+    opts.input_shapes.insert("data".into(), shape.to_vec());
+    (
+        vec![vec![Some(q1)]; ops],
+        HashMap::from([("data".to_string(), input)]),
+        opts,
+    )
+}
+
 fn load(q: &Int8Model) -> Model {
     Model::from_nets(q.init.clone(), q.predict.clone()).unwrap()
 }
@@ -527,20 +551,11 @@ fn shared_bias_gets_one_copy_per_scale_and_per_channel_scales_are_written() {
         .output("c2");
     let (init, predict) = b.build();
     let model = Model::from_nets(init, predict).unwrap();
-    let q1 = QParams {
-        scale: 0.05,
+    let input = QParams {
+        scale: 0.01,
         zero_point: 128,
     };
-    let act = vec![vec![Some(q1)], vec![Some(q1)]];
-    let input_q = HashMap::from([(
-        "data".to_string(),
-        QParams {
-            scale: 0.01,
-            zero_point: 128,
-        },
-    )]);
-    let mut opts = QuantizeOptions::default();
-    opts.input_shapes.insert("data".into(), vec![1, 2, 2, 2]);
+    let (act, input_q, mut opts) = fixed_params(2, input, &[1, 2, 2, 2]);
     let q = quantize_model(&model, &act, &input_q, &opts).unwrap();
     assert_eq!(q.predict.op[2].input, ["data_int8", "w_int8", "b_int8"]);
     assert_eq!(q.predict.op[3].input, ["c1_int8", "w_int8", "b_v1_int8"]);
@@ -902,10 +917,7 @@ fn average_pool_counting_padding_stays_fp32() {
         scale: 0.05,
         zero_point: 128,
     };
-    let act = vec![vec![Some(q1)], vec![Some(q1)]];
-    let input_q = HashMap::from([("data".to_string(), q1)]);
-    let mut opts = QuantizeOptions::default();
-    opts.input_shapes.insert("data".into(), vec![1, 2, 4, 4]);
+    let (act, input_q, opts) = fixed_params(2, q1, &[1, 2, 4, 4]);
     let q = quantize_model(&model, &act, &input_q, &opts).unwrap();
     match &q.report[1].outcome {
         Outcome::KeptFp32(why) => assert!(why.contains("count_include_pad"), "{why}"),
@@ -943,10 +955,7 @@ fn l2_weight_ranges_clip_long_tails_for_lower_total_error() {
         scale: 0.05,
         zero_point: 128,
     };
-    let act = vec![vec![Some(q1)]];
-    let input_q = HashMap::from([("data".to_string(), q1)]);
-    let mut opts = QuantizeOptions::default();
-    opts.input_shapes.insert("data".into(), vec![1, 500]);
+    let (act, input_q, mut opts) = fixed_params(1, q1, &[1, 500]);
     // Σ (w − s_m·(q − 128))² over the written codes, computed here from the codes.
     let l2_error = |codes: &[u8], scales: &[f32]| -> f64 {
         w.iter()

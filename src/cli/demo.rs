@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use caffe2_proto::{io, Format};
 use clap::Args;
 use ops::Tensor;
 
@@ -90,18 +89,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         },
     )?;
     let int8_dir = a.out.join("model_int8");
-    std::fs::create_dir_all(&int8_dir)?;
-    io::write(&int8.init, int8_dir.join("init_net.pb"), Format::Binary)?;
-    io::write(
-        &int8.predict,
-        int8_dir.join("predict_net.pb"),
-        Format::Binary,
-    )?;
-    io::write(
-        &int8.predict,
-        int8_dir.join("predict_net.pbtxt"),
-        Format::Text,
-    )?;
+    int8.write_dir(&int8_dir)?;
     let int8_model = Model::load_dir(&int8_dir)?;
     let types: Vec<&str> = int8_model
         .net

@@ -18,7 +18,6 @@ use crate::quant::{
     QuantizeOptions,
 };
 use crate::quant::{quantize_within_loss, FallbackOptions, FallbackResult};
-use crate::Model;
 
 /// Flags of `c2q quantize`.
 #[derive(Debug, Args)]
@@ -258,7 +257,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     write_outputs(&a.out, a.overwrite, &files)?;
     let layers = match (&a.calib_db, a.report_images) {
         (Some(db), n) if n > 0 => {
-            let int8_model = Model::from_nets(int8.init.clone(), int8.predict.clone())?;
+            let int8_model = int8.to_model()?;
             let opts = data::BatchOptions {
                 batch_size: a.batch.max(1).min(n),
                 limit: Some(n),

@@ -98,11 +98,7 @@ impl Observer for Int8Comparer<'_> {
             } else {
                 continue;
             };
-            let label = if *k > 1 {
-                format!("{base}#{}", *k - 1)
-            } else {
-                base.to_string()
-            };
+            let label = blob_label(base, key.1);
             let a = self.acc.entry(label).or_insert_with(|| Acc {
                 op_index: node.index,
                 op_type: node.op_type.clone(),
@@ -197,6 +193,16 @@ impl<'m> LayerErrors<'m> {
     }
 }
 
+/// How a blob is named in the report: `name` for its first write, `name#k` for the k-th
+/// rewrite of a reused name (k counted from 0).
+fn blob_label(name: &str, nth: usize) -> String {
+    if nth == 0 {
+        name.to_string()
+    } else {
+        format!("{name}#{nth}")
+    }
+}
+
 /// Blob label (`name`, or `name#k` for the k-th write of a reused name) → (op index, op type)
 /// of the fp32 op that writes it, labelled the way [`LayerErrors`] labels blobs. The index is
 /// the one `--exclude-nodes` takes.
@@ -206,13 +212,8 @@ pub fn blob_owners(model: &Model) -> HashMap<String, (usize, String)> {
     for (i, n) in model.net.nodes.iter().enumerate() {
         for o in &n.outputs {
             let k = seen.entry(o.as_str()).or_default();
-            let label = if *k == 0 {
-                o.clone()
-            } else {
-                format!("{o}#{k}")
-            };
+            out.insert(blob_label(o, *k), (i, n.op_type.clone()));
             *k += 1;
-            out.insert(label, (i, n.op_type.clone()));
         }
     }
     out

@@ -151,11 +151,7 @@ impl Model {
                 continue;
             }
             node.spec.reference = reference;
-            node.status = match ops::build_op(&node.spec) {
-                Ok(Some(op)) => NodeStatus::Ready(op),
-                Ok(None) => NodeStatus::Unknown,
-                Err(e) => NodeStatus::Invalid(e),
-            };
+            node.status = NodeStatus::build(&node.spec);
         }
         prepare_constants(&mut self.net, &self.params);
     }

@@ -17,6 +17,17 @@ pub enum NodeStatus {
     Invalid(OpError),
 }
 
+impl NodeStatus {
+    /// Builds the operator a spec describes (unknown type → `Unknown`, bad spec → `Invalid`).
+    pub fn build(spec: &NodeSpec) -> NodeStatus {
+        match ops::build_op(spec) {
+            Ok(Some(op)) => NodeStatus::Ready(op),
+            Ok(None) => NodeStatus::Unknown,
+            Err(e) => NodeStatus::Invalid(e),
+        }
+    }
+}
+
 /// One op of a net.
 #[derive(Debug)]
 pub struct Node {
@@ -52,11 +63,7 @@ impl Node {
             seed: node_seed(def),
             reference: false,
         };
-        let status = match ops::build_op(&spec) {
-            Ok(Some(op)) => NodeStatus::Ready(op),
-            Ok(None) => NodeStatus::Unknown,
-            Err(e) => NodeStatus::Invalid(e),
-        };
+        let status = NodeStatus::build(&spec);
         Node {
             net,
             index,

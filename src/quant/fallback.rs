@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::eval::{evaluate, EvalOptions, LayerErrors};
+use crate::eval::{evaluate, layer_errors_on_db, EvalOptions};
 use crate::quant::calibrate::ActivationParams;
 use crate::quant::{quantize_model, Int8Model, QuantizeOptions};
 use crate::{Error, Model, Result};
@@ -106,7 +106,7 @@ pub fn quantize_within_loss(
     let owners = crate::eval::blob_owners(model);
     let mut opts = opts.clone();
     let mut int8 = quantize_model(model, &act.per_op, &act.inputs, &opts)?;
-    let mut int8_model = Model::from_nets(int8.init.clone(), int8.predict.clone())?;
+    let mut int8_model = int8.to_model()?;
     let first = evaluate(&[model, &int8_model], db, &fb.eval, None)?;
     let (fp32_top1, initial_top1, images) = (first.top1(0), first.top1(1), first.images);
     let mut top1 = initial_top1;
@@ -124,15 +124,7 @@ pub fn quantize_within_loss(
                 .min(report_eval.limit.unwrap_or(usize::MAX)),
         );
         report_eval.batch_size = report_eval.batch_size.min(fb.report_images.max(1));
-        let mut le = LayerErrors::new(model, &int8_model, fb.eval.threads)?;
-        let pre = report_eval.preprocess.clone();
-        let input = model.data_input()?;
-        for b in data::Batches::open(db, report_eval)? {
-            let b = b?;
-            let x = ops::Tensor::from_f32(&pre.batch_shape(b.n), b.images);
-            le.add_batch(HashMap::from([(input.clone(), x)]), b.n)?;
-        }
-        let errs = le.finish()?;
+        let (errs, _) = layer_errors_on_db(model, &int8_model, db, report_eval, fb.eval.threads)?;
         let by_blob: HashMap<&str, f64> =
             errs.iter().map(|e| (e.blob.as_str(), e.sqnr_db)).collect();
         let mut ranked: Vec<(f64, usize, String, &crate::eval::BlobError)> = errs
@@ -161,23 +153,24 @@ pub fn quantize_within_loss(
         }
         // Try the most suspicious few and keep the move that helps the held-out top-1 most
         // (ties: the more suspicious one).
-        let mut best: Option<(f64, usize, String, crate::eval::BlobError, Int8Model)> = None;
+        type Trial = (f64, usize, String, crate::eval::BlobError, Int8Model, Model);
+        let mut best: Option<Trial> = None;
         for (_, i, t, e) in ranked.iter().take(fb.trials.max(1)) {
             let mut trial = opts.clone();
             trial.exclude_nodes.push(*i);
             let q = quantize_model(model, &act.per_op, &act.inputs, &trial)?;
-            let qm = Model::from_nets(q.init.clone(), q.predict.clone())?;
+            let qm = q.to_model()?;
             let t1 = evaluate(&[&qm], db, &fb.eval, None)?.top1(0);
             if best.as_ref().is_none_or(|b| t1 > b.0) {
-                best = Some((t1, *i, t.clone(), (*e).clone(), q));
+                best = Some((t1, *i, t.clone(), (*e).clone(), q, qm));
             }
         }
-        let Some((t1, i, op_type, e, q)) = best else {
+        let Some((t1, i, op_type, e, q, qm)) = best else {
             break;
         };
         opts.exclude_nodes.push(i);
         int8 = q;
-        int8_model = Model::from_nets(int8.init.clone(), int8.predict.clone())?;
+        int8_model = qm;
         top1 = t1;
         say(&format!(
             "moved op #{i} {op_type} (`{}`, SQNR {:.2} dB) to fp32: int8 top-1 {top1:.4}",

@@ -702,11 +702,7 @@ impl<'a> Rewriter<'a> {
                 let chunk = &values[m * per..(m + 1) * per];
                 // Symmetric around 0 even when a channel has one sign only, so that every
                 // channel shares the zero point 128 (the ops take one weight zero point).
-                let a = match self.opts.weight_kind {
-                    QuantKind::MinMax => chunk.iter().fold(0f32, |a, v| a.max(v.abs())),
-                    kind => symmetric_extent(chunk, kind),
-                };
-                let a = if a > 0.0 && a.is_finite() { a } else { 1.0 };
+                let a = symmetric_extent(chunk, self.opts.weight_kind);
                 let qm = choose_quantization_params(-a, a, 0, 255, true);
                 if qm.zero_point != 128 {
                     return Err(Error::Tensor {
@@ -861,14 +857,20 @@ impl<'a> Rewriter<'a> {
     }
 }
 
-/// The half-width `a` of the symmetric weight range `[-a, a]` chosen by a histogram search:
-/// the search runs on the weights' own (asymmetric) range and the larger end is kept. (Caffe2's
-/// symmetric search only tries windows centred on zero no wider than the histogram, so for a
-/// lopsided range it can never keep the long side; searching asymmetrically avoids that.)
+/// The half-width `a` of the symmetric weight range `[-a, a]`: `max |w|` for `MinMax`,
+/// otherwise from a histogram search run on the weights' own (asymmetric) range, keeping the
+/// larger end. (Caffe2's symmetric search only tries windows centred on zero no wider than the
+/// histogram, so for a lopsided range it can never keep the long side; searching
+/// asymmetrically avoids that.)
 /// Falls back to 1 for all-zero or non-finite input.
 fn symmetric_extent(values: &[f32], kind: QuantKind) -> f32 {
-    let (lo, hi, _) = choose_from_values(values, kind, false);
-    let a = lo.abs().max(hi.abs());
+    let a = match kind {
+        QuantKind::MinMax => values.iter().fold(0f32, |a, v| a.max(v.abs())),
+        kind => {
+            let (lo, hi, _) = choose_from_values(values, kind, false);
+            lo.abs().max(hi.abs())
+        }
+    };
     if a > 0.0 && a.is_finite() {
         a
     } else {
