@@ -38,9 +38,10 @@ pub struct EvalArgs {
     #[arg(long)]
     pub format: Option<data::RecordFormat>,
     /// Batches decoded ahead on a background thread while the models run; 0 decodes each
-    /// batch on all cores just before it is used.
-    #[arg(long, default_value_t = 2)]
-    pub prefetch: usize,
+    /// batch on all cores just before it is used. Default: 2 when `--threads` leaves a core
+    /// free for decoding, else 0 (a decode thread would steal time from inference threads).
+    #[arg(long)]
+    pub prefetch: Option<usize>,
     /// Run Int8 ops with the scalar reference implementation (slow; bit-identical).
     #[arg(long)]
     pub reference: bool,
@@ -76,7 +77,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         },
         threads: a.threads,
         labels_offset: a.labels_offset,
-        prefetch: a.prefetch,
+        prefetch: a
+            .prefetch
+            .unwrap_or_else(|| crate::eval::default_prefetch(a.threads)),
     };
     let pb = bar(0, "evaluating");
     let progress = |done: usize, planned: usize| {

@@ -1,7 +1,8 @@
 //! Top-1/top-5 accuracy of one or more models over a labelled image LMDB, side by side.
 //!
 //! Every model sees the same preprocessed batches (decoded on a prefetch thread while the
-//! models run). With two or more models the first two are also compared: top-1 agreement
+//! models run when a core is free for it, else between runs on all cores; see
+//! [`default_prefetch`]). With two or more models the first two are also compared: top-1 agreement
 //! and the mean absolute difference of their outputs.
 
 use std::collections::HashMap;
@@ -90,7 +91,7 @@ pub struct EvalOptions {
     /// Added to every label (1 for nets with a background class 0).
     pub labels_offset: i64,
     /// Batches decoded ahead on a background thread while the models run (0: decode each
-    /// batch on all cores just before use).
+    /// batch on all cores just before use). Default: [`default_prefetch`] for all cores.
     pub prefetch: usize,
 }
 
@@ -100,8 +101,23 @@ impl Default for EvalOptions {
             batches: data::BatchOptions::default(),
             threads: 0,
             labels_offset: 0,
-            prefetch: 2,
+            prefetch: default_prefetch(0),
         }
+    }
+}
+
+/// The prefetch depth that suits `threads` inference threads (0 = all cores) on this machine:
+/// 2 batches ahead when a core is left for the decode thread, else 0 (decode inline on all
+/// cores between runs). With every core running inference, a decode thread can only run by
+/// preempting an inference thread, and each parallel op then waits for the preempted half:
+/// on 2 cores that costs more than decoding in between.
+pub fn default_prefetch(threads: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let used = if threads == 0 { cores } else { threads };
+    if used < cores {
+        2
+    } else {
+        0
     }
 }
 
@@ -159,11 +175,18 @@ pub fn evaluate(
     let mut dsum = 0f64;
     while let Some(b) = next() {
         let b = b?;
-        let x = Tensor::from_f32(&pre.batch_shape(b.n), b.images);
+        let mut x = Some(Tensor::from_f32(&pre.batch_shape(b.n), b.images));
         let mut outs = Vec::with_capacity(models.len());
         for (k, e) in execs.iter().enumerate() {
+            // The last model takes the batch itself; the others get copies.
+            let xk = if k + 1 == execs.len() {
+                x.take()
+            } else {
+                x.clone()
+            };
+            let xk = xk.ok_or_else(|| Error::Input("evaluate: batch already consumed".into()))?;
             let t0 = Instant::now();
-            let mut o = e.run(HashMap::from([(inputs[k].clone(), x.clone())]))?;
+            let mut o = e.run(HashMap::from([(inputs[k].clone(), xk)]))?;
             r.models[k].secs += t0.elapsed().as_secs_f64();
             let y = o.remove(&outputs[k]).ok_or_else(|| {
                 Error::Input(format!("model output `{}` was not produced", outputs[k]))

@@ -3,5 +3,5 @@
 pub mod accuracy;
 pub mod layer_error;
 
-pub use accuracy::{evaluate, top_k, EvalOptions, EvalReport, ModelScore};
+pub use accuracy::{default_prefetch, evaluate, top_k, EvalOptions, EvalReport, ModelScore};
 pub use layer_error::{blob_owners, cosine, layer_errors_on_db, sqnr_db, BlobError, LayerErrors};
