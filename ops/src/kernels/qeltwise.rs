@@ -36,19 +36,27 @@ use super::isa::Isa;
 use crate::int8::requant::{dequantize_u8, quantize_u8, requantize_real};
 use crate::QParams;
 
-/// Elements per parallel task in [`par_chunks`] (a multiple of every vector width used here).
-pub const PAR_CHUNK: usize = 1 << 16;
+/// Fewest elements per parallel task in [`par_chunks`] (a multiple of every vector width
+/// used here).
+pub const PAR_CHUNK: usize = 1 << 14;
 
-/// Runs `f(start, piece)` over consecutive `PAR_CHUNK`-element pieces of `out` (in parallel
-/// when there are several), `start` being the piece's offset in `out`. Element-wise kernels
-/// give the same results whatever the split.
+/// Runs `f(start, piece)` over consecutive pieces of `out` (in parallel when there are
+/// several), `start` being the piece's offset in `out`: about four equal pieces per thread
+/// (so that threads finish together), each a multiple of 64 elements and at least
+/// [`PAR_CHUNK`]. Element-wise kernels give the same results whatever the split.
 pub fn par_chunks<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync + Send) {
-    if out.len() <= PAR_CHUNK {
+    let tasks = 4 * rayon::current_num_threads().max(1);
+    let chunk = out
+        .len()
+        .div_ceil(tasks)
+        .next_multiple_of(64)
+        .max(PAR_CHUNK);
+    if out.len() <= chunk {
         f(0, out);
     } else {
-        out.par_chunks_mut(PAR_CHUNK)
+        out.par_chunks_mut(chunk)
             .enumerate()
-            .for_each(|(i, piece)| f(i * PAR_CHUNK, piece));
+            .for_each(|(i, piece)| f(i * chunk, piece));
     }
 }
 

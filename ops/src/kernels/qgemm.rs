@@ -668,14 +668,26 @@ pub fn qgemm_with<L: QLhs + ?Sized>(
     let tasks = threads * per_thread;
     let mc = (m.div_ceil(tasks).div_ceil(mr) * mr).min(mc_cap);
     if threads == 1 || mc >= 4 * MR || n <= NR {
-        // Row tiles, each writing its own rows of Y.
-        y.par_chunks_mut(mc * ldy)
-            .enumerate()
-            .for_each(|(t, chunk)| {
-                let r0 = t * mc;
-                let rows = chunk.len() / ldy;
-                run_tile(kern, a, r0, rows, w, 0, n, ep, chunk, ldy, col0);
-            });
+        // Row tiles, each writing its own rows of Y: as many as tiles of `mc` rows would
+        // make, but with the register-tile rows spread evenly (196 rows in 4 tiles: 52, 48,
+        // 48, 48 rather than 52, 52, 52, 40), so that threads finish together.
+        let units = m.div_ceil(mr);
+        let ntiles = m.div_ceil(mc);
+        let (base, extra) = (units / ntiles, units % ntiles);
+        let mut tiles = Vec::with_capacity(ntiles);
+        let (mut rest, mut r0) = (y, 0);
+        for t in 0..ntiles {
+            let rows = ((base + usize::from(t < extra)) * mr).min(m - r0);
+            let (head, tail) = rest.split_at_mut(rows * ldy);
+            tiles.push((r0, head));
+            rest = tail;
+            r0 += rows;
+        }
+        debug_assert_eq!(r0, m);
+        tiles.into_par_iter().for_each(|(r0, chunk)| {
+            let rows = chunk.len() / ldy;
+            run_tile(kern, a, r0, rows, w, 0, n, ep, chunk, ldy, col0);
+        });
     } else {
         // Few rows: split the channels, each block into its own buffer, then copy.
         let nbw = (n.div_ceil(tasks).div_ceil(NR) * NR).clamp(NR, NC);
