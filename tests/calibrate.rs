@@ -339,6 +339,19 @@ fn quantize_cli_bad_inputs_and_report() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["layers"], j["layers"]);
+
+    // The folder now holds a model: without --overwrite it is refused at once (before
+    // calibrating: the missing DB is not even opened) and left as it was; with it the nets
+    // are replaced (and --text-init adds init_net.pbtxt).
+    let before = std::fs::read(out.join("predict_net.pb")).unwrap();
+    let (ok, _, err) = call(base(&["--seed", "7"], "/nonexistent/calib_db"));
+    assert!(!ok && err.contains("already holds a model"), "{err}");
+    assert_eq!(std::fs::read(out.join("predict_net.pb")).unwrap(), before);
+    assert!(!out.join("init_net.pbtxt").exists());
+    let (ok, _, err) = call(base(&["--overwrite", "--text-init"], d));
+    assert!(ok, "{err}");
+    assert!(out.join("init_net.pbtxt").exists());
+    assert_eq!(std::fs::read(out.join("predict_net.pb")).unwrap(), before);
 }
 
 /// Records the f32 value of one blob as the net runs.

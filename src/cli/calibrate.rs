@@ -8,6 +8,7 @@ use serde_json::json;
 use super::model_args::ModelArgs;
 use super::preprocess_args::PreprocessArgs;
 use super::progress::bar;
+use super::sample_args::SampleArgs;
 use crate::quant::calibrate::calibrate_db;
 use crate::quant::{write_histogram_file, ChooseOptions, QuantKind};
 
@@ -20,24 +21,9 @@ pub struct CalibrateArgs {
     /// Calibration images (Caffe Datum or Caffe2 TensorProtos LMDB).
     #[arg(long)]
     pub calib_db: PathBuf,
-    /// Size of the seeded random sample (all records if the database is smaller).
-    #[arg(long, default_value_t = 10_000)]
-    pub calib_images: usize,
-    /// Seed of the sample.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Images per batch.
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    /// Worker threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Skip undecodable or malformed records (counted and reported) instead of failing.
-    #[arg(long)]
-    pub skip_bad: bool,
-    /// Record format; detected when omitted.
-    #[arg(long)]
-    pub format: Option<data::RecordFormat>,
+    /// The calibration sample.
+    #[command(flatten)]
+    pub sample: SampleArgs,
     /// Bins per histogram.
     #[arg(long, default_value_t = 2048)]
     pub bins: usize,
@@ -70,23 +56,15 @@ pub fn run(a: CalibrateArgs) -> anyhow::Result<()> {
         model.optimized()?.0
     };
     let pre = a.pre.to_preprocess()?;
-    let opts = data::BatchOptions {
-        batch_size: a.batch.max(1),
-        sample: Some(a.calib_images),
-        seed: a.seed,
-        skip_bad: a.skip_bad,
-        format: a.format,
-        preprocess: pre,
-        ..data::BatchOptions::default()
-    };
-    let pb = bar(a.calib_images as u64, "calibrating");
+    let opts = a.sample.config(pre).batch_options();
+    let pb = bar(a.sample.calib_images as u64, "calibrating");
     let progress = |n: usize| pb.set_position(n as u64);
     let t0 = std::time::Instant::now();
     let (calibration, skipped) = calibrate_db(
         &model,
         &a.calib_db,
         opts,
-        a.threads,
+        a.sample.threads,
         a.bins,
         Some(&progress),
     )?;

@@ -13,6 +13,7 @@ pub mod preprocess_args;
 pub mod progress;
 pub mod quantize;
 pub mod run;
+pub mod sample_args;
 
 use clap::{Parser, Subcommand};
 

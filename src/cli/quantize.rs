@@ -1,21 +1,21 @@
 //! `c2q quantize`: calibrate an fp32 model on LMDB images and write its DNNLOWP int8 twin.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use caffe2_proto::{io, Format};
 use clap::Args;
 use serde_json::json;
 
 use super::model_args::ModelArgs;
 use super::preprocess_args::PreprocessArgs;
 use super::progress::bar;
+use super::sample_args::SampleArgs;
 use crate::eval::EvalOptions;
 use crate::eval::{layer_errors_on_db, BlobError};
 use crate::quant::calibrate::{calibrate_db, Calibration, ChosenRange};
 use crate::quant::{
-    quantize_model, read_histogram_file, write_histogram_file, ChooseOptions, Outcome, QuantKind,
-    QuantizeOptions,
+    quantize_model, read_histogram_file, write_histogram_file, Int8Model, Outcome, QuantKind,
+    QuantizeConfig,
 };
 use crate::quant::{quantize_within_loss, FallbackOptions, FallbackResult};
 
@@ -34,24 +34,9 @@ pub struct QuantizeArgs {
     /// Replace an existing output folder's nets.
     #[arg(long)]
     pub overwrite: bool,
-    /// Size of the seeded calibration sample.
-    #[arg(long, default_value_t = 10_000)]
-    pub calib_images: usize,
-    /// Seed of the sample.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Images per batch.
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    /// Worker threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Skip bad records of the calibration database (reported).
-    #[arg(long)]
-    pub skip_bad: bool,
-    /// Record format; detected when omitted.
-    #[arg(long)]
-    pub format: Option<data::RecordFormat>,
+    /// The calibration sample.
+    #[command(flatten)]
+    pub sample: SampleArgs,
     /// Activation range search: l2 (default, as Caffe2's published models), l2_approx,
     /// min_max, kl, p99.
     #[arg(long, default_value = "l2")]
@@ -106,31 +91,23 @@ pub struct QuantizeArgs {
     pub pre: PreprocessArgs,
 }
 
-/// Writes the nets into a temporary folder beside `out`, then moves them into `out`.
-fn write_outputs(
-    out: &Path,
-    overwrite: bool,
-    files: &[(&str, &caffe2_proto::NetDef, Format)],
-) -> anyhow::Result<()> {
-    if out.exists() && !overwrite && files.iter().any(|(n, _, _)| out.join(n).exists()) {
-        anyhow::bail!(
-            "{}: already holds a model (use --overwrite to replace it)",
-            out.display()
-        );
-    }
-    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
-    for (name, net, fmt) in files {
-        io::write(*net, out.join(name), *fmt)?;
-    }
-    Ok(())
-}
-
 /// Runs `c2q quantize`.
 pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
+    Int8Model::check_dir(&a.out, a.overwrite)?;
     let model = a.model.load(true)?;
     let (model, _) = model.optimized()?;
     let pre = a.pre.to_preprocess()?;
-    let input = model.data_input()?;
+    let cfg = QuantizeConfig {
+        // With --max-loss the first --holdout records are kept for evaluation.
+        skip: if a.max_loss.is_some() { a.holdout } else { 0 },
+        kind: a.kind,
+        preserve_sparsity: a.preserve_sparsity,
+        per_channel: a.per_channel,
+        weight_kind: a.weight_kind,
+        exclude_ops: a.exclude_ops.clone(),
+        exclude_nodes: a.exclude_nodes.clone(),
+        ..a.sample.config(pre.clone())
+    };
     let t0 = std::time::Instant::now();
     let (calibration, skipped) = match &a.load_hist {
         Some(path) => {
@@ -142,20 +119,16 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
                 .calib_db
                 .as_ref()
                 .expect("clap requires --calib-db without --load-hist");
-            let opts = data::BatchOptions {
-                batch_size: a.batch.max(1),
-                sample: Some(a.calib_images),
-                // With --max-loss the first --holdout records are kept for evaluation.
-                skip: if a.max_loss.is_some() { a.holdout } else { 0 },
-                seed: a.seed,
-                skip_bad: a.skip_bad,
-                format: a.format,
-                preprocess: pre.clone(),
-                ..data::BatchOptions::default()
-            };
-            let pb = bar(a.calib_images as u64, "calibrating");
+            let pb = bar(a.sample.calib_images as u64, "calibrating");
             let progress = |n: usize| pb.set_position(n as u64);
-            let r = calibrate_db(&model, db, opts, a.threads, 2048, Some(&progress))?;
+            let r = calibrate_db(
+                &model,
+                db,
+                cfg.batch_options(),
+                cfg.threads,
+                2048,
+                Some(&progress),
+            )?;
             pb.finish_and_clear();
             r
         }
@@ -163,16 +136,8 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.save_hist {
         write_histogram_file(path, &calibration.records)?;
     }
-    let chosen = calibration.choose(&model, &ChooseOptions::new(a.kind, a.preserve_sparsity))?;
-    let shape = pre.batch_shape(1).to_vec();
-    let opts = QuantizeOptions {
-        per_channel: a.per_channel,
-        weight_kind: a.weight_kind,
-        exclude_ops: a.exclude_ops.clone(),
-        exclude_nodes: a.exclude_nodes.clone(),
-        input_shapes: HashMap::from([(input, shape)]),
-        ..QuantizeOptions::default()
-    };
+    let chosen = calibration.choose(&model, &cfg.choose_options())?;
+    let opts = cfg.quantize_options(&model)?;
     let (int8, fallback) = match a.max_loss {
         None => (
             quantize_model(&model, &chosen.per_op, &chosen.inputs, &opts)?,
@@ -189,14 +154,14 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
                 max_loss_points: budget,
                 eval: EvalOptions {
                     batches: data::BatchOptions {
-                        batch_size: a.batch.max(1),
+                        batch_size: cfg.batch,
                         limit: Some(a.holdout),
-                        skip_bad: a.skip_bad,
-                        format: a.format,
+                        skip_bad: cfg.skip_bad,
+                        format: cfg.format,
                         preprocess: pre.clone(),
                         ..data::BatchOptions::default()
                     },
-                    threads: a.threads,
+                    threads: cfg.threads,
                     labels_offset: a.labels_offset,
                     ..EvalOptions::default()
                 },
@@ -246,27 +211,19 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             (int8, Some(j))
         }
     };
-    let mut files = vec![
-        ("init_net.pb", &int8.init, Format::Binary),
-        ("predict_net.pb", &int8.predict, Format::Binary),
-        ("predict_net.pbtxt", &int8.predict, Format::Text),
-    ];
-    if a.text_init {
-        files.push(("init_net.pbtxt", &int8.init, Format::Text));
-    }
-    write_outputs(&a.out, a.overwrite, &files)?;
+    int8.write_dir_with(&a.out, a.overwrite, a.text_init)?;
     let layers = match (&a.calib_db, a.report_images) {
         (Some(db), n) if n > 0 => {
             let int8_model = int8.to_model()?;
             let opts = data::BatchOptions {
-                batch_size: a.batch.max(1).min(n),
+                batch_size: cfg.batch.min(n),
                 limit: Some(n),
-                skip_bad: a.skip_bad,
-                format: a.format,
+                skip_bad: cfg.skip_bad,
+                format: cfg.format,
                 preprocess: pre.clone(),
                 ..data::BatchOptions::default()
             };
-            let (errs, _) = layer_errors_on_db(&model, &int8_model, db, opts, a.threads)?;
+            let (errs, _) = layer_errors_on_db(&model, &int8_model, db, opts, cfg.threads)?;
             Some(errs)
         }
         _ => None,

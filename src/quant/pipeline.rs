@@ -17,6 +17,12 @@ pub struct QuantizeConfig {
     pub seed: u64,
     /// Images per calibration batch.
     pub batch: usize,
+    /// Records skipped at the start of the database (e.g. held out for evaluation).
+    pub skip: usize,
+    /// Skip bad records (reported by the calibration) instead of failing.
+    pub skip_bad: bool,
+    /// Record format; detected when `None`.
+    pub format: Option<data::RecordFormat>,
     /// Worker threads (0 = all cores).
     pub threads: usize,
     /// Image preprocessing (must match the model's training).
@@ -41,6 +47,9 @@ impl Default for QuantizeConfig {
             calib_images: 10_000,
             seed: 0,
             batch: 16,
+            skip: 0,
+            skip_bad: false,
+            format: None,
             threads: 0,
             preprocess: data::Preprocess::default(),
             kind: QuantKind::L2,
@@ -67,27 +76,49 @@ pub struct Quantized {
     pub images: usize,
 }
 
+impl QuantizeConfig {
+    /// The calibration sample: `calib_images` seeded records after the first `skip`.
+    pub fn batch_options(&self) -> data::BatchOptions {
+        data::BatchOptions {
+            batch_size: self.batch.max(1),
+            sample: Some(self.calib_images),
+            skip: self.skip,
+            seed: self.seed,
+            skip_bad: self.skip_bad,
+            format: self.format,
+            preprocess: self.preprocess.clone(),
+            ..data::BatchOptions::default()
+        }
+    }
+
+    /// The rewrite settings for the optimized fp32 model `fp32` (its data input gets the
+    /// preprocessed image shape).
+    pub fn quantize_options(&self, fp32: &Model) -> Result<QuantizeOptions> {
+        Ok(QuantizeOptions {
+            per_channel: self.per_channel,
+            weight_kind: self.weight_kind,
+            exclude_ops: self.exclude_ops.clone(),
+            exclude_nodes: self.exclude_nodes.clone(),
+            input_shapes: HashMap::from([(
+                fp32.data_input()?,
+                self.preprocess.batch_shape(1).to_vec(),
+            )]),
+            ..QuantizeOptions::default()
+        })
+    }
+
+    /// The activation range search.
+    pub fn choose_options(&self) -> ChooseOptions {
+        ChooseOptions::new(self.kind, self.preserve_sparsity)
+    }
+}
+
 /// Quantizes `model` with activation ranges calibrated on the LMDB `db`.
 pub fn quantize_db(model: &Model, db: &Path, cfg: &QuantizeConfig) -> Result<Quantized> {
     let (fp32, _) = model.optimized()?;
-    let opts = data::BatchOptions {
-        batch_size: cfg.batch.max(1),
-        sample: Some(cfg.calib_images),
-        seed: cfg.seed,
-        preprocess: cfg.preprocess.clone(),
-        ..data::BatchOptions::default()
-    };
-    let (calibration, _) = calibrate_db(&fp32, db, opts, cfg.threads, 2048, None)?;
-    let activations =
-        calibration.choose(&fp32, &ChooseOptions::new(cfg.kind, cfg.preserve_sparsity))?;
-    let q = QuantizeOptions {
-        per_channel: cfg.per_channel,
-        weight_kind: cfg.weight_kind,
-        exclude_ops: cfg.exclude_ops.clone(),
-        exclude_nodes: cfg.exclude_nodes.clone(),
-        input_shapes: HashMap::from([(fp32.data_input()?, cfg.preprocess.batch_shape(1).to_vec())]),
-        ..QuantizeOptions::default()
-    };
+    let (calibration, _) = calibrate_db(&fp32, db, cfg.batch_options(), cfg.threads, 2048, None)?;
+    let activations = calibration.choose(&fp32, &cfg.choose_options())?;
+    let q = cfg.quantize_options(&fp32)?;
     let int8 = quantize_model(&fp32, &activations.per_op, &activations.inputs, &q)?;
     Ok(Quantized {
         fp32,

@@ -120,16 +120,54 @@ impl Int8Model {
     }
 
     /// Writes `init_net.pb`, `predict_net.pb` and `predict_net.pbtxt` into `dir` (created if
-    /// needed), each through a temporary file and a rename.
+    /// needed, existing nets replaced), each through a temporary file and a rename.
     pub fn write_dir(&self, dir: &std::path::Path) -> Result<()> {
+        self.write_dir_with(dir, true, false)
+    }
+
+    /// Fails if `dir` already holds one of the nets [`Int8Model::write_dir_with`] writes and
+    /// `overwrite` is off (call it before long work, to fail early).
+    pub fn check_dir(dir: &std::path::Path, overwrite: bool) -> Result<()> {
+        const NETS: [&str; 4] = [
+            "init_net.pb",
+            "predict_net.pb",
+            "predict_net.pbtxt",
+            "init_net.pbtxt",
+        ];
+        if !overwrite && NETS.iter().any(|name| dir.join(name).exists()) {
+            return Err(Error::File {
+                path: dir.to_path_buf(),
+                msg: "already holds a model (use --overwrite to replace it)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Int8Model::write_dir`], refusing a folder that already holds one of the nets unless
+    /// `overwrite`, and also writing `init_net.pbtxt` with `text_init`.
+    pub fn write_dir_with(
+        &self,
+        dir: &std::path::Path,
+        overwrite: bool,
+        text_init: bool,
+    ) -> Result<()> {
         use caffe2_proto::{io, Format};
+        let mut files = vec![
+            ("init_net.pb", &self.init, Format::Binary),
+            ("predict_net.pb", &self.predict, Format::Binary),
+            ("predict_net.pbtxt", &self.predict, Format::Text),
+        ];
+        if text_init {
+            files.push(("init_net.pbtxt", &self.init, Format::Text));
+        }
+        Self::check_dir(dir, overwrite)?;
         std::fs::create_dir_all(dir).map_err(|e| Error::File {
             path: dir.to_path_buf(),
             msg: e.to_string(),
         })?;
-        io::write(&self.init, dir.join("init_net.pb"), Format::Binary)?;
-        io::write(&self.predict, dir.join("predict_net.pb"), Format::Binary)?;
-        io::write(&self.predict, dir.join("predict_net.pbtxt"), Format::Text)?;
+        for (name, net, format) in files {
+            io::write(net, dir.join(name), format)?;
+        }
         Ok(())
     }
 }
