@@ -20,18 +20,22 @@ struct Record(Vec<(String, Vec<u8>)>);
 impl Observer for Record {
     fn on_node(&mut self, node: &Node, outputs: &[&Tensor]) {
         for (name, t) in node.outputs.iter().zip(outputs) {
-            let bytes = match t {
-                Tensor::QU8(a, q) => {
-                    let mut v: Vec<u8> = a.iter().copied().collect();
-                    v.extend(q.scale.to_le_bytes());
-                    v.extend(q.zero_point.to_le_bytes());
-                    v
-                }
-                Tensor::F32(a) => a.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                other => format!("{other:?}").into_bytes(),
-            };
-            self.0.push((name.clone(), bytes));
+            self.0.push((name.clone(), tensor_bytes(t)));
         }
+    }
+}
+
+/// A tensor's values (and quantization parameters) as bytes.
+fn tensor_bytes(t: &Tensor) -> Vec<u8> {
+    match t {
+        Tensor::QU8(a, q) => {
+            let mut v: Vec<u8> = a.iter().copied().collect();
+            v.extend(q.scale.to_le_bytes());
+            v.extend(q.zero_point.to_le_bytes());
+            v
+        }
+        Tensor::F32(a) => a.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        other => format!("{other:?}").into_bytes(),
     }
 }
 
@@ -67,6 +71,19 @@ fn assert_fast_equals_reference(int8: &Model, feed: &HashMap<String, Tensor>) ->
         fast1.0 == fast2.0,
         "fast results depend on the thread count"
     );
+    // `run` on 2 threads cuts a batch into per-thread parts: the joined outputs are the
+    // same bytes as the whole-batch run.
+    let batch = feed.values().next().unwrap().shape()[0];
+    let exec = Executor::new(int8, 2).unwrap();
+    let split = exec.run(feed.clone()).unwrap();
+    assert_eq!(exec.batch_streams(batch), batch.min(2));
+    for name in int8.outputs() {
+        let (_, whole) = fast1.0.iter().rev().find(|(n, _)| *n == name).unwrap();
+        assert!(
+            tensor_bytes(&split[&name]) == *whole,
+            "output `{name}` differs when split"
+        );
+    }
     let last_int8 = int8
         .net
         .nodes

@@ -1,6 +1,8 @@
 //! Typed n-dimensional tensors (row-major, standard layout) and their static descriptions.
 
-use ndarray::{ArrayD, IxDyn};
+use std::ops::Range;
+
+use ndarray::{ArrayD, Axis, IxDyn, Slice};
 
 /// Quantization parameters of an Int8 tensor: real = scale * (q - zero_point).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -157,6 +159,27 @@ macro_rules! each_array {
     };
 }
 
+/// Applies `$body` (an expression in the array `$a`, any element type) to the array of a
+/// tensor and wraps the result in the same variant (quantization parameters kept).
+macro_rules! map_array {
+    ($t:expr, $a:ident => $body:expr) => {
+        match $t {
+            Tensor::F32($a) => Tensor::F32($body),
+            Tensor::F64($a) => Tensor::F64($body),
+            Tensor::I32($a) => Tensor::I32($body),
+            Tensor::I64($a) => Tensor::I64($body),
+            Tensor::U8($a) => Tensor::U8($body),
+            Tensor::I8($a) => Tensor::I8($body),
+            Tensor::U16($a) => Tensor::U16($body),
+            Tensor::I16($a) => Tensor::I16($body),
+            Tensor::Bool($a) => Tensor::Bool($body),
+            Tensor::Str($a) => Tensor::Str($body),
+            Tensor::QU8($a, q) => Tensor::QU8($body, q.to_owned()),
+            Tensor::QI32($a, q) => Tensor::QI32($body, q.to_owned()),
+        }
+    };
+}
+
 impl Tensor {
     /// An f32 tensor from a shape and row-major values. Panics if the sizes disagree
     /// (only for literals in code and tests; loaders use `try_f32`).
@@ -275,19 +298,75 @@ impl Tensor {
             a.into_shape_with_order(IxDyn(shape))
                 .expect("element count checked above")
         }
-        Ok(match self {
-            Tensor::F32(a) => Tensor::F32(re(a, shape)),
-            Tensor::F64(a) => Tensor::F64(re(a, shape)),
-            Tensor::I32(a) => Tensor::I32(re(a, shape)),
-            Tensor::I64(a) => Tensor::I64(re(a, shape)),
-            Tensor::U8(a) => Tensor::U8(re(a, shape)),
-            Tensor::I8(a) => Tensor::I8(re(a, shape)),
-            Tensor::U16(a) => Tensor::U16(re(a, shape)),
-            Tensor::I16(a) => Tensor::I16(re(a, shape)),
-            Tensor::Bool(a) => Tensor::Bool(re(a, shape)),
-            Tensor::Str(a) => Tensor::Str(re(a, shape)),
-            Tensor::QU8(a, q) => Tensor::QU8(re(a, shape), q),
-            Tensor::QI32(a, q) => Tensor::QI32(re(a, shape), q),
+        Ok(map_array!(self, a => re(a, shape)))
+    }
+
+    /// A copy of rows `range` of the first axis (e.g. some images of a batch).
+    pub fn slice_rows(&self, range: Range<usize>) -> Result<Tensor, crate::OpError> {
+        let n = self.shape().first().copied().unwrap_or(0);
+        if self.shape().is_empty() || range.start > range.end || range.end > n {
+            return Err(crate::OpError::Shape(format!(
+                "cannot take rows {range:?} of {:?}",
+                self.shape()
+            )));
+        }
+        fn s<T: Clone>(a: &ArrayD<T>, r: Range<usize>) -> ArrayD<T> {
+            a.slice_axis(Axis(0), Slice::from(r))
+                .as_standard_layout()
+                .into_owned()
+        }
+        Ok(map_array!(self, a => s(a, range)))
+    }
+
+    /// Joins tensors along the first axis (the inverse of [`Tensor::slice_rows`]): all of
+    /// one element type, with equal quantization parameters and equal other dimensions.
+    pub fn concat_rows(parts: &[Tensor]) -> Result<Tensor, crate::OpError> {
+        let first = parts
+            .first()
+            .ok_or_else(|| crate::OpError::Shape("no tensors to join".into()))?;
+        let mismatch = |t: &Tensor| {
+            crate::OpError::DType(format!(
+                "cannot join {} {:?} to {} {:?}",
+                t.dtype().name(),
+                t.shape(),
+                first.dtype().name(),
+                first.shape()
+            ))
+        };
+        if parts.iter().any(|t| t.dtype() != first.dtype()) {
+            let odd = parts.iter().find(|t| t.dtype() != first.dtype());
+            return Err(mismatch(odd.unwrap_or(first)));
+        }
+        fn cat<T: Clone>(arrays: &[&ArrayD<T>]) -> Result<ArrayD<T>, crate::OpError> {
+            let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+            ndarray::concatenate(Axis(0), &views)
+                .map_err(|e| crate::OpError::Shape(format!("cannot join along axis 0: {e}")))
+        }
+        macro_rules! join {
+            ($var:ident $(, $q:ident)?) => {{
+                let arrays = parts
+                    .iter()
+                    .map(|t| match t {
+                        Tensor::$var(a, ..) => Ok(a),
+                        other => Err(mismatch(other)),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Tensor::$var(cat(&arrays)? $(, *$q)?)
+            }};
+        }
+        Ok(match first {
+            Tensor::F32(_) => join!(F32),
+            Tensor::F64(_) => join!(F64),
+            Tensor::I32(_) => join!(I32),
+            Tensor::I64(_) => join!(I64),
+            Tensor::U8(_) => join!(U8),
+            Tensor::I8(_) => join!(I8),
+            Tensor::U16(_) => join!(U16),
+            Tensor::I16(_) => join!(I16),
+            Tensor::Bool(_) => join!(Bool),
+            Tensor::Str(_) => join!(Str),
+            Tensor::QU8(_, q) => join!(QU8, q),
+            Tensor::QI32(_, q) => join!(QI32, q),
         })
     }
 
@@ -316,19 +395,6 @@ impl Tensor {
                 .as_standard_layout()
                 .into_owned()
         }
-        Ok(match self {
-            Tensor::F32(a) => Tensor::F32(p(a, axes)),
-            Tensor::F64(a) => Tensor::F64(p(a, axes)),
-            Tensor::I32(a) => Tensor::I32(p(a, axes)),
-            Tensor::I64(a) => Tensor::I64(p(a, axes)),
-            Tensor::U8(a) => Tensor::U8(p(a, axes)),
-            Tensor::I8(a) => Tensor::I8(p(a, axes)),
-            Tensor::U16(a) => Tensor::U16(p(a, axes)),
-            Tensor::I16(a) => Tensor::I16(p(a, axes)),
-            Tensor::Bool(a) => Tensor::Bool(p(a, axes)),
-            Tensor::Str(a) => Tensor::Str(p(a, axes)),
-            Tensor::QU8(a, q) => Tensor::QU8(p(a, axes), *q),
-            Tensor::QI32(a, q) => Tensor::QI32(p(a, axes), *q),
-        })
+        Ok(map_array!(self, a => p(a, axes)))
     }
 }

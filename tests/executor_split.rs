@@ -1,0 +1,103 @@
+//! `Executor::run` on several threads cuts a batch into per-thread parts: the joined outputs
+//! equal a one-thread run of the whole batch, and nets with ops that may mix images are run
+//! whole.
+
+use std::collections::HashMap;
+
+use c2q::demo::{example_net, EXAMPLE_SIZE};
+use c2q::graph::builder::{op_def, Arg};
+use c2q::runtime::executor::batch_separable;
+use c2q::{Executor, Model};
+use ops::Tensor;
+
+fn feed(model: &Model, n: usize) -> HashMap<String, Tensor> {
+    let len = n * 3 * EXAMPLE_SIZE * EXAMPLE_SIZE;
+    let x: Vec<f32> = (0..len)
+        .map(|i| ((i * 7919) % 1013) as f32 / 506.0 - 1.0)
+        .collect();
+    HashMap::from([(
+        model.data_input().unwrap(),
+        Tensor::from_f32(&[n, 3, EXAMPLE_SIZE, EXAMPLE_SIZE], x),
+    )])
+}
+
+#[test]
+fn split_batch_equals_whole_run_and_unsplittable_nets_run_whole() {
+    let (init, predict) = example_net(3);
+    let model = Model::from_nets(init.clone(), predict.clone()).unwrap();
+    assert!(batch_separable(&model));
+    let one = Executor::new(&model, 1).unwrap();
+    let two = Executor::new(&model, 2).unwrap();
+    assert_eq!(one.batch_streams(5), 1);
+    assert_eq!(two.batch_streams(5), 2);
+    assert_eq!(two.batch_streams(1), 1);
+    for n in [1, 2, 5] {
+        let f = feed(&model, n);
+        let whole = one.run(f.clone()).unwrap();
+        let split = two.run(f).unwrap();
+        assert_eq!(whole.len(), split.len());
+        for (name, w) in &whole {
+            let s = &split[name];
+            assert_eq!(w.shape(), s.shape(), "{name}");
+            // Each image goes through the same kernels on the same K order whatever the
+            // batch, so even fp32 values agree exactly.
+            assert_eq!(
+                w.f32_slice().unwrap(),
+                s.f32_slice().unwrap(),
+                "{name}, n = {n}"
+            );
+        }
+    }
+
+    // A Reshape may move the batch axis: such a net is not split.
+    let mut predict2 = predict.clone();
+    let last = predict2.op.len() - 1;
+    let out = predict2.op[last].output[0].clone();
+    predict2.op.push(op_def(
+        "Reshape",
+        &[&out],
+        &[&out, "old_shape"],
+        vec![("shape", Arg::Ints(vec![-1]))],
+    ));
+    let model2 = Model::from_nets(init, predict2).unwrap();
+    assert!(!batch_separable(&model2));
+    let two2 = Executor::new(&model2, 2).unwrap();
+    assert_eq!(two2.batch_streams(4), 1);
+    let f = feed(&model2, 4);
+    let whole = Executor::new(&model2, 1).unwrap().run(f.clone()).unwrap();
+    let split = two2.run(f).unwrap();
+    assert_eq!(whole[&out].shape().len(), 1);
+    assert_eq!(whole[&out].shape(), split[&out].shape());
+    assert_eq!(
+        whole[&out].f32_slice().unwrap(),
+        split[&out].f32_slice().unwrap()
+    );
+}
+
+#[test]
+fn tensor_rows_slice_and_join() {
+    let t = Tensor::from_f32(&[3, 2], vec![0., 1., 2., 3., 4., 5.]);
+    let a = t.slice_rows(0..1).unwrap();
+    let b = t.slice_rows(1..3).unwrap();
+    assert_eq!(a.shape(), &[1, 2]);
+    assert_eq!(b.f32_slice().unwrap(), &[2., 3., 4., 5.]);
+    assert_eq!(Tensor::concat_rows(&[a, b.clone()]).unwrap(), t);
+    assert!(t.slice_rows(2..4).is_err());
+    // Int8 tensors keep their parameters; different parameters cannot be joined.
+    let q = |s: f32| ops::QParams {
+        scale: s,
+        zero_point: 3,
+    };
+    let codes = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[2, 2]), vec![1u8, 2, 3, 4]);
+    let u = Tensor::QU8(codes.unwrap(), q(0.5));
+    let (u0, u1) = (u.slice_rows(0..1).unwrap(), u.slice_rows(1..2).unwrap());
+    assert_eq!(Tensor::concat_rows(&[u0.clone(), u1]).unwrap(), u);
+    let other = Tensor::QU8(
+        ndarray::ArrayD::from_elem(ndarray::IxDyn(&[1, 2]), 9u8),
+        q(0.25),
+    );
+    assert!(Tensor::concat_rows(&[u0.clone(), other]).is_err());
+    assert!(Tensor::concat_rows(&[u0, b]).is_err());
+    let wide = Tensor::from_f32(&[1, 3], vec![0.; 3]);
+    assert!(Tensor::concat_rows(&[t, wide]).is_err());
+}
