@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ResNet-50 int8: `c2q bench` on the c2q-quantized net, c2q fp32, and ONNX Runtime fp32/int8
 # (../shared/tools/peer_bench.py --int8: quantize_static, QDQ, per-channel) interleaved on the
-# same machine; ROUNDS rounds x {1,2} threads at batch 1, then one round at batch 16. Prints one
+# same machine; ROUNDS rounds x {1,2} threads at batch 1, then B16_ROUNDS rounds at batch 16. Prints one
 # JSON line per run and a summary of medians. Needs a release build, the peer venv (see
 # ../shared/tools/README.md) and an int8 model:
 #   cargo build --release
@@ -13,6 +13,7 @@ PY=${PEER_PYTHON:-/tmp/peers/bin/python}
 FP32=../shared/models/resnet50
 INT8=${INT8_MODEL:-/tmp/r50_int8}
 ROUNDS=${ROUNDS:-3}
+B16_ROUNDS=${B16_ROUNDS:-1}
 log=${LOG:-$(mktemp)}
 peer() {
   (cd ../shared/tools && "$PY" peer_bench.py ../models/resnet50/init_net.pbtxt ../models/resnet50/predict_net.pbtxt \
@@ -29,7 +30,9 @@ run() {
 for round in $(seq "$ROUNDS"); do
   for t in 1 2; do run "$t" 1 20; done
 done
-for t in 1 2; do run "$t" 16 4; done
+for round in $(seq "$B16_ROUNDS"); do
+  for t in 1 2; do run "$t" 16 4; done
+done
 python3 - "$log" <<'PYEOF'
 import json, statistics, sys
 rows = {}
