@@ -75,6 +75,33 @@ fn split_batch_equals_whole_run_and_unsplittable_nets_run_whole() {
 }
 
 #[test]
+fn an_output_without_batch_axis_makes_the_executor_run_whole() {
+    // A separable net that also exports a parameter (no batch axis): the split run cannot be
+    // joined, so the run is redone whole, with the same result as one thread, and later runs
+    // are not split.
+    let (init, mut predict) = example_net(4);
+    let last = predict.op.last().unwrap().output[0].clone();
+    predict.external_output = vec![last.clone(), "fc_b".into()];
+    let model = Model::from_nets(init, predict).unwrap();
+    assert!(batch_separable(&model));
+    let two = Executor::new(&model, 2).unwrap();
+    assert_eq!(two.batch_streams(4), 2);
+    let f = feed(&model, 4);
+    let whole = Executor::new(&model, 1).unwrap().run(f.clone()).unwrap();
+    let out = two.run(f).unwrap();
+    assert_eq!(two.batch_streams(4), 1);
+    for name in [&last, "fc_b"] {
+        assert_eq!(whole[name].shape(), out[name].shape(), "{name}");
+        assert_eq!(
+            whole[name].f32_slice().unwrap(),
+            out[name].f32_slice().unwrap(),
+            "{name}"
+        );
+    }
+    assert_eq!(out[&last].shape()[0], 4);
+}
+
+#[test]
 fn tensor_rows_slice_and_join() {
     let t = Tensor::from_f32(&[3, 2], vec![0., 1., 2., 3., 4., 5.]);
     let a = t.slice_rows(0..1).unwrap();
