@@ -49,6 +49,14 @@ fn split_batch_equals_whole_run_and_unsplittable_nets_run_whole() {
         }
     }
 
+    // A bad input fails both ways and does not stop later runs from being split.
+    let mut bad = feed(&model, 4);
+    let x = bad.values_mut().next().unwrap();
+    // Two channels where the first conv wants three.
+    *x = Tensor::zeros_f32(&[4, 2, EXAMPLE_SIZE, EXAMPLE_SIZE]);
+    assert!(two.run(bad).is_err());
+    assert_eq!(two.batch_streams(5), 2);
+
     // A Reshape may move the batch axis: such a net is not split.
     let mut predict2 = predict.clone();
     let last = predict2.op.len() - 1;

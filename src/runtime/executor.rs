@@ -104,10 +104,14 @@ impl<'m> Executor<'m> {
         match self.run_split(&inputs, n, parts) {
             Ok(out) => Ok(out),
             Err(_) => {
-                // Not separable after all (an output without the batch axis, an op that
-                // needs the whole batch): run whole from now on, and report its errors.
-                self.split_failed.store(true, Ordering::Relaxed);
-                self.run_observed(inputs, None)
+                // Run whole. If that works, the net is not separable after all (an output
+                // without the batch axis, an op that needs the whole batch): run whole from
+                // now on. If it fails too, the input was bad: report the whole run's error.
+                let whole = self.run_observed(inputs, None);
+                if whole.is_ok() {
+                    self.split_failed.store(true, Ordering::Relaxed);
+                }
+                whole
             }
         }
     }
