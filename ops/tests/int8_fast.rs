@@ -2,74 +2,31 @@
 //! for bit, and the GEMM / depthwise kernels against naive loops written here; per-channel
 //! weight scales (`W_scales`) against hand-worked values.
 
-use ndarray::{ArrayD, IxDyn};
 use ops::kernels::isa::Isa;
 use ops::kernels::qdepthwise::{qdepthwise_with, DwShape, PackedDepthwise};
 use ops::kernels::qgemm::{effective_isa, qgemm_with, PackedQWeights, QEpilogue, QLayout, QMatRef};
-use ops::{build_op, ArgValue, Args, NodeSpec, Op, OpError, QParams, Tensor};
+use ops::{ArgValue, Op, OpError, Tensor};
+use ops_util::{build_int8, codes, f, floats, i, ints, qi32, qp, qu8, s, try_build_int8};
 use proptest::prelude::*;
+
+mod ops_util;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-fn qp(scale: f32, zero_point: i32) -> QParams {
-    QParams { scale, zero_point }
-}
-
-fn qu8(shape: &[usize], v: Vec<u8>, q: QParams) -> Tensor {
-    Tensor::QU8(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap(), q)
-}
-
-fn qi32(shape: &[usize], v: Vec<i32>, q: QParams) -> Tensor {
-    Tensor::QI32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap(), q)
-}
-
-fn f32t(shape: &[usize], v: Vec<f32>) -> Tensor {
-    Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
-}
-
-fn codes(t: &Tensor) -> (Vec<u8>, QParams) {
-    match t {
-        Tensor::QU8(a, q) => (a.iter().copied().collect(), *q),
-        other => panic!("expected qu8, got {:?}", other.dtype()),
-    }
-}
-
-fn i(v: i64) -> ArgValue {
-    ArgValue::I(v)
-}
-fn f(v: f32) -> ArgValue {
-    ArgValue::F(v)
-}
-fn s(v: &str) -> ArgValue {
-    ArgValue::S(v.as_bytes().to_vec())
-}
-fn ints(v: &[i64]) -> ArgValue {
-    ArgValue::Ints(v.to_vec())
-}
-fn floats(v: &[f32]) -> ArgValue {
-    ArgValue::Floats(v.to_vec())
-}
-
+/// A DNNLOWP op with one output: the fast kernels, or the scalar reference.
 fn try_build_ref(
     op: &str,
     args: &[(&str, ArgValue)],
     n_in: usize,
     reference: bool,
 ) -> Result<Box<dyn Op>, OpError> {
-    let mut a = Args::new();
-    for (k, v) in args {
-        a.set(k, v.clone());
-    }
-    let mut sp = NodeSpec::new(op, a, n_in, 1);
-    sp.engine = "DNNLOWP".into();
-    sp.reference = reference;
-    build_op(&sp).map(|o| o.expect("registered"))
+    try_build_int8(op, args, n_in, 1, reference)
 }
 
 fn build_ref(op: &str, args: &[(&str, ArgValue)], n_in: usize, reference: bool) -> Box<dyn Op> {
-    try_build_ref(op, args, n_in, reference).unwrap_or_else(|e| panic!("building {op}: {e}"))
+    build_int8(op, args, n_in, 1, reference)
 }
 
 /// Deterministic generator (splitmix64).
@@ -672,7 +629,7 @@ fn check_conv(cs: &ConvCase) {
             (0..cs.m).map(|_| r.below(40_001) as i32 - 20_000).collect(),
             qp(xq.scale * wq.scale, 0),
         )),
-        2 => Some(f32t(
+        2 => Some(ops_util::t(
             &[cs.m],
             (0..cs.m).map(|_| (r.unit() - 0.5) * 0.5).collect(),
         )),
@@ -842,7 +799,7 @@ fn check_fc(m: usize, k: usize, n: usize, seed: u64, relu: bool, per_channel: bo
     let x = qu8(&[m, k], r.some_codes(m * k, 4), xq);
     let w = qu8(&[n, k], r.some_codes(n * k, 3), wq);
     let b = if float_b {
-        f32t(&[n], (0..n).map(|_| r.unit() - 0.5).collect())
+        ops_util::t(&[n], (0..n).map(|_| r.unit() - 0.5).collect())
     } else {
         qi32(
             &[n],
@@ -941,7 +898,7 @@ fn per_channel_conv_hand_worked() {
     //   p0 c1: −6 − 4 = −10 → −1.25 → −1 → 99; p1 c1: 30 − 4 = 26 → 3.25 → 3 → 103.
     let x = qu8(&[1, 1, 2, 2], vec![14, 8, 10, 20], qp(0.5, 10));
     let w = qu8(&[2, 1, 1, 2], vec![130, 127, 128, 131], qp(0.25, 128));
-    let b = f32t(&[2], vec![1.0, -0.5]);
+    let b = ops_util::t(&[2], vec![1.0, -0.5]);
     let base = [
         ("kernel", i(1)),
         ("order", s("NHWC")),

@@ -3,58 +3,18 @@
 //! `kernels::qeltwise` (AVX2 and portable) against naive loops and hand-worked values
 //! written here.
 
-use ndarray::{ArrayD, IxDyn};
 use ops::kernels::isa::Isa;
 use ops::kernels::qeltwise::{self, PoolGeom, PoolScratch, QEltwiseKernels, RealStage};
-use ops::{build_op, ArgValue, Args, NodeSpec, Op, OpError, QParams, Tensor};
+use ops::{build_op, ArgValue, OpError, QParams, Tensor};
+use ops_util::{build_int8, codes, f, i, qp, qu8, s, spec_int8};
 use proptest::prelude::*;
+
+mod ops_util;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-fn qp(scale: f32, zero_point: i32) -> QParams {
-    QParams { scale, zero_point }
-}
-
-fn qu8(shape: &[usize], v: Vec<u8>, q: QParams) -> Tensor {
-    Tensor::QU8(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap(), q)
-}
-
-fn f32t(shape: &[usize], v: Vec<f32>) -> Tensor {
-    Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
-}
-
-fn spec(
-    op: &str,
-    args: &[(&str, ArgValue)],
-    n_in: usize,
-    n_out: usize,
-    reference: bool,
-) -> NodeSpec {
-    let mut a = Args::new();
-    for (k, v) in args {
-        a.set(k, v.clone());
-    }
-    let mut sp = NodeSpec::new(op, a, n_in, n_out);
-    sp.engine = "DNNLOWP".to_string();
-    sp.reference = reference;
-    sp
-}
-
-fn build(
-    op: &str,
-    args: &[(&str, ArgValue)],
-    n_in: usize,
-    n_out: usize,
-    reference: bool,
-) -> Box<dyn Op> {
-    build_op(&spec(op, args, n_in, n_out, reference))
-        .unwrap_or_else(|e| panic!("building {op}: {e}"))
-        .expect("registered")
-}
-
-/// A comparable rendering of an output: dtype name, shape, parameters and raw bits.
 /// Type name, shape, parameters (scale bits, zero point) and element bits of an output.
 type Fingerprint = (String, Vec<usize>, Option<(u32, i32)>, Vec<u64>);
 
@@ -93,8 +53,8 @@ fn same_both(
     inputs: &[&Tensor],
 ) -> Option<Vec<Tensor>> {
     let n_in = inputs.len();
-    let fast = build(op, args, n_in, n_out, false);
-    let refr = build(op, args, n_in, n_out, true);
+    let fast = build_int8(op, args, n_in, n_out, false);
+    let refr = build_int8(op, args, n_in, n_out, true);
     let a = fast.eval(inputs);
     let b = refr.eval(inputs);
     match (a, b) {
@@ -123,23 +83,6 @@ fn same_both(
         (Ok(_), Err(e)) => panic!("{op}: reference failed ({e}) but the fast path succeeded"),
         (Err(e), Ok(_)) => panic!("{op}: fast path failed ({e}) but the reference succeeded"),
     }
-}
-
-fn codes(t: &Tensor) -> Vec<u8> {
-    match t {
-        Tensor::QU8(a, _) => a.iter().copied().collect(),
-        other => panic!("expected qu8, got {:?}", other.dtype()),
-    }
-}
-
-fn i(v: i64) -> ArgValue {
-    ArgValue::I(v)
-}
-fn f(v: f32) -> ArgValue {
-    ArgValue::F(v)
-}
-fn s(v: &str) -> ArgValue {
-    ArgValue::S(v.as_bytes().to_vec())
 }
 
 /// The AVX2 kernels, or a skip message.
@@ -710,19 +653,19 @@ fn large_sum_is_exact_and_thread_count_independent() {
     let b = qu8(&[n], rng.u8s(n), qp(0.25, 0));
     let args = [("Y_scale", f(0.5)), ("Y_zero_point", i(0))];
     let outs = same_both("Int8SumRelu", &args, 1, &[&a, &b]).unwrap();
-    let op = build("Int8SumRelu", &args, 2, 1, false);
+    let op = build_int8("Int8SumRelu", &args, 2, 1, false);
     for threads in [1usize, 3] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
         let o = pool.install(|| op.eval(&[&a, &b])).unwrap();
-        assert_eq!(codes(&o[0]), codes(&outs[0]), "{threads} threads");
+        assert_eq!(codes(&o[0]).0, codes(&outs[0]).0, "{threads} threads");
     }
     // Spot check against the naive loop.
-    let (ca, cb) = (codes(&a), codes(&b));
+    let (ca, cb) = (codes(&a).0, codes(&b).0);
     let want = naive_sum(&[(&ca, qp(0.5, 128)), (&cb, qp(0.25, 0))], 1.0 / 0.5, 0, 0);
-    assert_eq!(codes(&outs[0]), want);
+    assert_eq!(codes(&outs[0]).0, want);
 }
 
 #[test]
@@ -734,7 +677,7 @@ fn concat_fast_copies_rows_and_requantizes_with_a_table() {
     let c = qu8(&[1, h, w, 2], rng.u8s(h * w * 2), qp(0.25, 10));
     // Same parameters: plain row copies; check the layout by hand.
     let out = same_both("Int8Concat", &[("order", s("NHWC"))], 2, &[&a, &b]).unwrap();
-    let (ca, cb, cy) = (codes(&a), codes(&b), codes(&out[0]));
+    let (ca, cb, cy) = (codes(&a).0, codes(&b).0, codes(&out[0]).0);
     for p in 0..h * w {
         assert_eq!(&cy[p * 40..p * 40 + 7], &ca[p * 7..p * 7 + 7]);
         assert_eq!(&cy[p * 40 + 7..p * 40 + 40], &cb[p * 33..p * 33 + 33]);
@@ -742,7 +685,7 @@ fn concat_fast_copies_rows_and_requantizes_with_a_table() {
     assert_eq!(fingerprint(&out[1]).3, vec![7, 33]);
     // A third input with other parameters is requantized: (q − 10)·0.25/0.5 + 128.
     let out = same_both("Int8Concat", &[("order", s("NHWC"))], 1, &[&a, &b, &c]).unwrap();
-    let (cc, cy) = (codes(&c), codes(&out[0]));
+    let (cc, cy) = (codes(&c).0, codes(&out[0]).0);
     for p in 0..h * w {
         for j in 0..2 {
             let q = cc[p * 2 + j] as i32;
@@ -779,9 +722,9 @@ fn pool_errors_agree() {
     let x = qu8(&[1, 4, 4, 3], vec![1; 48], qp(0.5, 0));
     // Pads not smaller than the kernel are rejected when building, on both paths.
     let args = [("kernel", i(2)), ("pad", i(2)), ("order", s("NHWC"))];
-    assert!(build_op(&spec("Int8MaxPool", &args, 1, 1, false)).is_err());
+    assert!(build_op(&spec_int8("Int8MaxPool", &args, 1, 1, false)).is_err());
     // A wrong input type fails on both paths.
-    let fx = f32t(&[1, 4, 4, 3], vec![0.0; 48]);
+    let fx = ops_util::t(&[1, 4, 4, 3], vec![0.0; 48]);
     let args = [("kernel", i(2)), ("order", s("NHWC"))];
     assert!(same_both("Int8MaxPool", &args, 1, &[&fx]).is_none());
     same_both("Int8MaxPool", &args, 1, &[&x]).unwrap();
@@ -810,7 +753,7 @@ fn resnet_shaped_ops_match() {
     same_both("Int8AveragePool", &args, 1, &[&x]).unwrap();
     // Quantize of a [1, 8, 8, 3] image.
     let v: Vec<f32> = (0..192).map(|j| (j as f32 - 96.0) * 1.37).collect();
-    let t = f32t(&[1, 8, 8, 3], v);
+    let t = ops_util::t(&[1, 8, 8, 3], v);
     same_both(
         "Int8Quantize",
         &[("Y_scale", f(0.5)), ("Y_zero_point", i(128))],
@@ -903,7 +846,7 @@ proptest! {
                 _ => t as f32 * 0.37,
             })
             .collect();
-        let tx = f32t(&[n], x);
+        let tx = ops_util::t(&[n], x);
         let args = [("Y_scale", f(scale)), ("Y_zero_point", i(z as i64))];
         let out = same_both("Int8Quantize", &args, 1, &[&tx]);
         prop_assert!(out.is_some());
@@ -991,6 +934,6 @@ fn errors_are_errors_on_both_paths() {
     // Quantize of an Int8 tensor.
     assert!(same_both("Int8Quantize", &args, 1, &[&a]).is_none());
     let e: Result<_, OpError> =
-        build("Int8Dequantize", &[], 1, 1, false).eval(&[&f32t(&[1], vec![0.0])]);
+        build_int8("Int8Dequantize", &[], 1, 1, false).eval(&[&ops_util::t(&[1], vec![0.0])]);
     assert!(e.is_err());
 }

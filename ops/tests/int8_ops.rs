@@ -3,44 +3,16 @@
 //! (dequantize, run the float formula, quantize; within one code).
 
 use ndarray::{ArrayD, IxDyn};
-use ops::{build_op, ArgValue, Args, DType, NodeSpec, Op, OpError, QParams, Tensor, TensorInfo};
+use ops::{build_op, ArgValue, DType, NodeSpec, Op, OpError, QParams, Tensor, TensorInfo};
+use ops_util::{build_int8, codes, f, i, ints, qi32, qp, qu8, s, spec, try_build_int8};
+
+mod ops_util;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-fn qp(scale: f32, zero_point: i32) -> QParams {
-    QParams { scale, zero_point }
-}
-
-fn qu8(shape: &[usize], v: Vec<u8>, q: QParams) -> Tensor {
-    Tensor::QU8(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap(), q)
-}
-
-fn qi32(shape: &[usize], v: Vec<i32>, q: QParams) -> Tensor {
-    Tensor::QI32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap(), q)
-}
-
-fn codes(t: &Tensor) -> (Vec<u8>, QParams) {
-    match t {
-        Tensor::QU8(a, q) => (a.iter().copied().collect(), *q),
-        other => panic!("expected qu8, got {:?}", other.dtype()),
-    }
-}
-
-fn i(v: i64) -> ArgValue {
-    ArgValue::I(v)
-}
-fn f(v: f32) -> ArgValue {
-    ArgValue::F(v)
-}
-fn s(v: &str) -> ArgValue {
-    ArgValue::S(v.as_bytes().to_vec())
-}
-fn ints(v: &[i64]) -> ArgValue {
-    ArgValue::Ints(v.to_vec())
-}
-
+/// A spec with an explicit engine.
 fn spec_e(
     op: &str,
     engine: &str,
@@ -48,21 +20,18 @@ fn spec_e(
     n_in: usize,
     n_out: usize,
 ) -> NodeSpec {
-    let mut a = Args::new();
-    for (k, v) in args {
-        a.set(k, v.clone());
-    }
-    let mut sp = NodeSpec::new(op, a, n_in, n_out);
+    let mut sp = spec(op, args, n_in, n_out);
     sp.engine = engine.to_string();
     sp
 }
 
+/// A DNNLOWP op with one output (fast kernels).
 fn try_build(op: &str, args: &[(&str, ArgValue)], n_in: usize) -> Result<Box<dyn Op>, OpError> {
-    build_op(&spec_e(op, "DNNLOWP", args, n_in, 1)).map(|o| o.expect("registered"))
+    try_build_int8(op, args, n_in, 1, false)
 }
 
 fn build(op: &str, args: &[(&str, ArgValue)], n_in: usize) -> Box<dyn Op> {
-    try_build(op, args, n_in).unwrap_or_else(|e| panic!("building {op}: {e}"))
+    build_int8(op, args, n_in, 1, false)
 }
 
 /// Runs `eval` and checks that `infer` predicted the outputs exactly (types, params, shapes).

@@ -2,7 +2,8 @@
 //! an infer/eval consistency check, deterministic test data and float comparisons.
 #![allow(dead_code)]
 
-use ops::{build_op, ArgValue, Args, NodeSpec, Op, OpError, Tensor};
+use ndarray::{ArrayD, IxDyn};
+use ops::{build_op, ArgValue, Args, NodeSpec, Op, OpError, QParams, Tensor};
 
 /// Integer argument.
 pub fn i(v: i64) -> ArgValue {
@@ -32,6 +33,66 @@ pub fn spec(op: &str, args: &[(&str, ArgValue)], n_in: usize, n_out: usize) -> N
         a.set(n, v.clone());
     }
     NodeSpec::new(op, a, n_in, n_out)
+}
+
+/// A DNNLOWP-engine spec; `reference` selects the scalar reference implementation.
+pub fn spec_int8(
+    op: &str,
+    args: &[(&str, ArgValue)],
+    n_in: usize,
+    n_out: usize,
+    reference: bool,
+) -> NodeSpec {
+    let mut sp = spec(op, args, n_in, n_out);
+    sp.engine = "DNNLOWP".into();
+    sp.reference = reference;
+    sp
+}
+
+/// Builds a DNNLOWP-engine op through the registry (panics if the type is unknown).
+pub fn try_build_int8(
+    op: &str,
+    args: &[(&str, ArgValue)],
+    n_in: usize,
+    n_out: usize,
+    reference: bool,
+) -> Result<Box<dyn Op>, OpError> {
+    build_op(&spec_int8(op, args, n_in, n_out, reference)).map(|o| o.expect("registered"))
+}
+
+/// [`try_build_int8`], failing the test on error.
+pub fn build_int8(
+    op: &str,
+    args: &[(&str, ArgValue)],
+    n_in: usize,
+    n_out: usize,
+    reference: bool,
+) -> Box<dyn Op> {
+    try_build_int8(op, args, n_in, n_out, reference)
+        .unwrap_or_else(|e| panic!("building {op}: {e}"))
+}
+
+/// Quantization parameters.
+pub fn qp(scale: f32, zero_point: i32) -> QParams {
+    QParams { scale, zero_point }
+}
+
+/// Int8 tensor literal (uint8 codes).
+pub fn qu8(shape: &[usize], v: Vec<u8>, q: QParams) -> Tensor {
+    Tensor::QU8(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap(), q)
+}
+
+/// Int32 (bias) tensor literal.
+pub fn qi32(shape: &[usize], v: Vec<i32>, q: QParams) -> Tensor {
+    Tensor::QI32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap(), q)
+}
+
+/// The codes and parameters of an Int8 tensor (fails the test for other types).
+pub fn codes(t: &Tensor) -> (Vec<u8>, QParams) {
+    match t {
+        Tensor::QU8(a, q) => (a.iter().copied().collect(), *q),
+        other => panic!("expected qu8, got {:?}", other.dtype()),
+    }
 }
 
 /// Builds through the registry; panics (test failure) if the op type is unknown.
