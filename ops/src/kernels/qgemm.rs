@@ -1006,12 +1006,7 @@ unsafe fn micro_quads_scalar(
     load: bool,
     out: Option<OutTile<'_>>,
 ) {
-    let mut t = [[0i32; NR]; QR];
-    if load {
-        for (r, row) in t.iter_mut().enumerate() {
-            row.copy_from_slice(&acc[r * NR..(r + 1) * NR]);
-        }
-    }
+    let mut t = start_scalar::<QR>(acc, load);
     for (ap, bp) in a.chunks_exact(QR).zip(b.chunks_exact(NR)).take(kq) {
         let bs: [[i32; 4]; NR] =
             std::array::from_fn(|c| bp[c].to_le_bytes().map(|v| i32::from(v as i8)));
@@ -1024,6 +1019,17 @@ unsafe fn micro_quads_scalar(
         }
     }
     finish_scalar(&t, acc, out);
+}
+
+/// The initial scalar accumulator tile: zero, or (with `load`) the tile in `acc`.
+fn start_scalar<const R: usize>(acc: &[i32], load: bool) -> [[i32; NR]; R] {
+    let mut t = [[0i32; NR]; R];
+    if load {
+        for (r, row) in t.iter_mut().enumerate() {
+            row.copy_from_slice(&acc[r * NR..(r + 1) * NR]);
+        }
+    }
+    t
 }
 
 /// Stores a scalar accumulator tile to `acc` or through the output stage.
@@ -1057,12 +1063,7 @@ unsafe fn micro_scalar(
     load: bool,
     out: Option<OutTile<'_>>,
 ) {
-    let mut t = [[0i32; NR]; MR];
-    if load {
-        for (r, row) in t.iter_mut().enumerate() {
-            row.copy_from_slice(&acc[r * NR..(r + 1) * NR]);
-        }
-    }
+    let mut t = start_scalar::<MR>(acc, load);
     for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kp) {
         let bs: [(i32, i32); NR] = std::array::from_fn(|c| unpair(bp[c]));
         for (row, &av) in t.iter_mut().zip(ap) {
