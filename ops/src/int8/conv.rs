@@ -38,8 +38,8 @@ use rayon::prelude::*;
 use super::requant::OutputStage;
 use super::{
     bias_values, centered_i16, channel_w_scales, check_bias_info, check_dnnlowp_args,
-    check_w_scales_len, dot_i16, qu8_from_vec, qu8_info, qu8_tensor, read_w_scales,
-    static_output_params, Engine,
+    check_w_scales_len, constant_weights, dot_i16, qu8_from_vec, qu8_info, qu8_tensor,
+    read_w_scales, static_output_params, Engine,
 };
 use crate::fp32::conv_pool::{ConvPoolGeometry, Order};
 use crate::kernels::qdepthwise::{qdepthwise, DwShape, PackedDepthwise};
@@ -299,20 +299,14 @@ impl Op for Int8Conv {
 
     fn prepare(&mut self, constants: &[Option<&Tensor>]) -> OpResult<()> {
         self.prepared = None;
-        if self.reference {
-            return Ok(());
-        }
-        let Some(Some(Tensor::QU8(arr, wq))) = constants.get(1) else {
-            return Ok(());
-        };
-        let Some(codes) = arr.as_slice() else {
+        let Some((codes, shape, wq)) = constant_weights(constants, self.reference) else {
             return Ok(());
         };
         // Weights that do not fit are left for `eval` to report with its full message.
-        if let Ok(weights) = pack_weights(codes, arr.shape(), self.geo.order, self.geo.group, *wq) {
+        if let Ok(weights) = pack_weights(codes, shape, self.geo.order, self.geo.group, wq) {
             self.prepared = Some(Prepared {
-                w_shape: arr.shape().to_vec(),
-                wq: *wq,
+                w_shape: shape.to_vec(),
+                wq,
                 weights,
             });
         }

@@ -18,8 +18,8 @@ use rayon::prelude::*;
 use super::requant::OutputStage;
 use super::{
     bias_values, canonical_axis, centered_i16, channel_w_scales, check_bias_info,
-    check_dnnlowp_args, check_w_scales_len, dot_i16, qu8_from_vec, qu8_info, qu8_tensor,
-    read_w_scales, static_output_params, Engine,
+    check_dnnlowp_args, check_w_scales_len, constant_weights, dot_i16, qu8_from_vec, qu8_info,
+    qu8_tensor, read_w_scales, static_output_params, Engine,
 };
 use crate::kernels::qgemm::{qgemm, PackedQWeights, QEpilogue, QMatRef};
 use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
@@ -169,13 +169,7 @@ impl Op for Int8Fc {
 
     fn prepare(&mut self, constants: &[Option<&Tensor>]) -> OpResult<()> {
         self.prepared = None;
-        if self.reference {
-            return Ok(());
-        }
-        let Some(Some(Tensor::QU8(arr, wq))) = constants.get(1) else {
-            return Ok(());
-        };
-        let (Some(codes), shape) = (arr.as_slice(), arr.shape()) else {
+        let Some((codes, shape, wq)) = constant_weights(constants, self.reference) else {
             return Ok(());
         };
         // A W that does not fit is left for `eval` to report with its full message.
@@ -185,7 +179,7 @@ impl Op for Int8Fc {
         let n: usize = shape[..aw].iter().product();
         let k: usize = shape[aw..].iter().product();
         if let Ok(p) = PackedQWeights::pack(codes, n, k, &vec![wq.zero_point; n]) {
-            self.prepared = Some((shape.to_vec(), *wq, p));
+            self.prepared = Some((shape.to_vec(), wq, p));
         }
         Ok(())
     }

@@ -154,6 +154,22 @@ pub fn qu8_tensor<'a>(op: &str, what: &str, t: &'a Tensor) -> OpResult<(&'a [u8]
     }
 }
 
+/// The constant Int8 weights (input 1) a Conv/FC packs in `prepare`: codes, shape and
+/// parameters; `None` with the scalar reference or when W is not a constant, contiguous Int8
+/// tensor (then `eval` uses or reports what it gets at run time).
+pub(crate) fn constant_weights<'a>(
+    constants: &[Option<&'a Tensor>],
+    reference: bool,
+) -> Option<(&'a [u8], &'a [usize], QParams)> {
+    if reference {
+        return None;
+    }
+    let Some(Some(Tensor::QU8(arr, wq))) = constants.get(1) else {
+        return None;
+    };
+    Some((arr.as_slice()?, arr.shape(), *wq))
+}
+
 /// A QU8 tensor from a shape, codes and parameters.
 pub fn qu8_from_vec(shape: &[usize], v: Vec<u8>, q: QParams) -> OpResult<Tensor> {
     let n = v.len();
