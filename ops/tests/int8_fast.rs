@@ -270,11 +270,19 @@ proptest! {
 #[test]
 fn qgemm_quads_outliers_and_blocks_match_naive() {
     // K past one block (1024 in quads) with a short remainder, K not a multiple of 8,
-    // channels past one block, and weights that force many outliers.
+    // channels past one block, and weights that force many outliers; several K blocks with
+    // several panels and more than eight row tiles (outlier products written straight into
+    // the partial sums at a stride of one tile per panel).
     let mut outliers = 0;
-    for (idx, &(m, k, n)) in [(9, 1037, 21), (50, 77, 270), (3, 2500, 17), (13, 8, 16)]
-        .iter()
-        .enumerate()
+    for (idx, &(m, k, n)) in [
+        (9, 1037, 21),
+        (50, 77, 270),
+        (3, 2500, 17),
+        (13, 8, 16),
+        (70, 1100, 40),
+    ]
+    .iter()
+    .enumerate()
     {
         outliers += check_quads(&quad_case(m, k, n, 77 + idx as u64, idx % 2 == 1));
     }

@@ -113,6 +113,34 @@ impl Outlier {
     }
 }
 
+/// The outliers of one weight panel: lane `l`'s are `list[starts[l]..starts[l + 1]]`.
+#[derive(Clone, Copy)]
+struct OutlierPanel<'a> {
+    list: &'a [Outlier],
+    /// `NR + 1` non-decreasing offsets into `list`.
+    starts: &'a [usize],
+}
+
+impl<'a> OutlierPanel<'a> {
+    /// All the panel's outliers, lane by lane.
+    fn all(&self) -> &'a [Outlier] {
+        &self.list[self.starts[0]..self.starts[NR]]
+    }
+
+    /// Lane `l`'s outliers.
+    fn lane(&self, l: usize) -> &'a [Outlier] {
+        &self.list[self.starts[l]..self.starts[l + 1]]
+    }
+
+    /// A panel from a plain list (sorted by lane), for tests.
+    #[cfg(test)]
+    fn from_sorted(list: &'a [Outlier], starts: &'a mut Vec<usize>) -> Self {
+        starts.clear();
+        starts.extend((0..=NR).map(|l| list.partition_point(|o| (o.lane as usize) < l)));
+        OutlierPanel { list, starts }
+    }
+}
+
 /// Weights `[N, K]` centred by their zero points and packed for the GEMM: panels of [`NR`]
 /// channels, within a panel `[k unit][channel]` (zero padded), where a unit is an i16 pair
 /// ([`QLayout::Pairs`]) or an i8 quad ([`QLayout::Quads`], with the number of quads even),
@@ -128,8 +156,10 @@ pub struct PackedQWeights {
     col_sums: Vec<i32>,
     /// Quads only: weights kept out of the main part, grouped by panel.
     outliers: Vec<Outlier>,
-    /// Quads only: `outliers[panel_outliers[p]..panel_outliers[p + 1]]` belong to panel `p`.
-    panel_outliers: Vec<usize>,
+    /// Quads only: `outliers[lane_outliers[c]..lane_outliers[c + 1]]` belong to channel `c`
+    /// (`panels · NR + 1` offsets, padding channels included, so a panel's outliers come
+    /// lane by lane).
+    lane_outliers: Vec<usize>,
 }
 
 impl std::fmt::Debug for PackedQWeights {
@@ -157,8 +187,8 @@ impl PackedQWeights {
         check_weights(codes, n, k, zero_points)?;
         if fits_i8(codes, n, k, zero_points) {
             let q = Self::pack_quads(codes, n, k, zero_points);
-            // Each outlier costs a scalar multiply per row; the quad kernel saves about a
-            // quarter of the multiply work, so give up beyond ~0.5 % outliers.
+            // An outlier costs ~15x a main-part multiply-add per row; the quad kernel runs
+            // ~25-40 % faster than pairs, so give up beyond 1/64 (~1.6 %) outliers.
             if q.outliers.len() * 64 <= n * k {
                 return Ok(q);
             }
@@ -212,7 +242,7 @@ impl PackedQWeights {
             data,
             col_sums,
             outliers: Vec::new(),
-            panel_outliers: vec![0; panels + 1],
+            lane_outliers: vec![0; panels * NR + 1],
         }
     }
 
@@ -227,7 +257,7 @@ impl PackedQWeights {
         let mut data = vec![0i32; panels * kquads * NR];
         let mut col_sums = vec![0i32; n];
         let mut outliers = Vec::new();
-        let mut panel_outliers = vec![0usize; panels + 1];
+        let mut lane_outliers = vec![0usize; panels * NR + 1];
         let mut main = vec![0i32; kquads * 4];
         for (c, (&z, sum)) in zero_points.iter().zip(&mut col_sums).enumerate() {
             let row = &codes[c * k..(c + 1) * k];
@@ -268,10 +298,10 @@ impl PackedQWeights {
                 let b: [u8; 4] = std::array::from_fn(|j| four[j] as i8 as u8);
                 data[base + q * NR] = i32::from_le_bytes(b);
             }
-            panel_outliers[c / NR + 1] = outliers.len();
+            lane_outliers[c + 1] = outliers.len();
         }
-        for p in 1..=panels {
-            panel_outliers[p] = panel_outliers[p].max(panel_outliers[p - 1]);
+        for c in n + 1..lane_outliers.len() {
+            lane_outliers[c] = lane_outliers[n];
         }
         PackedQWeights {
             n,
@@ -281,7 +311,7 @@ impl PackedQWeights {
             data,
             col_sums,
             outliers,
-            panel_outliers,
+            lane_outliers,
         }
     }
 
@@ -317,9 +347,12 @@ impl PackedQWeights {
     }
 
     /// The outliers of the panel holding channel `col`.
-    fn panel_outliers(&self, col: usize) -> &[Outlier] {
+    fn panel_outliers(&self, col: usize) -> OutlierPanel<'_> {
         let p = col / NR;
-        &self.outliers[self.panel_outliers[p]..self.panel_outliers[p + 1]]
+        OutlierPanel {
+            list: &self.outliers,
+            starts: &self.lane_outliers[p * NR..=(p + 1) * NR],
+        }
     }
 }
 
@@ -549,11 +582,11 @@ type MicroFn = unsafe fn(usize, &[i32], &[i32], &mut [i32], bool, Option<OutTile
 /// panel `[units][rows]` (i16 pairs, or u8 quads with the number of quads even).
 type PackFn = unsafe fn(&[&[u8]], usize, &mut [i32]);
 
-/// Outlier products of one weight panel for every row tile: `(outliers, apack, units,
-/// corr)` sets `corr[t]` (a [`QR`] × [`NR`] tile, `t < corr.len() / (QR·NR)`) to
-/// `Σ x[r, k] · delta` per lane, reading the activations from the packed quad panels
+/// Outlier products of one weight panel for every row tile: `(panel, apack, units, tiles,
+/// corr, stride)` sets the [`QR`] × [`NR`] tile `corr[t·stride..][..QR·NR]` (`t < tiles`)
+/// to `Σ x[r, k] · delta` per lane, reading the activations from the packed quad panels
 /// `apack[t·units·QR..]` (`[quad][QR]` each).
-type OutlierFn = unsafe fn(&[Outlier], &[i32], usize, &mut [i32]);
+type OutlierFn = unsafe fn(OutlierPanel<'_>, &[i32], usize, usize, &mut [i32], usize);
 
 /// The kernels of one instruction set.
 struct Kernels {
@@ -814,7 +847,7 @@ fn run_tile_r<const R: usize, L: QLhs + ?Sized>(
         kstep += kstep % 2;
     }
     let mut edge = [0u8; MR * NR];
-    // Accumulator tile for single-block K (read only when outliers preload it).
+    // Accumulator tile for single-block K without outliers (never read: `load` is false).
     let mut local = [0i32; MR * NR];
     for nb in (c0..c0 + cols).step_by(NC) {
         let nbw = NC.min(c0 + cols - nb);
@@ -830,13 +863,21 @@ fn run_tile_r<const R: usize, L: QLhs + ?Sized>(
                 let col = nb + jr * NR;
                 let bp = w.block(col, pc, kc);
                 let ncols = NR.min(c0 + cols - col);
-                let outl = if first { w.panel_outliers(col) } else { &[] };
-                if !outl.is_empty() {
-                    // Outliers exist only in the quad layout (R = QR).
-                    s.corr.resize(subtiles * R * NR, 0);
+                let outl = w.panel_outliers(col);
+                // Outliers exist only in the quad layout (R = QR). Their products preload
+                // the accumulators of the first K block: the partial sums' tiles of this
+                // panel (stride `npan` tiles), or with one K block the `corr` tiles.
+                let preload = first && !outl.all().is_empty();
+                if preload {
+                    let (corr, stride) = if kblocks > 1 {
+                        (&mut s.partial[jr * R * NR..], npan * R * NR)
+                    } else {
+                        s.corr.resize(subtiles * R * NR, 0);
+                        (&mut s.corr[..], R * NR)
+                    };
                     // SAFETY: `outliers` is an AVX2 kernel only on CPUs with AVX2; it checks
                     // its slice lengths.
-                    unsafe { outliers(outl, &s.apack, ku, &mut s.corr) };
+                    unsafe { outliers(outl, &s.apack, ku, subtiles, corr, stride) };
                 }
                 for t in 0..subtiles {
                     let apanel = &s.apack[t * ku * R..(t + 1) * ku * R];
@@ -844,15 +885,12 @@ fn run_tile_r<const R: usize, L: QLhs + ?Sized>(
                     let acc: &mut [i32] = if kblocks > 1 {
                         let at = (t * npan + jr) * R * NR;
                         &mut s.partial[at..at + R * NR]
+                    } else if preload {
+                        &mut s.corr[t * R * NR..(t + 1) * R * NR]
                     } else {
                         &mut local[..R * NR]
                     };
-                    let load = if outl.is_empty() {
-                        !first
-                    } else {
-                        acc.copy_from_slice(&s.corr[t * R * NR..(t + 1) * R * NR]);
-                        true
-                    };
+                    let load = preload || !first;
                     if !last {
                         // SAFETY: `micro` is an AVX2 kernel only on CPUs with AVX2 (see
                         // `kernels`); slice lengths are checked inside the kernel.
@@ -886,12 +924,19 @@ fn run_tile_r<const R: usize, L: QLhs + ?Sized>(
 ///
 /// # Safety
 /// None required (safe code; `unsafe` only to fit the kernel table).
-unsafe fn outlier_tile_scalar(outl: &[Outlier], apack: &[i32], units: usize, corr: &mut [i32]) {
-    for (t, acc) in corr.chunks_exact_mut(QR * NR).enumerate() {
+unsafe fn outlier_tile_scalar(
+    outl: OutlierPanel<'_>,
+    apack: &[i32],
+    units: usize,
+    tiles: usize,
+    corr: &mut [i32],
+    stride: usize,
+) {
+    for t in 0..tiles {
         let apanel = &apack[t * units * QR..(t + 1) * units * QR];
-        // Lane-major sums first (one row of QR per lane), then transposed into `acc`.
+        // Lane-major sums first (one row of QR per lane), then transposed into the tile.
         let mut sums = [[0i32; QR]; NR];
-        for o in outl {
+        for o in outl.all() {
             let (k, lane) = (o.k as usize, o.lane as usize);
             let quads = &apanel[(k / 4) * QR..(k / 4 + 1) * QR];
             let shift = 8 * (k % 4);
@@ -900,6 +945,7 @@ unsafe fn outlier_tile_scalar(outl: &[Outlier], apack: &[i32], units: usize, cor
                 *v = v.wrapping_add(x * o.delta);
             }
         }
+        let acc = &mut corr[t * stride..t * stride + QR * NR];
         for (r, row) in acc.chunks_exact_mut(NR).enumerate() {
             for (v, lane) in row.iter_mut().zip(&sums) {
                 *v = lane[r];
@@ -1247,23 +1293,33 @@ pub(crate) mod avx2 {
         }
     }
 
-    /// AVX2 outlier products (see `OutlierFn`), four row tiles at a time: per outlier, the
-    /// sixteen rows' codes of its k are picked out of their quads with `vpshufb`,
-    /// multiplied by the weight with `vpmaddwd` (code and weight both fit i16, the other
-    /// halves are 0) and added to the lane's column.
+    /// AVX2 outlier products (see `OutlierFn`), eight row tiles at a time: per outlier, the
+    /// 32 rows' codes of its k are picked out of their quads with `vpshufb`, multiplied by
+    /// the weight with `vpmaddwd` (code and weight both fit i16, the other halves are 0) and
+    /// summed per lane in registers; the lane sums are then transposed into the row-major
+    /// tiles.
     ///
     /// # Safety
     /// The CPU must support AVX2. (Lengths are checked here.)
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn outlier_tile(
-        outl: &[super::Outlier],
+        outl: super::OutlierPanel<'_>,
         apack: &[i32],
         units: usize,
+        tiles: usize,
         corr: &mut [i32],
+        stride: usize,
     ) {
-        let tiles = corr.len() / (QR * NR);
+        /// Row tiles per pass (two per vector).
+        const G: usize = 8;
+        if tiles == 0 || units == 0 {
+            return;
+        }
         assert!(apack.len() >= tiles * units * QR);
-        assert!(outl.iter().all(|o| (o.k as usize) < 4 * units));
+        assert!(corr.len() >= (tiles - 1) * stride + QR * NR);
+        // The last quad of a tile panel: every load offset is clamped to it, so a bad `k`
+        // cannot read outside the panel.
+        let last = (units - 1) * QR;
         // Byte j of every i32 lane moved to the lane's low byte, the rest zeroed.
         let sel: [__m256i; 4] = std::array::from_fn(|j| {
             let j = j as i8;
@@ -1303,62 +1359,44 @@ pub(crate) mod avx2 {
                 z,
             )
         });
-        for t in (0..tiles).step_by(4) {
-            // Four tiles at a time (the last one repeated past the end).
-            let tt: [usize; 4] = std::array::from_fn(|i| (t + i).min(tiles - 1));
-            let p = tt.map(|ti| apack[ti * units * QR..].as_ptr());
-            let product = |o: &super::Outlier| {
-                let k = o.k as usize;
-                let at = (k / 4) * QR;
-                // SAFETY: k/4 < units (asserted), so every 4-value load stays inside its
-                // tile's panel, which lies inside `apack` (asserted).
-                let (q01, q23) = unsafe {
-                    let ld = |i: usize| _mm_loadu_si128(p[i].add(at) as *const __m128i);
-                    (
-                        _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(ld(0)), ld(1)),
-                        _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(ld(2)), ld(3)),
-                    )
-                };
-                let d = _mm256_set1_epi32(o.dpair);
-                let m = sel[k % 4];
-                (
-                    _mm256_madd_epi16(_mm256_shuffle_epi8(q01, m), d),
-                    _mm256_madd_epi16(_mm256_shuffle_epi8(q23, m), d),
-                )
-            };
-            let mut sums = [[_mm256_setzero_si256(); 2]; NR];
-            // The outliers of a panel come lane by lane: sum each lane's run in registers.
-            for run in outl.chunk_by(|a, b| a.lane == b.lane) {
-                let z = _mm256_setzero_si256();
-                let (mut s01, mut s23, mut u01, mut u23) = (z, z, z, z);
-                let mut two = run.chunks_exact(2);
-                for o in &mut two {
-                    let (a01, a23) = product(&o[0]);
-                    let (b01, b23) = product(&o[1]);
-                    s01 = _mm256_add_epi32(s01, a01);
-                    s23 = _mm256_add_epi32(s23, a23);
-                    u01 = _mm256_add_epi32(u01, b01);
-                    u23 = _mm256_add_epi32(u23, b23);
+        for t in (0..tiles).step_by(G) {
+            // G tiles at a time (the last one repeated past the end).
+            let p: [&[i32]; G] = std::array::from_fn(|i| {
+                let ti = (t + i).min(tiles - 1);
+                &apack[ti * units * QR..(ti + 1) * units * QR]
+            });
+            // sums[lane][h]: lanes 0–3 rows of tile 2h, lanes 4–7 rows of tile 2h + 1.
+            let sums: [[__m256i; G / 2]; NR] = std::array::from_fn(|lane| {
+                let mut s = [_mm256_setzero_si256(); G / 2];
+                for o in outl.lane(lane) {
+                    let k = o.k as usize;
+                    let at = ((k / 4) * QR).min(last);
+                    let d = _mm256_set1_epi32(o.dpair);
+                    let m = sel[k % 4];
+                    for (h, acc) in s.iter_mut().enumerate() {
+                        // SAFETY: `at + 4 <= units·QR`, the length of every panel in `p`.
+                        let q = unsafe {
+                            let ld = |i: usize| _mm_loadu_si128(p[i].as_ptr().add(at) as *const _);
+                            _mm256_inserti128_si256::<1>(
+                                _mm256_castsi128_si256(ld(2 * h)),
+                                ld(2 * h + 1),
+                            )
+                        };
+                        *acc =
+                            _mm256_add_epi32(*acc, _mm256_madd_epi16(_mm256_shuffle_epi8(q, m), d));
+                    }
                 }
-                if let [o] = two.remainder() {
-                    let (a01, a23) = product(o);
-                    s01 = _mm256_add_epi32(s01, a01);
-                    s23 = _mm256_add_epi32(s23, a23);
-                }
-                let l = &mut sums[run[0].lane as usize % NR];
-                l[0] = _mm256_add_epi32(l[0], _mm256_add_epi32(s01, u01));
-                l[1] = _mm256_add_epi32(l[1], _mm256_add_epi32(s23, u23));
-            }
-            // sums[lane][half] holds rows 0–7 of tiles 2·half, 2·half + 1: transpose 8 × 8
-            // blocks into the row-major tiles (`half` picks the inner vector of each lane).
+                s
+            });
+            // Transpose 8 × 8 blocks (8 lanes × 8 rows of two tiles) into the tiles.
             #[allow(clippy::needless_range_loop)]
-            for half in 0..2 {
+            for h in 0..G / 2 {
                 for lb in 0..NR / 8 {
-                    let w = transpose8(std::array::from_fn(|i| sums[8 * lb + i][half]));
+                    let w = transpose8(std::array::from_fn(|i| sums[8 * lb + i][h]));
                     for (r, wr) in w.iter().enumerate() {
-                        let i = 2 * half + r / QR;
-                        if t + i < tiles {
-                            let at = (tt[i] * QR + r % QR) * NR + 8 * lb;
+                        let ti = t + 2 * h + r / QR;
+                        if ti < tiles {
+                            let at = ti * stride + (r % QR) * NR + 8 * lb;
                             let dst = &mut corr[at..at + 8];
                             // SAFETY: `dst` holds 8 i32.
                             unsafe { _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, *wr) };
@@ -1766,7 +1804,7 @@ mod tests {
         }
         // Outlier products over 1 to 9 row tiles (groups of four and partial groups).
         let units = 10;
-        for tiles in [1usize, 2, 3, 4, 5, 8, 9] {
+        for tiles in [1usize, 2, 3, 4, 5, 8, 9, 15, 16, 17] {
             let apack: Vec<i32> = (0..tiles * units * QR)
                 .map(|_| lcg(&mut seed) as i32)
                 .collect();
@@ -1778,12 +1816,23 @@ mod tests {
                 })
                 .collect();
             outl.sort_by_key(|o| o.lane);
-            let mut s = vec![7i32; tiles * QR * NR];
-            let mut v = vec![9i32; tiles * QR * NR];
+            let mut starts = Vec::new();
+            let panel = OutlierPanel::from_sorted(&outl, &mut starts);
+            // Tiles at a stride of 3 tile sizes (as in the partial-sum buffer); the cells
+            // between them must stay untouched.
+            let stride = 3 * QR * NR;
+            let len = (tiles - 1) * stride + QR * NR;
+            let mut s = vec![7i32; len];
+            let mut v = vec![7i32; len];
             // SAFETY: AVX2 checked above.
             unsafe {
-                outlier_tile_scalar(&outl, &apack, units, &mut s);
-                avx2::outlier_tile(&outl, &apack, units, &mut v);
+                outlier_tile_scalar(panel, &apack, units, tiles, &mut s, stride);
+                avx2::outlier_tile(panel, &apack, units, tiles, &mut v, stride);
+            }
+            for (i, x) in s.iter().enumerate() {
+                if i % stride >= QR * NR {
+                    assert_eq!(*x, 7, "cell {i} between tiles written");
+                }
             }
             assert_eq!(s, v, "tiles {tiles}");
             let (t, r, lane) = (tiles - 1, QR - 1, outl[0].lane as usize);
@@ -1796,7 +1845,7 @@ mod tests {
                     q.to_le_bytes()[k % 4] as i32 * o.delta
                 })
                 .sum();
-            assert_eq!(s[t * QR * NR + r * NR + lane], want);
+            assert_eq!(s[t * stride + r * NR + lane], want);
         }
     }
 
