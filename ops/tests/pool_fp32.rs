@@ -512,3 +512,125 @@ fn threads_do_not_change_bits() {
     };
     assert_eq!(with(1), with(2));
 }
+
+#[test]
+fn max_pool_keeps_first_maximum_and_skips_nan() {
+    // Values drawn from a few classes so that windows hold ties, signed zeros and NaN: the
+    // result must be, bit for bit, Caffe2's running `if v > m { m = v }` over the window in
+    // row-major order (the first of equal values stays; NaN never wins; an all-NaN window
+    // gives f32::MIN), in both layouts.
+    let classes = [
+        0.0f32,
+        -0.0,
+        f32::NAN,
+        1.5,
+        -2.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ];
+    let mut neg_zeros = 0;
+    for (idx, p) in [
+        P {
+            n: 1,
+            c: 3,
+            h: 9,
+            w: 11,
+            kh: 3,
+            kw: 3,
+            sh: 2,
+            sw: 2,
+            pt: 1,
+            pl: 1,
+            pb: 1,
+            pr: 1,
+        },
+        P {
+            n: 2,
+            c: 2,
+            h: 7,
+            w: 6,
+            kh: 2,
+            kw: 3,
+            sh: 1,
+            sw: 2,
+            pt: 0,
+            pl: 2,
+            pb: 1,
+            pr: 2,
+        },
+        P {
+            n: 1,
+            c: 1,
+            h: 5,
+            w: 5,
+            kh: 5,
+            kw: 1,
+            sh: 3,
+            sw: 1,
+            pt: 2,
+            pl: 0,
+            pb: 2,
+            pr: 0,
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let len = p.n * p.c * p.h * p.w;
+        let mut s = 0x9e37_79b9_u64 + idx as u64;
+        let x: Vec<f32> = (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                classes[(s >> 33) as usize % classes.len()]
+            })
+            .collect();
+        let oh = (p.h + p.pt + p.pb - p.kh) / p.sh + 1;
+        let ow = (p.w + p.pl + p.pr - p.kw) / p.sw + 1;
+        let mut want = Vec::new();
+        for plane in x.chunks(p.h * p.w) {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut m = f32::MIN;
+                    for i in 0..p.kh {
+                        for j in 0..p.kw {
+                            let iy = (oy * p.sh + i) as i64 - p.pt as i64;
+                            let ix = (ox * p.sw + j) as i64 - p.pl as i64;
+                            if iy >= 0 && ix >= 0 && iy < p.h as i64 && ix < p.w as i64 {
+                                let v = plane[iy as usize * p.w + ix as usize];
+                                if v > m {
+                                    m = v;
+                                }
+                            }
+                        }
+                    }
+                    want.push(m.to_bits());
+                }
+            }
+        }
+        neg_zeros += want.iter().filter(|&&b| b == (-0.0f32).to_bits()).count();
+        let args = geo_args(&p);
+        let y = run(
+            build("MaxPool", &args).as_ref(),
+            &Tensor::from_f32(&[p.n, p.c, p.h, p.w], x.clone()),
+        );
+        let got: Vec<u32> = y.f32_slice().unwrap().iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want, "NCHW {p:?}");
+        let mut args = args;
+        args.push(("order", ArgValue::S(b"NHWC".to_vec())));
+        let xn = Tensor::from_f32(&[p.n, p.h, p.w, p.c], to_nhwc(&x, p.n, p.c, p.h, p.w));
+        let y = run(build("MaxPool", &args).as_ref(), &xn);
+        let want_f: Vec<f32> = want.iter().map(|&b| f32::from_bits(b)).collect();
+        let want_n: Vec<u32> = to_nhwc(&want_f, p.n, p.c, oh, ow)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let got: Vec<u32> = y.f32_slice().unwrap().iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want_n, "NHWC {p:?}");
+    }
+    assert!(
+        neg_zeros > 0,
+        "no window kept -0.0 first: the cases do not test it"
+    );
+}

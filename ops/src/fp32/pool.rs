@@ -197,6 +197,9 @@ impl Pool {
     }
 
     fn plane_nchw(&self, d: &PDims, x: &[f32], y: &mut [f32]) {
+        if self.max {
+            return max_plane_nchw(d, x, y);
+        }
         for oy in 0..d.oh {
             let (hs, he) = window(oy, d.sh, d.pt, d.kh, d.ih);
             for ox in 0..d.ow {
@@ -250,6 +253,84 @@ impl Pool {
             if !self.max {
                 let div = self.divisor(d, hs, he, ws, we);
                 yo.iter_mut().for_each(|s| *s /= div);
+            }
+        }
+    }
+}
+
+/// `if v > m { v } else { m }`: Caffe2's running-max step (NaN never wins; of equal values,
+/// e.g. `0.0` and `-0.0`, the first one seen stays).
+#[inline(always)]
+fn keep_max(m: f32, v: f32) -> f32 {
+    if v > m {
+        v
+    } else {
+        m
+    }
+}
+
+/// `m[i] = keep_max(m[i], xs[S·i])`, eight columns at a time (constant offsets, so the
+/// compiler can vectorize).
+fn max_strided<const S: usize>(m: &mut [f32], xs: &[f32]) {
+    let full = (m.len() / 8).min(xs.len() / (8 * S)) * 8;
+    for (a, b) in m[..full].chunks_exact_mut(8).zip(xs.chunks_exact(8 * S)) {
+        for i in 0..8 {
+            a[i] = keep_max(a[i], b[S * i]);
+        }
+    }
+    for (i, a) in m.iter_mut().enumerate().skip(full) {
+        *a = keep_max(*a, xs[S * i]);
+    }
+}
+
+/// Max pooling of one NCHW plane in two passes: the max over each row window of every input
+/// row, then, for each output row, the max over its window of those row maxima (vectorizes
+/// over the output columns). Same bits as one pass over each window in row-major order: both
+/// keep the first occurrence of the maximum and skip NaN.
+fn max_plane_nchw(d: &PDims, x: &[f32], y: &mut [f32]) {
+    let (iw, ow) = (d.iw, d.ow);
+    // Row maxima of the input rows some window uses: rows `r0..r1`.
+    let r0 = window(0, d.sh, d.pt, d.kh, d.ih).0;
+    let r1 = window(d.oh.saturating_sub(1), d.sh, d.pt, d.kh, d.ih)
+        .1
+        .max(r0);
+    let mut rows = vec![f32::MIN; (r1 - r0) * ow];
+    // Output columns whose window lies inside the row: `lo..hi`.
+    let lo = d.pl.div_ceil(d.sw).min(ow);
+    let hi = if iw + d.pl >= d.kw {
+        ((iw + d.pl - d.kw) / d.sw + 1).clamp(lo, ow)
+    } else {
+        lo
+    };
+    for (iy, rm) in (r0..r1).zip(rows.chunks_exact_mut(ow.max(1))) {
+        let xr = &x[iy * iw..(iy + 1) * iw];
+        for ox in (0..lo).chain(hi..ow) {
+            let (ws, we) = window(ox, d.sw, d.pl, d.kw, iw);
+            rm[ox] = xr[ws..we].iter().fold(f32::MIN, |m, &v| keep_max(m, v));
+        }
+        // Inside: kernel column by kernel column, so that the columns' running maxima are
+        // independent (each still sees its window left to right).
+        for j in 0..d.kw {
+            let xs = &xr[lo * d.sw + j - d.pl..];
+            let rm = &mut rm[lo..hi];
+            // Strides 1 and 2 (nearly every net) spelled out so that they vectorize.
+            match d.sw {
+                1 => max_strided::<1>(rm, xs),
+                2 => max_strided::<2>(rm, xs),
+                s => rm
+                    .iter_mut()
+                    .zip(xs.iter().step_by(s))
+                    .for_each(|(m, &v)| *m = keep_max(*m, v)),
+            }
+        }
+    }
+    for (oy, yr) in y.chunks_exact_mut(ow.max(1)).enumerate().take(d.oh) {
+        let (hs, he) = window(oy, d.sh, d.pt, d.kh, d.ih);
+        yr.fill(f32::MIN);
+        for iy in hs..he {
+            let rm = &rows[(iy - r0) * ow..(iy - r0 + 1) * ow];
+            for (m, &v) in yr.iter_mut().zip(rm) {
+                *m = keep_max(*m, v);
             }
         }
     }
