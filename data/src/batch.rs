@@ -28,7 +28,7 @@ use std::thread::JoinHandle;
 
 use rayon::prelude::*;
 
-use crate::image::Image;
+use crate::image::{Image, PixelWindow};
 use crate::lmdb::{Lmdb, Start};
 use crate::preprocess::Preprocess;
 use crate::record::{detect_format, parse_record, Label, RecordFormat};
@@ -303,6 +303,10 @@ impl Selection {
 /// A conversion of one decoded BGR image into its floats (`image_len` of them).
 pub type Converter = dyn Fn(&Image, &mut [f32]) -> DataResult<()> + Send + Sync;
 
+/// The source pixels a conversion reads from an image of the given height and width (see
+/// [`crate::decode_bgr_window`]); `None` for all of them.
+type WindowFn = dyn Fn(usize, usize) -> Option<PixelWindow> + Send + Sync;
+
 /// An iterator of batches (see the module docs). `Send`, so it can be moved to a thread.
 pub struct Batches {
     sel: Selection,
@@ -311,6 +315,8 @@ pub struct Batches {
     skip_bad: bool,
     image_len: usize,
     convert: Arc<Converter>,
+    /// Where the conversion reads (only for the built-in preprocessing).
+    window: Option<Arc<WindowFn>>,
     skipped: Arc<Mutex<Vec<Skipped>>>,
     done: bool,
 }
@@ -341,12 +347,15 @@ impl Batches {
         opts.preprocess.validate()?;
         let pre = opts.preprocess.clone();
         let len = pre.image_len();
-        Batches::with_converter(
+        let win = pre.clone();
+        let mut b = Batches::with_converter(
             db,
             &opts,
             len,
             Arc::new(move |img: &Image, out: &mut [f32]| pre.apply(img, out)),
-        )
+        )?;
+        b.window = Some(Arc::new(move |h, w| win.source_window(h, w)));
+        Ok(b)
     }
 
     /// Like [`Batches::new`] but with a custom conversion of each decoded BGR image into
@@ -372,6 +381,7 @@ impl Batches {
             skip_bad: opts.skip_bad,
             image_len,
             convert,
+            window: None,
             skipped: Arc::new(Mutex::new(Vec::new())),
             done: false,
         })
@@ -447,10 +457,11 @@ impl Batches {
     ) -> Vec<(String, DataResult<Label>)> {
         let format = self.format;
         let convert = &*self.convert;
+        let window = self.window.as_deref();
         let len = self.image_len;
         let work = |(k, v): &(Vec<u8>, Vec<u8>), slot: &mut [f32]| {
             let key = String::from_utf8_lossy(k).into_owned();
-            let res = convert_one(&key, v, format, convert, slot);
+            let res = convert_one(&key, v, format, convert, window, slot);
             (key, res)
         };
         if len == 0 {
@@ -469,11 +480,15 @@ fn convert_one(
     value: &[u8],
     format: RecordFormat,
     convert: &Converter,
+    window: Option<&WindowFn>,
     out: &mut [f32],
 ) -> DataResult<Label> {
     let rec = parse_record(value, format, key)?;
     let label = rec.label;
-    let img = rec.into_image(key)?;
+    let img = match window {
+        Some(w) => rec.into_image_window(key, w)?,
+        None => rec.into_image(key)?,
+    };
     convert(&img, out).map_err(|e| match e {
         e @ (DataError::Record { .. } | DataError::Decode { .. }) => e,
         other => DataError::Decode {

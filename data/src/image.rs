@@ -20,6 +20,7 @@
 //! - EXIF orientation is not applied, unlike OpenCV >= 4 `imdecode` with `IMREAD_COLOR`
 //!   (none of the imagenet100 JPEGs has an orientation tag that changes the pixels).
 
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use zune_jpeg::zune_core::colorspace::ColorSpace;
@@ -84,6 +85,21 @@ impl Image {
 /// Decodes an encoded image to 3-channel BGR (grayscale is replicated to 3 channels).
 /// `key` names the record or file in errors.
 pub fn decode_bgr(bytes: &[u8], key: &str) -> DataResult<Image> {
+    decode_bgr_window(bytes, key, &|_, _| None)
+}
+
+/// Source rows and columns of an image, `(rows, cols)`.
+pub type PixelWindow = (Range<usize>, Range<usize>);
+
+/// Like [`decode_bgr`], for a caller that reads only part of the image: `window(height,
+/// width)` may name the rows and columns it reads, and the colour conversion of YCbCr JPEGs
+/// (a fifth of the decoding time) is then done only there. **Pixels outside the window are
+/// left unspecified** (still YCbCr). `None` converts every pixel.
+pub fn decode_bgr_window(
+    bytes: &[u8],
+    key: &str,
+    window: &dyn Fn(usize, usize) -> Option<PixelWindow>,
+) -> DataResult<Image> {
     let err = |msg: String| DataError::Decode {
         key: key.to_string(),
         msg,
@@ -92,7 +108,7 @@ pub fn decode_bgr(bytes: &[u8], key: &str) -> DataResult<Image> {
         return Err(err("empty image data".into()));
     }
     let result = if bytes.starts_with(&[0xFF, 0xD8]) {
-        guarded(|| decode_jpeg(bytes))
+        guarded(|| decode_jpeg(bytes, window))
     } else {
         guarded(|| decode_other(bytes))
     };
@@ -127,7 +143,10 @@ fn jpeg_options(out: ColorSpace) -> DecoderOptions {
         .jpeg_set_out_colorspace(out)
 }
 
-fn decode_jpeg(bytes: &[u8]) -> Result<Image, String> {
+fn decode_jpeg(
+    bytes: &[u8],
+    window: &dyn Fn(usize, usize) -> Option<PixelWindow>,
+) -> Result<Image, String> {
     // Headers first, to learn the size and the stored colour space. The same decoder then
     // decodes the common cases: YCbCr (requested as YCbCr, converted here) and grayscale
     // (for which zune-jpeg switches the output to Luma itself).
@@ -145,7 +164,16 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Image, String> {
         }
         (ColorSpace::YCbCr, 3) => {
             let mut px = finish_jpeg(dec, w * h * 3)?;
-            ycc_to_bgr_in_place(&mut px);
+            match window(h, w) {
+                Some((rows, cols)) => {
+                    let cols = cols.start.min(w)..cols.end.min(w);
+                    for y in rows.start.min(h)..rows.end.min(h) {
+                        let row = &mut px[y * w * 3..(y + 1) * w * 3];
+                        ycc_to_bgr_in_place(&mut row[cols.start * 3..cols.end.max(cols.start) * 3]);
+                    }
+                }
+                None => ycc_to_bgr_in_place(&mut px),
+            }
             Ok(Image {
                 height: h,
                 width: w,
@@ -223,7 +251,9 @@ static YCC: YccTables = build_ycc_tables();
 
 #[inline]
 fn clamp_u8(v: i32) -> u8 {
-    v.clamp(0, 255) as u8
+    // Branch-free `v.clamp(0, 255)`: above 255 every bit is set by the first term, below
+    // 0 every bit is cleared by the second (bright or dark areas would mispredict a branch).
+    ((v | ((255 - v) >> 31)) & !(v >> 31)) as u8
 }
 
 /// libjpeg's YCbCr -> (R, G, B) for one sample.
@@ -344,6 +374,13 @@ fn high_bytes(v: &[u16]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn branch_free_clamp_matches_clamp() {
+        for v in -70_000..70_000 {
+            assert_eq!(clamp_u8(v), v.clamp(0, 255) as u8, "{v}");
+        }
+    }
 
     /// libjpeg's conversion written out in floating point, rounded as the tables do.
     fn reference_rgb(y: u8, cb: u8, cr: u8) -> (i32, i32, i32) {

@@ -9,7 +9,7 @@
 //! 4. `(v - mean[c]) * inv_std[c]` with `inv_std[c] = 1.0f32 / std[c]`, where `c` is the
 //!    **source (OpenCV BGR) channel**: B = 0, G = 1, R = 2, whatever the output order.
 
-use crate::image::Image;
+use crate::image::{Image, PixelWindow};
 use crate::resize::resize_area_window;
 use crate::{DataError, DataResult};
 
@@ -131,6 +131,25 @@ impl Preprocess {
             )));
         }
         Ok(())
+    }
+
+    /// The source pixels [`apply`](Self::apply) reads from an image of `height` x `width`
+    /// (with a margin of two pixels each way), or `None` when it would reject the image.
+    /// Decoders use it to colour-convert only those pixels ([`crate::decode_bgr_window`]).
+    pub fn source_window(&self, height: usize, width: usize) -> Option<PixelWindow> {
+        let (nh, nw) = target_size(height, width, self.scale);
+        if nh < self.crop || nw < self.crop || self.crop == 0 {
+            return None;
+        }
+        let (y0, x0) = ((nh - self.crop) / 2, (nw - self.crop) / 2);
+        // Destination index d reads source pixels within [d·src/dst − 1, (d + 1)·src/dst + 1]
+        // on every INTER_AREA path (area sums, integer boxes, 2-tap bilinear).
+        let span = |d0: usize, src: usize, dst: usize| {
+            let lo = (d0 * src / dst).saturating_sub(2);
+            let hi = ((d0 + self.crop) * src).div_ceil(dst) + 2;
+            lo..hi.min(src)
+        };
+        Some((span(y0, height, nh), span(x0, width, nw)))
     }
 
     /// Preprocesses one BGR image into `out` (length `image_len()`).

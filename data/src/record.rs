@@ -12,7 +12,7 @@ use std::str::FromStr;
 use caffe2_proto::tensor_proto::DataType;
 use caffe2_proto::{Datum, Message, TensorProto, TensorProtos};
 
-use crate::image::Image;
+use crate::image::{Image, PixelWindow};
 use crate::{DataError, DataResult};
 
 /// How the records of a database are serialized.
@@ -97,8 +97,18 @@ pub struct Record {
 impl Record {
     /// Returns the BGR image, decoding encoded payloads. `key` names the record in errors.
     pub fn into_image(self, key: &str) -> DataResult<Image> {
+        self.into_image_window(key, &|_, _| None)
+    }
+
+    /// Like [`into_image`](Self::into_image) for a caller that reads only `window(height,
+    /// width)` of the image (see [`crate::decode_bgr_window`]: other pixels are unspecified).
+    pub fn into_image_window(
+        self,
+        key: &str,
+        window: &dyn Fn(usize, usize) -> Option<PixelWindow>,
+    ) -> DataResult<Image> {
         match self.payload {
-            Payload::Encoded(bytes) => crate::image::decode_bgr(&bytes, key),
+            Payload::Encoded(bytes) => crate::image::decode_bgr_window(&bytes, key, window),
             Payload::Raw(img) => Ok(img),
         }
     }

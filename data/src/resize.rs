@@ -120,10 +120,13 @@ fn round_half_even(x: f32) -> i32 {
     }
 }
 
-/// `saturate_cast<uchar>(float)`.
+/// `saturate_cast<uchar>(float)`: clamped to [0, 255] first, which rounds the same way
+/// (and NaN to 0), then rounded half to even without a branch, so loops over it vectorize.
 #[inline(always)]
 fn sat_u8(x: f32) -> u8 {
-    round_half_even(x).clamp(0, 255) as u8
+    const MAGIC: f32 = 12_582_912.0;
+    let c = x.clamp(0.0, 255.0);
+    ((c + MAGIC) - MAGIC) as u8
 }
 
 /// `saturate_cast<short>(float)`.
@@ -470,6 +473,14 @@ mod tests {
         assert_eq!(round_half_even(1e7), 10_000_000);
         assert_eq!(sat_u8(255.6), 255);
         assert_eq!(sat_u8(-3.0), 0);
+        // Every rounding boundary of the u8 range, against the branchy definition.
+        for i in -2000..=2600 {
+            let x = i as f32 / 8.0;
+            assert_eq!(sat_u8(x), round_half_even(x).clamp(0, 255) as u8, "{x}");
+        }
+        assert_eq!(sat_u8(f32::NAN), 0);
+        assert_eq!(sat_u8(f32::INFINITY), 255);
+        assert_eq!(sat_u8(-1e30), 0);
     }
 
     #[test]
