@@ -67,7 +67,11 @@ fn reference(p: &P, x: &[f32], max: bool, include_pad: bool) -> (Vec<f32>, usize
                                 continue;
                             }
                             let v = x[((n * p.c + c) * p.h + iy as usize) * p.w + ix as usize];
-                            best = best.max(v);
+                            // Caffe2's running max: NaN never wins, the first of equal
+                            // values (0.0 / -0.0) stays.
+                            if v > best {
+                                best = v;
+                            }
                             sum += v as f64;
                             count += 1;
                         }
@@ -532,31 +536,19 @@ fn max_pool_keeps_first_maximum_and_skips_nan() {
     for (idx, p) in [
         P {
             n: 1,
-            c: 3,
-            h: 9,
             w: 11,
-            kh: 3,
-            kw: 3,
-            sh: 2,
-            sw: 2,
-            pt: 1,
-            pl: 1,
-            pb: 1,
-            pr: 1,
+            ..base()
         },
         P {
-            n: 2,
             c: 2,
             h: 7,
             w: 6,
             kh: 2,
-            kw: 3,
             sh: 1,
-            sw: 2,
             pt: 0,
             pl: 2,
-            pb: 1,
             pr: 2,
+            ..base()
         },
         P {
             n: 1,
@@ -586,29 +578,8 @@ fn max_pool_keeps_first_maximum_and_skips_nan() {
                 classes[(s >> 33) as usize % classes.len()]
             })
             .collect();
-        let oh = (p.h + p.pt + p.pb - p.kh) / p.sh + 1;
-        let ow = (p.w + p.pl + p.pr - p.kw) / p.sw + 1;
-        let mut want = Vec::new();
-        for plane in x.chunks(p.h * p.w) {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut m = f32::MIN;
-                    for i in 0..p.kh {
-                        for j in 0..p.kw {
-                            let iy = (oy * p.sh + i) as i64 - p.pt as i64;
-                            let ix = (ox * p.sw + j) as i64 - p.pl as i64;
-                            if iy >= 0 && ix >= 0 && iy < p.h as i64 && ix < p.w as i64 {
-                                let v = plane[iy as usize * p.w + ix as usize];
-                                if v > m {
-                                    m = v;
-                                }
-                            }
-                        }
-                    }
-                    want.push(m.to_bits());
-                }
-            }
-        }
+        let (want_f, oh, ow) = reference(&p, &x, true, false);
+        let want: Vec<u32> = want_f.iter().map(|v| v.to_bits()).collect();
         neg_zeros += want.iter().filter(|&&b| b == (-0.0f32).to_bits()).count();
         let args = geo_args(&p);
         let y = run(
@@ -621,7 +592,6 @@ fn max_pool_keeps_first_maximum_and_skips_nan() {
         args.push(("order", ArgValue::S(b"NHWC".to_vec())));
         let xn = Tensor::from_f32(&[p.n, p.h, p.w, p.c], to_nhwc(&x, p.n, p.c, p.h, p.w));
         let y = run(build("MaxPool", &args).as_ref(), &xn);
-        let want_f: Vec<f32> = want.iter().map(|&b| f32::from_bits(b)).collect();
         let want_n: Vec<u32> = to_nhwc(&want_f, p.n, p.c, oh, ow)
             .iter()
             .map(|v| v.to_bits())
