@@ -348,6 +348,26 @@ fn qgemm_quads_reject_wide_weights() {
 }
 
 #[test]
+fn qgemm_automatic_layout() {
+    // Small centred weights (no outliers): quads from K = 128 on, pairs below (a 4-row quad
+    // tile does too little work per output stage there); too many outliers: pairs.
+    let small =
+        |n: usize, k: usize| -> Vec<u8> { (0..n * k).map(|i| (126 + i % 5) as u8).collect() };
+    for (k, want) in [
+        (64, QLayout::Pairs),
+        (127, QLayout::Pairs),
+        (128, QLayout::Quads),
+        (576, QLayout::Quads),
+    ] {
+        let w = PackedQWeights::pack(&small(8, k), 8, k, &[128; 8]).unwrap();
+        assert_eq!((k, w.layout(), w.outlier_count()), (k, want, 0));
+    }
+    // Every weight at +127: each lane set of four breaks the budget, 3 outliers per set.
+    let w = PackedQWeights::pack(&vec![255; 8 * 256], 8, 256, &[128; 8]).unwrap();
+    assert_eq!(w.layout(), QLayout::Pairs);
+}
+
+#[test]
 fn qgemm_long_k_and_wide_n_match_naive() {
     avx2_or_skip("qgemm_long_k_and_wide_n_match_naive");
     // K past one block (512) and several blocks with a short remainder; N past one

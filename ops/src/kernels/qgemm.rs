@@ -33,7 +33,8 @@
 //!   sparse outlier list (main part 0) whose products are added exactly in i32 before the
 //!   kernel runs (facts §6.9: a saturating sum would differ from the reference, so none is
 //!   allowed to happen). Register tile [`QR`] × [`NR`]. Weights needing more than ~1.5 %
-//!   outliers are packed as pairs instead (the outliers would cost more than they save).
+//!   outliers are packed as pairs instead (the outliers would cost more than they save), and
+//!   so is K < 128 (too little work per 4-row tile).
 //!
 //! Blocking: K cut into equal blocks of at most 256 units (pairs or quads; partial sums kept
 //! in an i32 tile buffer between blocks), channels in blocks of 256, rows in tiles of up to
@@ -175,17 +176,23 @@ impl std::fmt::Debug for PackedQWeights {
     }
 }
 
+/// Shortest K [`PackedQWeights::pack`] gives the quad layout: below it each quad tile (4 rows)
+/// does too little work per output stage, and the 6-row pair tiles are faster even without
+/// outliers (measured on ResNet-50's and SqueezeNet's K = 16–64 convolutions: pairs 0–20%
+/// faster; whole SqueezeNet int8 ~4% faster at batch 1).
+const QUAD_MIN_K: usize = 128;
+
 /// Largest sum of same-sign centred weights allowed in one i16 lane of the quad kernel:
 /// `255 · 128 = 32640` fits i16 both ways.
 const LANE_BUDGET: i32 = 128;
 
 impl PackedQWeights {
     /// Packs `codes` (`[n, k]` row-major uint8) with one zero point per row (in [0, 255]),
-    /// choosing [`QLayout::Quads`] when every centred weight fits i8 and few outliers are
-    /// needed, else [`QLayout::Pairs`].
+    /// choosing [`QLayout::Quads`] when K is at least 128, every centred weight fits i8 and
+    /// few outliers are needed, else [`QLayout::Pairs`].
     pub fn pack(codes: &[u8], n: usize, k: usize, zero_points: &[i32]) -> OpResult<Self> {
         check_weights(codes, n, k, zero_points)?;
-        if fits_i8(codes, n, k, zero_points) {
+        if k >= QUAD_MIN_K && fits_i8(codes, n, k, zero_points) {
             let q = Self::pack_quads(codes, n, k, zero_points);
             // An outlier costs ~15x a main-part multiply-add per row; the quad kernel runs
             // ~25-40 % faster than pairs, so give up beyond 1/64 (~1.6 %) outliers.
