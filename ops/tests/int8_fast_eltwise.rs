@@ -471,6 +471,46 @@ fn quantize_matches_naive_with_specials() {
 }
 
 #[test]
+fn requant_matches_naive() {
+    // requantize(x − z_x, s_x/s_y, z_y, 0) written out: one f32 product, round half to even,
+    // then the zero point in integers and the clamp (`as i64` saturates ±inf).
+    let naive = |c: u8, xq: QParams, yq: QParams| -> u8 {
+        let m = xq.scale / yq.scale;
+        let r = ((c as i32 - xq.zero_point) as f32 * m).round_ties_even();
+        let r = if r.is_nan() { 0 } else { r as i64 };
+        r.saturating_add(yq.zero_point as i64).clamp(0, 255) as u8
+    };
+    let cases = [
+        (qp(0.25, 10), qp(0.5, 128)), // m = 0.5: every odd difference is a tie
+        (qp(0.0371, 128), qp(0.0213, 0)),
+        (qp(1.0, 0), qp(0.003, 255)),     // saturates high
+        (qp(3.0, 255), qp(0.01, 7)),      // saturates low
+        (qp(1e30, 128), qp(1e-9, 128)),   // m overflows to inf
+        (qp(1e-30, 0), qp(1e9, 200)),     // m underflows to 0
+        (qp(0.5, 128), qp(0.5, 128)),     // identity
+        (qp(0.5, 3), qp(0.7, -40)),       // zero points outside [0, 255]
+        (qp(0.5, 3), qp(0.7, 3_000_000)), // far outside: the table path
+        (qp(0.0, 3), qp(0.0, 3)),         // m = NaN: the table path
+    ];
+    let mut rng = Rng::new(17);
+    for k in all_kernels() {
+        for &(xq, yq) in &cases {
+            for &n in &[0usize, 1, 31, 32, 33, 64, 100, 257] {
+                let mut x = rng.u8s(n);
+                if n >= 2 {
+                    x[0] = 0;
+                    x[1] = 255;
+                }
+                let mut out = vec![0xAAu8; n];
+                (k.requant)(&x, xq, &mut out, yq);
+                let want: Vec<u8> = x.iter().map(|&c| naive(c, xq, yq)).collect();
+                assert_eq!(out, want, "{:?} {xq:?} -> {yq:?}, n = {n}", k.isa);
+            }
+        }
+    }
+}
+
+#[test]
 fn dequantize_and_relu_match_naive() {
     let mut rng = Rng::new(3);
     for k in all_kernels() {
@@ -669,7 +709,7 @@ fn large_sum_is_exact_and_thread_count_independent() {
 }
 
 #[test]
-fn concat_fast_copies_rows_and_requantizes_with_a_table() {
+fn concat_fast_copies_rows_and_requantizes() {
     let mut rng = Rng::new(8);
     let (h, w) = (5, 3);
     let a = qu8(&[1, h, w, 7], rng.u8s(h * w * 7), qp(0.5, 128));

@@ -138,10 +138,9 @@ impl Int8Concat {
                 first[axis + 1..].iter().product(),
             )
         };
-        let luts: Vec<Option<[u8; 256]>> = xs
-            .iter()
-            .map(|(_, q)| (*q != yq).then(|| requant_table(*q, yq)))
-            .collect();
+        // Inputs whose parameters differ from the output's are requantized on the way.
+        let requant = crate::kernels::qeltwise::kernels().requant;
+        let moved: Vec<bool> = xs.iter().map(|(_, q)| *q != yq).collect();
         let row_out: usize = sizes.iter().sum::<usize>() * inner;
         let mut y = vec![0u8; outer * row_out];
         if !y.is_empty() {
@@ -152,17 +151,14 @@ impl Int8Concat {
                     for (r, orow) in block.chunks_exact_mut(row_out).enumerate() {
                         let o = t * rows_per_task + r;
                         let mut off = 0;
-                        for (((codes, _), &size), lut) in xs.iter().zip(&sizes).zip(&luts) {
+                        for (((codes, q), &size), &mv) in xs.iter().zip(&sizes).zip(&moved) {
                             let len = size * inner;
                             let src = &codes[o * len..(o + 1) * len];
                             let dst = &mut orow[off..off + len];
-                            match lut {
-                                None => dst.copy_from_slice(src),
-                                Some(l) => {
-                                    for (d, &c) in dst.iter_mut().zip(src) {
-                                        *d = l[usize::from(c)];
-                                    }
-                                }
+                            if mv {
+                                requant(src, *q, dst, yq);
+                            } else {
+                                dst.copy_from_slice(src);
                             }
                             off += len;
                         }
@@ -185,17 +181,6 @@ impl Int8Concat {
         }
         Ok(res)
     }
-}
-
-/// The requantized value of every code from parameters `q` to `y` (the reference's
-/// per-code function, tabulated).
-fn requant_table(q: QParams, y: QParams) -> [u8; 256] {
-    let m = q.scale / y.scale;
-    let mut t = [0u8; 256];
-    for (c, v) in t.iter_mut().enumerate() {
-        *v = requantize(c as i32 - q.zero_point, m, y.zero_point, 0);
-    }
-    t
 }
 
 impl Op for Int8Concat {

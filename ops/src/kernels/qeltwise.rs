@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::isa::Isa;
-use crate::int8::requant::{dequantize_u8, quantize_u8, requantize_real};
+use crate::int8::requant::{dequantize_u8, quantize_u8, requantize, requantize_real};
 use crate::QParams;
 
 /// Fewest elements per parallel task in [`par_chunks`] (a multiple of every vector width
@@ -197,6 +197,10 @@ pub type QuantizeFn = fn(&[f32], &mut [u8], f32, i32);
 pub type DequantizeFn = fn(&[u8], &mut [f32], QParams);
 /// `relu(x, out, zero_point)`: `out[i] = max(x[i], zero_point)`.
 pub type ReluFn = fn(&[u8], &mut [u8], u8);
+/// `requant(x, x_params, out, y_params)`: codes moved to other parameters,
+/// `out[i] = requantize(x[i] − z_x, s_x / s_y, z_y, 0)` (Int8Concat of inputs whose
+/// parameters differ from the output's).
+pub type RequantFn = fn(&[u8], QParams, &mut [u8], QParams);
 /// `max_pool_row(image, geom, oy, out_row, scratch)`: output row `oy` (`[ow, c]`) of an
 /// NHWC max pool over one image (`[ih, iw, c]`); every window must be non-empty.
 pub type MaxPoolRowFn = fn(&[u8], &PoolGeom, usize, &mut [u8], &mut PoolScratch);
@@ -220,6 +224,8 @@ pub struct QEltwiseKernels {
     pub dequantize: DequantizeFn,
     /// Int8Relu.
     pub relu: ReluFn,
+    /// Codes moved to other quantization parameters.
+    pub requant: RequantFn,
     /// One output row of Int8MaxPool (NHWC).
     pub max_pool_row: MaxPoolRowFn,
     /// One output row of Int8AveragePool (NHWC, windowed or global).
@@ -234,6 +240,7 @@ pub const SCALAR: QEltwiseKernels = QEltwiseKernels {
     quantize: scalar::quantize,
     dequantize: scalar::dequantize,
     relu: scalar::relu,
+    requant: scalar::requant,
     max_pool_row: scalar::max_pool_row,
     avg_pool_row: scalar::avg_pool_row,
 };
@@ -322,6 +329,20 @@ pub mod scalar {
         assert_eq!(x.len(), out.len());
         for (o, &v) in out.iter_mut().zip(x) {
             *o = v.max(zero_point);
+        }
+    }
+
+    /// Codes moved to other parameters (see [`RequantFn`]), through a 256-entry table of
+    /// [`requantize`] results.
+    pub fn requant(x: &[u8], xq: QParams, out: &mut [u8], yq: QParams) {
+        assert_eq!(x.len(), out.len());
+        let m = xq.scale / yq.scale;
+        let mut table = [0u8; 256];
+        for (c, t) in table.iter_mut().enumerate() {
+            *t = requantize(c as i32 - xq.zero_point, m, yq.zero_point, 0);
+        }
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = table[usize::from(v)];
         }
     }
 
@@ -442,6 +463,7 @@ mod avx2 {
         quantize,
         dequantize,
         relu,
+        requant,
         max_pool_row,
         avg_pool_row,
     };
@@ -474,6 +496,11 @@ mod avx2 {
     fn relu(x: &[u8], out: &mut [u8], zero_point: u8) {
         // SAFETY: as in `add2`.
         unsafe { relu_avx2(x, out, zero_point) }
+    }
+
+    fn requant(x: &[u8], xq: QParams, out: &mut [u8], yq: QParams) {
+        // SAFETY: as in `add2`.
+        unsafe { requant_avx2(x, xq, out, yq) }
     }
 
     fn max_pool_row(x: &[u8], g: &PoolGeom, oy: usize, out: &mut [u8], s: &mut PoolScratch) {
@@ -782,6 +809,39 @@ mod avx2 {
         let z = _mm256_set1_epi8(zero_point as i8);
         for i in blocks(n, 32) {
             store_u8x32(&mut out[i..], _mm256_max_epu8(load_u8x32(&x[i..]), z));
+        }
+    }
+
+    /// `requantize(x − z_x, m, z_y, 0)` for 32 codes at a time: the difference in i32, one
+    /// f32 product (as the scalar `raw as f32 * m`), the product clamped to ±2^24 (beyond it
+    /// every result saturates anyway), rounded half to even by the conversion, `z_y` added in
+    /// i32 and the sum clamped to [0, 255]. Falls back to the table for short inputs, a
+    /// non-finite multiplier or a zero point far outside the code range.
+    #[target_feature(enable = "avx2")]
+    fn requant_avx2(x: &[u8], xq: QParams, out: &mut [u8], yq: QParams) {
+        let n = out.len();
+        assert_eq!(x.len(), n);
+        let m = xq.scale / yq.scale;
+        if n < 32 || !m.is_finite() || yq.zero_point.unsigned_abs() > 1 << 20 {
+            return scalar::requant(x, xq, out, yq);
+        }
+        let (zx, zy) = (
+            _mm256_set1_epi32(xq.zero_point),
+            _mm256_set1_epi32(yq.zero_point),
+        );
+        let mv = _mm256_set1_ps(m);
+        let (lo, hi) = (_mm256_set1_ps(-16_777_216.0), _mm256_set1_ps(16_777_216.0));
+        let (c0, c255) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
+        for i in blocks(n, 32) {
+            let xb = &x[i..i + 32];
+            let r: [__m256i; 4] = std::array::from_fn(|k| {
+                let d = _mm256_sub_epi32(load_u8x8_i32(&xb[8 * k..]), zx);
+                let f = _mm256_mul_ps(_mm256_cvtepi32_ps(d), mv);
+                let f = _mm256_min_ps(_mm256_max_ps(f, lo), hi);
+                let q = _mm256_add_epi32(_mm256_cvtps_epi32(f), zy);
+                _mm256_min_epi32(_mm256_max_epi32(q, c0), c255)
+            });
+            store_u8x32(&mut out[i..], pack_u8x32(r));
         }
     }
 
