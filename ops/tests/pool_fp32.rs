@@ -564,6 +564,21 @@ fn max_pool_keeps_first_maximum_and_skips_nan() {
             pb: 2,
             pr: 0,
         },
+        // Padding so wide that no window lies inside the row (every column is an edge).
+        P {
+            n: 1,
+            c: 2,
+            h: 3,
+            w: 1,
+            kh: 1,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            pt: 0,
+            pl: 2,
+            pb: 0,
+            pr: 2,
+        },
     ]
     .into_iter()
     .enumerate()

@@ -310,6 +310,9 @@ fn max_plane_nchw(d: &PDims, x: &[f32], y: &mut [f32]) {
         }
         // Inside: kernel column by kernel column, so that the columns' running maxima are
         // independent (each still sees its window left to right).
+        if lo == hi {
+            continue;
+        }
         for j in 0..d.kw {
             let xs = &xr[lo * d.sw + j - d.pl..];
             let rm = &mut rm[lo..hi];
