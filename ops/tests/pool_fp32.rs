@@ -619,3 +619,86 @@ fn max_pool_keeps_first_maximum_and_skips_nan() {
         "no window kept -0.0 first: the cases do not test it"
     );
 }
+
+#[test]
+fn pools_on_every_small_geometry() {
+    // Every geometry with sides 1–5, kernels 1–3, strides 1–3 and pads 0–2 (left/top and
+    // right/bottom independently) that gives a non-empty output: the NCHW max pool equals
+    // the reference bit for bit, and the average pools and the NHWC layout match it too
+    // (windows wholly in the padding included).
+    let mut checked = 0;
+    for (h, w) in [(1, 1), (1, 5), (4, 1), (3, 4), (5, 5)] {
+        let x = rnd(h * w * 2, (h * 10 + w) as u64);
+        for (kh, kw) in [(1, 1), (1, 3), (2, 2), (3, 1), (3, 3)] {
+            for (sh, sw) in [(1, 1), (2, 1), (1, 3), (2, 2)] {
+                for (pt, pl, pb, pr) in [(0, 0, 0, 0), (1, 2, 0, 1), (2, 0, 2, 2), (0, 1, 1, 0)] {
+                    let p = P {
+                        n: 1,
+                        c: 2,
+                        h,
+                        w,
+                        kh,
+                        kw,
+                        sh,
+                        sw,
+                        pt,
+                        pl,
+                        pb,
+                        pr,
+                    };
+                    if h + pt + pb < kh || w + pl + pr < kw {
+                        continue;
+                    }
+                    let op = build("MaxPool", &geo_args(&p));
+                    let xt = Tensor::from_f32(&[1, 2, h, w], x.clone());
+                    let Ok(y) = op.eval(&[&xt]) else { continue };
+                    let (want, oh, ow) = reference(&p, &x, true, false);
+                    let got: Vec<u32> = y[0]
+                        .f32_slice()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect();
+                    let want: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, want, "{p:?}");
+                    checked += 1;
+                    // The other pools and layout on the same geometry must not fail either.
+                    let xn = Tensor::from_f32(&[1, h, w, 2], to_nhwc(&x, 1, 2, h, w));
+                    for (name, incl) in [
+                        ("MaxPool", false),
+                        ("AveragePool", false),
+                        ("AveragePool", true),
+                    ] {
+                        let mut args = geo_args(&p);
+                        if incl {
+                            args.push(("count_include_pad", ArgValue::I(1)));
+                        }
+                        let (want, _, _) = reference(&p, &x, name == "MaxPool", incl);
+                        let finite = want.iter().all(|v| v.is_finite());
+                        if name != "MaxPool" {
+                            let y = build(name, &args).eval(&[&xt]).expect("NCHW eval");
+                            if finite {
+                                close(
+                                    y[0].f32_slice().unwrap(),
+                                    &want,
+                                    &format!("{name} NCHW {p:?}"),
+                                );
+                            }
+                        }
+                        args.push(("order", ArgValue::S(b"NHWC".to_vec())));
+                        let y = build(name, &args).eval(&[&xn]).expect("NHWC eval");
+                        if finite {
+                            let want = to_nhwc(&want, 1, 2, oh, ow);
+                            close(
+                                y[0].f32_slice().unwrap(),
+                                &want,
+                                &format!("{name} NHWC {p:?}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 300, "only {checked} geometries checked");
+}

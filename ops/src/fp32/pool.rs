@@ -203,28 +203,16 @@ impl Pool {
         for oy in 0..d.oh {
             let (hs, he) = window(oy, d.sh, d.pt, d.kh, d.ih);
             for ox in 0..d.ow {
+                // An empty window wholly in the right padding may start past the row's end.
                 let (ws, we) = window(ox, d.sw, d.pl, d.kw, d.iw);
-                let v = if self.max {
-                    let mut m = f32::MIN;
-                    for iy in hs..he {
-                        for &xv in &x[iy * d.iw + ws..iy * d.iw + we] {
-                            // Caffe2 compares with `>`; NaN inputs are skipped the same way.
-                            if xv > m {
-                                m = xv;
-                            }
-                        }
+                let (ws, we) = (ws.min(d.iw), we.min(d.iw));
+                let mut s = 0.0f32;
+                for iy in hs..he {
+                    for &xv in &x[iy * d.iw + ws..iy * d.iw + we] {
+                        s += xv;
                     }
-                    m
-                } else {
-                    let mut s = 0.0f32;
-                    for iy in hs..he {
-                        for &xv in &x[iy * d.iw + ws..iy * d.iw + we] {
-                            s += xv;
-                        }
-                    }
-                    s / self.divisor(d, hs, he, ws, we)
-                };
-                y[oy * d.ow + ox] = v;
+                }
+                y[oy * d.ow + ox] = s / self.divisor(d, hs, he, ws, we);
             }
         }
     }
@@ -291,9 +279,11 @@ fn max_plane_nchw(d: &PDims, x: &[f32], y: &mut [f32]) {
     let (iw, ow) = (d.iw, d.ow);
     // Row maxima of the input rows some window uses: rows `r0..r1`.
     let r0 = window(0, d.sh, d.pt, d.kh, d.ih).0;
+    // (A window wholly in the bottom padding is empty and may start past the last row.)
+    let r0 = r0.min(d.ih);
     let r1 = window(d.oh.saturating_sub(1), d.sh, d.pt, d.kh, d.ih)
         .1
-        .max(r0);
+        .clamp(r0, d.ih);
     let mut rows = vec![f32::MIN; (r1 - r0) * ow];
     // Output columns whose window lies inside the row: `lo..hi`.
     let lo = d.pl.div_ceil(d.sw).min(ow);
@@ -305,7 +295,9 @@ fn max_plane_nchw(d: &PDims, x: &[f32], y: &mut [f32]) {
     for (iy, rm) in (r0..r1).zip(rows.chunks_exact_mut(ow.max(1))) {
         let xr = &x[iy * iw..(iy + 1) * iw];
         for ox in (0..lo).chain(hi..ow) {
+            // An empty window wholly in the right padding may start past the row's end.
             let (ws, we) = window(ox, d.sw, d.pl, d.kw, iw);
+            let (ws, we) = (ws.min(iw), we.min(iw));
             rm[ox] = xr[ws..we].iter().fold(f32::MIN, |m, &v| keep_max(m, v));
         }
         // Inside: kernel column by kernel column, so that the columns' running maxima are
