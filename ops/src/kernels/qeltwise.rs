@@ -332,15 +332,20 @@ pub mod scalar {
         }
     }
 
-    /// Codes moved to other parameters (see [`RequantFn`]), through a 256-entry table of
-    /// [`requantize`] results.
+    /// Codes moved to other parameters (see [`RequantFn`]): [`requantize`] per code, through
+    /// a 256-entry table of its results when the input is longer than the table (Int8Concat
+    /// calls this once per row segment, often only a few channels long).
     pub fn requant(x: &[u8], xq: QParams, out: &mut [u8], yq: QParams) {
         assert_eq!(x.len(), out.len());
         let m = xq.scale / yq.scale;
-        let mut table = [0u8; 256];
-        for (c, t) in table.iter_mut().enumerate() {
-            *t = requantize(c as i32 - xq.zero_point, m, yq.zero_point, 0);
+        let f = |c: u8| requantize(i32::from(c) - xq.zero_point, m, yq.zero_point, 0);
+        if x.len() <= 256 {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = f(v);
+            }
+            return;
         }
+        let table: [u8; 256] = std::array::from_fn(|c| f(c as u8));
         for (o, &v) in out.iter_mut().zip(x) {
             *o = table[usize::from(v)];
         }
@@ -815,7 +820,7 @@ mod avx2 {
     /// `requantize(x − z_x, m, z_y, 0)` for 32 codes at a time: the difference in i32, one
     /// f32 product (as the scalar `raw as f32 * m`), the product clamped to ±2^24 (beyond it
     /// every result saturates anyway), rounded half to even by the conversion, `z_y` added in
-    /// i32 and the sum clamped to [0, 255]. Falls back to the table for short inputs, a
+    /// i32 and the sum clamped to [0, 255]. Falls back to the scalar kernel for short inputs, a
     /// non-finite multiplier or a zero point far outside the code range.
     #[target_feature(enable = "avx2")]
     fn requant_avx2(x: &[u8], xq: QParams, out: &mut [u8], yq: QParams) {
