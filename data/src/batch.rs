@@ -28,7 +28,7 @@ use std::thread::JoinHandle;
 
 use rayon::prelude::*;
 
-use crate::image::{Image, PixelWindow};
+use crate::image::{Image, WindowFn};
 use crate::lmdb::{Lmdb, Start};
 use crate::preprocess::Preprocess;
 use crate::record::{detect_format, parse_record, Label, RecordFormat};
@@ -302,10 +302,6 @@ impl Selection {
 
 /// A conversion of one decoded BGR image into its floats (`image_len` of them).
 pub type Converter = dyn Fn(&Image, &mut [f32]) -> DataResult<()> + Send + Sync;
-
-/// The source pixels a conversion reads from an image of the given height and width (see
-/// [`crate::decode_bgr_window`]); `None` for all of them.
-type WindowFn = dyn Fn(usize, usize) -> Option<PixelWindow> + Send + Sync;
 
 /// An iterator of batches (see the module docs). `Send`, so it can be moved to a thread.
 pub struct Batches {

@@ -14,7 +14,7 @@ pub mod resize;
 pub use batch::{Batch, BatchOptions, Batches, Prefetch, Skipped};
 pub use db_info::{db_info, DbInfo};
 pub use error::{DataError, DataResult};
-pub use image::{decode_bgr, decode_bgr_window, Image, PixelWindow};
+pub use image::{decode_bgr, decode_bgr_window, Image, PixelWindow, WindowFn};
 pub use lmdb::Lmdb;
 pub use make_db::{make_db, MakeDbOptions, MakeDbSummary, Source};
 pub use preprocess::{target_size, ChannelOrder, Layout, Preprocess};

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use caffe2_proto::tensor_proto::DataType;
 use caffe2_proto::{Datum, Message, TensorProto, TensorProtos};
 
-use crate::image::{Image, PixelWindow};
+use crate::image::{Image, WindowFn};
 use crate::{DataError, DataResult};
 
 /// How the records of a database are serialized.
@@ -102,11 +102,7 @@ impl Record {
 
     /// Like [`into_image`](Self::into_image) for a caller that reads only `window(height,
     /// width)` of the image (see [`crate::decode_bgr_window`]: other pixels are unspecified).
-    pub fn into_image_window(
-        self,
-        key: &str,
-        window: &dyn Fn(usize, usize) -> Option<PixelWindow>,
-    ) -> DataResult<Image> {
+    pub fn into_image_window(self, key: &str, window: &WindowFn) -> DataResult<Image> {
         match self.payload {
             Payload::Encoded(bytes) => crate::image::decode_bgr_window(&bytes, key, window),
             Payload::Raw(img) => Ok(img),

@@ -107,26 +107,30 @@ struct Window {
     cols: Range<usize>,
 }
 
+/// Rounds half to even for |x| < 2^22: adding 1.5 · 2^23 forces rounding to an integer in
+/// the current (nearest-even) mode. No branch, so loops over it vectorize.
+#[inline(always)]
+fn round_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
+}
+
 /// `cvRound` for `f32` (round half to even), as an `i32`.
 #[inline(always)]
 fn round_half_even(x: f32) -> i32 {
-    // Adding 1.5 * 2^23 forces rounding to an integer in the current (nearest-even) mode;
-    // exact for |x| < 2^22, which covers every value produced here.
-    const MAGIC: f32 = 12_582_912.0;
+    // Every value produced here is below 2^22; larger ones take the library rounding.
     if x.abs() < 4_194_304.0 {
-        ((x + MAGIC) - MAGIC) as i32
+        round_small(x) as i32
     } else {
         x.round_ties_even() as i32
     }
 }
 
 /// `saturate_cast<uchar>(float)`: clamped to [0, 255] first, which rounds the same way
-/// (and NaN to 0), then rounded half to even without a branch, so loops over it vectorize.
+/// (and NaN to 0), then rounded half to even without a branch.
 #[inline(always)]
 fn sat_u8(x: f32) -> u8 {
-    const MAGIC: f32 = 12_582_912.0;
-    let c = x.clamp(0.0, 255.0);
-    ((c + MAGIC) - MAGIC) as u8
+    round_small(x.clamp(0.0, 255.0)) as u8
 }
 
 /// `saturate_cast<short>(float)`.

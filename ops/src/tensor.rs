@@ -333,9 +333,8 @@ impl Tensor {
                 first.shape()
             ))
         };
-        if parts.iter().any(|t| t.dtype() != first.dtype()) {
-            let odd = parts.iter().find(|t| t.dtype() != first.dtype());
-            return Err(mismatch(odd.unwrap_or(first)));
+        if let Some(odd) = parts.iter().find(|t| t.dtype() != first.dtype()) {
+            return Err(mismatch(odd));
         }
         fn cat<T: Clone>(arrays: &[&ArrayD<T>]) -> Result<ArrayD<T>, crate::OpError> {
             let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();

@@ -155,14 +155,14 @@ impl<'m> Executor<'m> {
                 })
                 .collect()
         });
-        let results = results.into_iter().collect::<Result<Vec<_>>>()?;
+        let mut results = results.into_iter().collect::<Result<Vec<_>>>()?;
         let mut out = HashMap::new();
         for name in self.model.outputs() {
             let pieces = results
-                .iter()
+                .iter_mut()
                 .zip(&ranges)
                 .map(|(r, range)| {
-                    let t = r.get(&name).cloned().ok_or_else(|| {
+                    let t = r.remove(&name).ok_or_else(|| {
                         Error::Input(format!("output `{name}` was never produced"))
                     })?;
                     if t.shape().first() != Some(&range.len()) {

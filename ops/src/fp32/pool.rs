@@ -277,14 +277,13 @@ fn max_strided<const S: usize>(m: &mut [f32], xs: &[f32]) {
 /// keep the first occurrence of the maximum and skip NaN.
 fn max_plane_nchw(d: &PDims, x: &[f32], y: &mut [f32]) {
     let (iw, ow) = (d.iw, d.ow);
-    // Row maxima of the input rows some window uses: rows `r0..r1`.
-    let r0 = window(0, d.sh, d.pt, d.kh, d.ih).0;
-    // (A window wholly in the bottom padding is empty and may start past the last row.)
-    let r0 = r0.min(d.ih);
+    // Row maxima of the input rows some window uses: rows `0..r1` (the first window starts
+    // at row 0; a last window wholly in the bottom padding is empty and may start past the
+    // last row).
     let r1 = window(d.oh.saturating_sub(1), d.sh, d.pt, d.kh, d.ih)
         .1
-        .clamp(r0, d.ih);
-    let mut rows = vec![f32::MIN; (r1 - r0) * ow];
+        .min(d.ih);
+    let mut rows = vec![f32::MIN; r1 * ow];
     // Output columns whose window lies inside the row: `lo..hi`.
     let lo = d.pl.div_ceil(d.sw).min(ow);
     let hi = if iw + d.pl >= d.kw {
@@ -292,7 +291,7 @@ fn max_plane_nchw(d: &PDims, x: &[f32], y: &mut [f32]) {
     } else {
         lo
     };
-    for (iy, rm) in (r0..r1).zip(rows.chunks_exact_mut(ow.max(1))) {
+    for (iy, rm) in (0..r1).zip(rows.chunks_exact_mut(ow.max(1))) {
         let xr = &x[iy * iw..(iy + 1) * iw];
         for ox in (0..lo).chain(hi..ow) {
             // An empty window wholly in the right padding may start past the row's end.
@@ -323,7 +322,7 @@ fn max_plane_nchw(d: &PDims, x: &[f32], y: &mut [f32]) {
         let (hs, he) = window(oy, d.sh, d.pt, d.kh, d.ih);
         yr.fill(f32::MIN);
         for iy in hs..he {
-            let rm = &rows[(iy - r0) * ow..(iy - r0 + 1) * ow];
+            let rm = &rows[iy * ow..(iy + 1) * ow];
             for (m, &v) in yr.iter_mut().zip(rm) {
                 *m = keep_max(*m, v);
             }

@@ -307,9 +307,9 @@ impl PackedQWeights {
             }
             lane_outliers[c + 1] = outliers.len();
         }
-        for c in n + 1..lane_outliers.len() {
-            lane_outliers[c] = lane_outliers[n];
-        }
+        // Padding channels of the last panel have none.
+        let total = outliers.len();
+        lane_outliers[n + 1..].fill(total);
         PackedQWeights {
             n,
             k,
