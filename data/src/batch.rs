@@ -312,7 +312,7 @@ pub struct Batches {
     image_len: usize,
     convert: Arc<Converter>,
     /// Where the conversion reads (only for the built-in preprocessing).
-    window: Option<Arc<WindowFn>>,
+    window: Option<Arc<WindowFn<'static>>>,
     skipped: Arc<Mutex<Vec<Skipped>>>,
     done: bool,
 }
@@ -476,7 +476,7 @@ fn convert_one(
     value: &[u8],
     format: RecordFormat,
     convert: &Converter,
-    window: Option<&WindowFn>,
+    window: Option<&WindowFn<'_>>,
     out: &mut [f32],
 ) -> DataResult<Label> {
     let rec = parse_record(value, format, key)?;

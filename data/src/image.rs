@@ -93,13 +93,13 @@ pub type PixelWindow = (Range<usize>, Range<usize>);
 
 /// The source pixels a caller reads from an image of the given height and width (see
 /// [`decode_bgr_window`]); `None` for all of them.
-pub type WindowFn = dyn Fn(usize, usize) -> Option<PixelWindow> + Send + Sync;
+pub type WindowFn<'a> = dyn Fn(usize, usize) -> Option<PixelWindow> + Send + Sync + 'a;
 
 /// Like [`decode_bgr`], for a caller that reads only part of the image: `window(height,
 /// width)` may name the rows and columns it reads, and the colour conversion of YCbCr JPEGs
 /// (a fifth of the decoding time) is then done only there. **Pixels outside the window are
 /// left unspecified** (still YCbCr). `None` converts every pixel.
-pub fn decode_bgr_window(bytes: &[u8], key: &str, window: &WindowFn) -> DataResult<Image> {
+pub fn decode_bgr_window(bytes: &[u8], key: &str, window: &WindowFn<'_>) -> DataResult<Image> {
     let err = |msg: String| DataError::Decode {
         key: key.to_string(),
         msg,
@@ -143,7 +143,7 @@ fn jpeg_options(out: ColorSpace) -> DecoderOptions {
         .jpeg_set_out_colorspace(out)
 }
 
-fn decode_jpeg(bytes: &[u8], window: &WindowFn) -> Result<Image, String> {
+fn decode_jpeg(bytes: &[u8], window: &WindowFn<'_>) -> Result<Image, String> {
     // Headers first, to learn the size and the stored colour space. The same decoder then
     // decodes the common cases: YCbCr (requested as YCbCr, converted here) and grayscale
     // (for which zune-jpeg switches the output to Luma itself).

@@ -102,7 +102,7 @@ impl Record {
 
     /// Like [`into_image`](Self::into_image) for a caller that reads only `window(height,
     /// width)` of the image (see [`crate::decode_bgr_window`]: other pixels are unspecified).
-    pub fn into_image_window(self, key: &str, window: &WindowFn) -> DataResult<Image> {
+    pub fn into_image_window(self, key: &str, window: &WindowFn<'_>) -> DataResult<Image> {
         match self.payload {
             Payload::Encoded(bytes) => crate::image::decode_bgr_window(&bytes, key, window),
             Payload::Raw(img) => Ok(img),
