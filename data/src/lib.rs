@@ -1,6 +1,7 @@
 //! LMDB image databases (Caffe `Datum` and Caffe2 `TensorProtos` records), image decoding,
 //! Caffe2 `image_input` preprocessing and batching.
 
+mod avx2;
 pub mod batch;
 pub mod db_info;
 pub mod error;

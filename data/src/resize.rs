@@ -45,6 +45,36 @@ pub fn resize_area_window(
     rows: Range<usize>,
     cols: Range<usize>,
 ) -> Image {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { resize_window_avx2(src, new_height, new_width, rows, cols) };
+    }
+    resize_window_portable(src, new_height, new_width, rows, cols)
+}
+
+/// [`resize_window_portable`] compiled for AVX2 (same arithmetic, wider vectors).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn resize_window_avx2(
+    src: &Image,
+    new_height: usize,
+    new_width: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+) -> Image {
+    resize_window_portable(src, new_height, new_width, rows, cols)
+}
+
+/// [`resize_area_window`] for any CPU.
+#[inline(always)]
+pub(crate) fn resize_window_portable(
+    src: &Image,
+    new_height: usize,
+    new_width: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+) -> Image {
     let rows = rows.start.min(new_height)..rows.end.min(new_height);
     let cols = cols.start.min(new_width)..cols.end.min(new_width);
     let rows = rows.start..rows.end.max(rows.start);
@@ -127,10 +157,14 @@ fn round_half_even(x: f32) -> i32 {
 }
 
 /// `saturate_cast<uchar>(float)`: clamped to [0, 255] first, which rounds the same way
-/// (and NaN to 0), then rounded half to even without a branch.
+/// (`max` maps NaN to 0), then rounded half to even by adding 1.5 · 2^23, whose low mantissa
+/// bits are then the result. Integer bit operations only, so the loops over it vectorize
+/// (a float-to-int conversion would be scalarized for its saturation rules).
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // `clamp` keeps NaN, which must become 0 here
 fn sat_u8(x: f32) -> u8 {
-    round_small(x.clamp(0.0, 255.0)) as u8
+    const MAGIC: f32 = 12_582_912.0;
+    (x.max(0.0).min(255.0) + MAGIC).to_bits() as u8
 }
 
 /// `saturate_cast<short>(float)`.
@@ -141,6 +175,7 @@ fn sat_i16(x: f32) -> i32 {
 
 // ---- path 1: integer box average ----------------------------------------------------------
 
+#[inline(always)]
 fn area_fast(src: &Image, dst: &mut Image, win: &Window, sx: usize, sy: usize) {
     let (h, w, cn) = (src.height, src.width, src.channels);
     let src_row_len = w * cn;
@@ -266,6 +301,7 @@ fn area_tab(ssize: usize, dsize: usize, scale: f64) -> AreaTab {
 
 /// Horizontal pass of the area path for destination columns `cols`:
 /// `buf[(dx - cols.start)*cn + c] = sum_k alpha_k * row[index_k*cn + c]`, in table order.
+#[inline(always)]
 fn area_hsum(row: &[u8], cn: usize, xt: &AreaTab, cols: &Range<usize>, buf: &mut [f32]) {
     let ranges = xt.start[cols.start..=cols.end].windows(2);
     match cn {
@@ -306,6 +342,104 @@ fn area_hsum(row: &[u8], cn: usize, xt: &AreaTab, cols: &Range<usize>, buf: &mut
     }
 }
 
+/// The horizontal area weights of a window's columns with one number of taps for all: each
+/// destination column reads `k` consecutive source pixels from `lo + first`, its weights
+/// padded with zeros. Adding `0 * p` to a sum of non-negative products changes no bit, so the
+/// sums equal [`area_hsum`]'s, while the loop has no per-column bounds and vectorizes across
+/// the channels.
+struct FixedTaps {
+    /// First source pixel read by any column of the window.
+    lo: usize,
+    /// One past the last source pixel read.
+    hi: usize,
+    /// Taps per column.
+    k: usize,
+    /// Each column's first source pixel, relative to `lo`.
+    first: Vec<usize>,
+    /// `k` weights per column.
+    alpha: Vec<f32>,
+}
+
+impl FixedTaps {
+    /// Most taps handled (a shrink factor up to about 7).
+    const MAX_K: usize = 8;
+
+    /// The fixed-tap form of `xt` over `cols`; None if a column has no tap, more than
+    /// [`FixedTaps::MAX_K`], or taps that are not consecutive.
+    fn new(xt: &AreaTab, cols: &Range<usize>) -> Option<FixedTaps> {
+        let (mut lo, mut hi, mut k) = (usize::MAX, 0, 0);
+        for d in cols.clone() {
+            let idx = &xt.index[xt.start[d]..xt.start[d + 1]];
+            let (&i0, &i1) = (idx.first()?, idx.last()?);
+            if idx.iter().enumerate().any(|(n, &i)| i != i0 + n) {
+                return None;
+            }
+            (lo, hi, k) = (lo.min(i0), hi.max(i1 + 1), k.max(idx.len()));
+        }
+        if k == 0 || k > Self::MAX_K {
+            return None;
+        }
+        let mut t = FixedTaps {
+            lo,
+            hi,
+            k,
+            first: Vec::with_capacity(cols.len()),
+            alpha: vec![0.0; cols.len() * k],
+        };
+        for (d, al) in cols.clone().zip(t.alpha.chunks_exact_mut(k)) {
+            let r = xt.start[d]..xt.start[d + 1];
+            t.first.push(xt.index[r.start] - lo);
+            al[..r.len()].copy_from_slice(&xt.alpha[r]);
+        }
+        Some(t)
+    }
+
+    /// A zeroed buffer for one source row as floats: the pixels `lo..hi` plus `k` pixels and
+    /// one float of padding that the padded taps and the fourth vector lane read.
+    fn row_buffer(&self) -> Vec<f32> {
+        vec![0.0; (self.hi - self.lo + self.k) * 3 + 1]
+    }
+
+    /// [`area_hsum`] for 3 channels: `row`'s pixels `lo..hi` go to `rowf` as floats, then each
+    /// column sums its `k` taps in order, all three channels (and one ignored lane) at once.
+    #[inline(always)]
+    fn hsum3(&self, row: &[u8], rowf: &mut [f32], buf: &mut [f32]) {
+        for (f, &v) in rowf.iter_mut().zip(&row[self.lo * 3..self.hi * 3]) {
+            *f = f32::from(v);
+        }
+        match self.k {
+            1 => self.sum_taps::<1>(rowf, buf),
+            2 => self.sum_taps::<2>(rowf, buf),
+            3 => self.sum_taps::<3>(rowf, buf),
+            4 => self.sum_taps::<4>(rowf, buf),
+            5 => self.sum_taps::<5>(rowf, buf),
+            6 => self.sum_taps::<6>(rowf, buf),
+            7 => self.sum_taps::<7>(rowf, buf),
+            _ => self.sum_taps::<8>(rowf, buf),
+        }
+    }
+
+    #[inline(always)]
+    fn sum_taps<const K: usize>(&self, rowf: &[f32], buf: &mut [f32]) {
+        for ((out, &f), al) in buf
+            .chunks_exact_mut(3)
+            .zip(&self.first)
+            .zip(self.alpha.chunks_exact(K))
+        {
+            let px = &rowf[f * 3..f * 3 + 3 * K + 1];
+            let mut acc = [0f32; 4];
+            for (t, &a) in al.iter().enumerate() {
+                let p = &px[t * 3..t * 3 + 4];
+                for c in 0..4 {
+                    acc[c] += p[c] * a;
+                }
+            }
+            out.copy_from_slice(&acc[..3]);
+        }
+    }
+}
+
+#[inline(always)]
 fn area_general(src: &Image, dst: &mut Image, win: &Window, scale_x: f64, scale_y: f64) {
     let (h, w, cn) = (src.height, src.width, src.channels);
     let xt = area_tab(w, win.new_width, scale_x);
@@ -314,6 +448,12 @@ fn area_general(src: &Image, dst: &mut Image, win: &Window, scale_x: f64, scale_
     let out_row_len = win.cols.len() * cn;
     let mut buf = vec![0f32; out_row_len];
     let mut sum = vec![0f32; out_row_len];
+    let taps = if cn == 3 {
+        FixedTaps::new(&xt, &win.cols)
+    } else {
+        None
+    };
+    let mut rowf = taps.as_ref().map_or_else(Vec::new, FixedTaps::row_buffer);
     // The horizontal sums of a source row depend only on the row: a row shared by two
     // destination rows is summed once.
     let mut buf_row = usize::MAX;
@@ -324,7 +464,10 @@ fn area_general(src: &Image, dst: &mut Image, win: &Window, scale_x: f64, scale_
             let beta = yt.alpha[j];
             if sy != buf_row {
                 let row = &src.data[sy * src_row_len..(sy + 1) * src_row_len];
-                area_hsum(row, cn, &xt, &win.cols, &mut buf);
+                match &taps {
+                    Some(t) => t.hsum3(row, &mut rowf, &mut buf),
+                    None => area_hsum(row, cn, &xt, &win.cols, &mut buf),
+                }
                 buf_row = sy;
             }
             if j == j0 {
@@ -395,6 +538,7 @@ fn linear_tab(ssize: usize, dsize: usize, scales: [f64; 2], clamp_edge: bool) ->
 
 /// Horizontal pass of the bilinear path for destination columns `cols`, in integers scaled
 /// by 2048.
+#[inline(always)]
 fn linear_hrow(row: &[u8], cn: usize, xt: &LinearTab, cols: &Range<usize>, out: &mut [i32]) {
     for (dx, o) in cols.clone().zip(out.chunks_exact_mut(cn)) {
         let p = xt.ofs[dx] * cn;
@@ -411,6 +555,7 @@ fn linear_hrow(row: &[u8], cn: usize, xt: &LinearTab, cols: &Range<usize>, out: 
     }
 }
 
+#[inline(always)]
 fn area_linear(src: &Image, dst: &mut Image, win: &Window, x_scales: [f64; 2], y_scales: [f64; 2]) {
     let (h, w, cn) = (src.height, src.width, src.channels);
     let xt = linear_tab(w, win.new_width, x_scales, true);
@@ -482,8 +627,17 @@ mod tests {
             let x = i as f32 / 8.0;
             assert_eq!(sat_u8(x), round_half_even(x).clamp(0, 255) as u8, "{x}");
         }
+        // One ulp either side of every tie.
+        for k in -1..=256 {
+            let tie = k as f32 + 0.5;
+            for x in [tie.next_down(), tie, tie.next_up()] {
+                assert_eq!(sat_u8(x), round_half_even(x).clamp(0, 255) as u8, "{x}");
+            }
+        }
         assert_eq!(sat_u8(f32::NAN), 0);
         assert_eq!(sat_u8(f32::INFINITY), 255);
+        assert_eq!(sat_u8(f32::NEG_INFINITY), 0);
+        assert_eq!(sat_u8(-0.0), 0);
         assert_eq!(sat_u8(-1e30), 0);
     }
 
@@ -536,6 +690,78 @@ mod tests {
         // h = 10*1024 + 200*1024 = 215040; v = ((2048 * (215040 >> 4)) >> 16) + 0 + 2 >> 2
         // = (420 + 2) >> 2 = 105
         assert_eq!(resize_area(&src, 1, 3).data, vec![10, 105, 200]);
+    }
+
+    #[test]
+    fn dispatched_resize_equals_portable() {
+        // Every path (integer box incl. 2x2, fractional area, enlarging, mixed axes), 1/3/4
+        // channels, whole targets and windows.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let cases = [
+            (37, 53, 17, 23),
+            (40, 60, 20, 30),
+            (45, 45, 15, 15),
+            (375, 500, 256, 341),
+            (333, 250, 341, 256),
+            (20, 30, 45, 61),
+            (31, 17, 12, 40),
+            (9, 9, 9, 4),
+        ];
+        for (h, w, nh, nw) in cases {
+            for cn in [1, 3, 4] {
+                let data: Vec<u8> = (0..h * w * cn).map(|_| (next() >> 56) as u8).collect();
+                let src = Image::new(h, w, cn, data).unwrap();
+                for (rows, cols) in [(0..nh, 0..nw), (nh / 4..nh - nh / 5, nw / 3..nw - 1)] {
+                    let a = resize_area_window(&src, nh, nw, rows.clone(), cols.clone());
+                    let b = resize_window_portable(&src, nh, nw, rows.clone(), cols.clone());
+                    assert_eq!(
+                        a.data, b.data,
+                        "{h}x{w}x{cn} -> {nh}x{nw} {rows:?} {cols:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fixed_taps_sum_like_the_table() {
+        // Shrink factors from just above 1 to 8 (at most 8 taps) and 7.3 (up to 9 taps, where
+        // FixedTaps declines), whole rows and windows, against the table-driven sums.
+        let mut declined = 0;
+        for (w, nw) in [
+            (500, 341),
+            (375, 256),
+            (257, 256),
+            (100, 37),
+            (300, 41),
+            (800, 100),
+        ] {
+            let row: Vec<u8> = (0..w * 3)
+                .map(|i: usize| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+                .collect();
+            let xt = area_tab(w, nw, w as f64 / nw as f64);
+            for cols in [0..nw, nw / 5..nw - nw / 7, nw - 1..nw] {
+                let Some(t) = FixedTaps::new(&xt, &cols) else {
+                    declined += 1;
+                    continue;
+                };
+                let mut want = vec![0f32; cols.len() * 3];
+                area_hsum(&row, 3, &xt, &cols, &mut want);
+                let mut got = vec![f32::NAN; cols.len() * 3];
+                let mut rowf = t.row_buffer();
+                t.hsum3(&row, &mut rowf, &mut got);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{w} -> {nw}, columns {cols:?}");
+            }
+        }
+        // 300 -> 41 has columns with 9 taps (only its last column alone has 8).
+        assert_eq!(declined, 2, "only 300 -> 41 falls back");
     }
 
     #[test]
