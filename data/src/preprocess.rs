@@ -194,10 +194,40 @@ impl Preprocess {
         Ok(())
     }
 
-    /// Normalization of the `crop` x `crop` window (1 or 3 channels, checked by the caller).
+    /// Normalization of the `crop` x `crop` window (1 or 3 channels, checked by the caller);
+    /// the AVX2 build when the CPU has it.
     fn normalize(&self, src: &Image, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::avx2::available() {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { self.normalize_avx2(src, out) };
+            return;
+        }
+        self.normalize_portable(src, out);
+    }
+
+    /// [`Preprocess::normalize_portable`] compiled for AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn normalize_avx2(&self, src: &Image, out: &mut [f32]) {
+        self.normalize_portable(src, out);
+    }
+
+    /// [`Preprocess::normalize`] for any CPU; the channel count is made a constant so the
+    /// stride-3 reads vectorize.
+    #[inline(always)]
+    fn normalize_portable(&self, src: &Image, out: &mut [f32]) {
+        if src.channels == 3 {
+            self.normalize_cn::<3>(src, out);
+        } else {
+            self.normalize_cn::<1>(src, out);
+        }
+    }
+
+    #[inline(always)]
+    fn normalize_cn<const CN: usize>(&self, src: &Image, out: &mut [f32]) {
         let crop = self.crop;
-        let cn = src.channels;
+        let cn = CN;
         let inv_std = [1.0f32 / self.std[0], 1.0 / self.std[1], 1.0 / self.std[2]];
         // Source channel written to output plane p.
         let plane_src: [usize; 3] = match self.order {
@@ -225,6 +255,47 @@ impl Preprocess {
                             d[p] = (f32::from(px[c.min(cn - 1)]) - self.mean[c]) * inv_std[c];
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispatched_normalize_equals_portable() {
+        for cn in [1, 3] {
+            for order in [ChannelOrder::Bgr, ChannelOrder::Rgb] {
+                for layout in [Layout::Nchw, Layout::Nhwc] {
+                    let pre = Preprocess {
+                        crop: 13,
+                        order,
+                        layout,
+                        ..Preprocess::default()
+                    };
+                    let data = (0..13 * 13 * cn)
+                        .map(|i: usize| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                        .collect();
+                    let img = Image::new(13, 13, cn, data).unwrap();
+                    let mut a = vec![f32::NAN; pre.image_len()];
+                    let mut b = vec![f32::NAN; pre.image_len()];
+                    pre.normalize(&img, &mut a);
+                    pre.normalize_portable(&img, &mut b);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&a), bits(&b), "{cn} channels, {order:?}, {layout:?}");
+                    // Spot check against the formula: pixel (2, 5), BGR channel 2 (R).
+                    let c = 2.min(cn - 1);
+                    let v = f32::from(img.data[(2 * 13 + 5) * cn + c]);
+                    let want = (v - pre.mean[2]) * (1.0 / pre.std[2]);
+                    let plane = if order == ChannelOrder::Bgr { 2 } else { 0 };
+                    let at = match layout {
+                        Layout::Nchw => plane * 169 + 2 * 13 + 5,
+                        Layout::Nhwc => (2 * 13 + 5) * 3 + plane,
+                    };
+                    assert_eq!(a[at].to_bits(), want.to_bits());
                 }
             }
         }
