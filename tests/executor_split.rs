@@ -136,3 +136,36 @@ fn tensor_rows_slice_and_join() {
     let wide = Tensor::from_f32(&[1, 3], vec![0.; 3]);
     assert!(Tensor::concat_rows(&[t, wide]).is_err());
 }
+
+#[test]
+fn borrowed_feed_runs_like_an_owned_one() {
+    // `run_ref` reads the feed in place: same outputs as `run` on one and two threads (split
+    // and whole), the feed left as it was, an input that is also an output handed back, and
+    // a missing input named.
+    let (init, mut predict) = example_net(5);
+    let last = predict.op.last().unwrap().output[0].clone();
+    let model0 = Model::from_nets(init.clone(), predict.clone()).unwrap();
+    let data = model0.data_input().unwrap();
+    predict.external_output = vec![last.clone(), data.clone()];
+    let model = Model::from_nets(init, predict).unwrap();
+    for threads in [1, 2] {
+        let exec = Executor::new(&model, threads).unwrap();
+        for n in [1, 5] {
+            let f = feed(&model, n);
+            let before = f.clone();
+            let owned = exec.run(f.clone()).unwrap();
+            let borrowed = exec.run_ref(&f).unwrap();
+            assert_eq!(f, before);
+            assert_eq!(owned.len(), 2);
+            for name in [&last, &data] {
+                assert_eq!(
+                    owned[name], borrowed[name],
+                    "{name}, {threads} threads, n = {n}"
+                );
+            }
+            assert_eq!(borrowed[&data], f[&data]);
+        }
+        let err = exec.run_ref(&HashMap::new()).unwrap_err().to_string();
+        assert!(err.contains(&format!("`{data}`")), "{err}");
+    }
+}

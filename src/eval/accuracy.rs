@@ -24,8 +24,15 @@ pub fn top_k(t: &Tensor, k: usize) -> Result<Vec<Vec<(usize, f32)>>> {
     Ok((0..rows)
         .map(|r| {
             let row = &v[r * cols..(r + 1) * cols];
+            // A strict total order (value descending, then index ascending), so selecting
+            // the first k and sorting them gives the first k of the full sort.
+            let order = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
             let mut idx: Vec<usize> = (0..cols).collect();
-            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            if k < cols {
+                idx.select_nth_unstable_by(k, order);
+                idx.truncate(k);
+            }
+            idx.sort_by(order);
             idx.into_iter().take(k).map(|i| (i, row[i])).collect()
         })
         .collect())
@@ -159,14 +166,19 @@ pub fn evaluate(
         Ahead(data::Prefetch),
         Inline(data::Batches),
     }
+    // The first batch is decoded on all cores either way: the models have nothing to do
+    // until it is ready.
+    let mut batches = batches;
+    let mut first = batches.next();
     let mut batches = if opts.prefetch > 0 {
         Source::Ahead(batches.prefetch(opts.prefetch)?)
     } else {
         Source::Inline(batches)
     };
-    let mut next = || match &mut batches {
-        Source::Ahead(p) => p.next(),
-        Source::Inline(b) => b.next(),
+    let mut next = || match (first.take(), &mut batches) {
+        (Some(b), _) => Some(b),
+        (None, Source::Ahead(p)) => p.next(),
+        (None, Source::Inline(b)) => b.next(),
     };
     let mut r = EvalReport {
         models: vec![ModelScore::default(); models.len()],
@@ -175,18 +187,18 @@ pub fn evaluate(
     let mut dsum = 0f64;
     while let Some(b) = next() {
         let b = b?;
-        let mut x = Some(Tensor::from_f32(&pre.batch_shape(b.n), b.images));
+        let x = Tensor::from_f32(&pre.batch_shape(b.n), b.images);
+        // One feed map, renamed per model; every model reads the batch in place.
+        let mut feed = HashMap::from([(inputs[0].clone(), x)]);
         let mut outs = Vec::with_capacity(models.len());
         for (k, e) in execs.iter().enumerate() {
-            // The last model takes the batch itself; the others get copies.
-            let xk = if k + 1 == execs.len() {
-                x.take()
-            } else {
-                x.clone()
-            };
-            let xk = xk.ok_or_else(|| Error::Input("evaluate: batch already consumed".into()))?;
+            if !feed.contains_key(&inputs[k]) {
+                let x = feed.drain().map(|(_, x)| x).next();
+                let x = x.ok_or_else(|| Error::Input("evaluate: batch already consumed".into()))?;
+                feed.insert(inputs[k].clone(), x);
+            }
             let t0 = Instant::now();
-            let mut o = e.run(HashMap::from([(inputs[k].clone(), xk)]))?;
+            let mut o = e.run_ref(&feed)?;
             r.models[k].secs += t0.elapsed().as_secs_f64();
             let y = o.remove(&outputs[k]).ok_or_else(|| {
                 Error::Input(format!("model output `{}` was not produced", outputs[k]))
@@ -209,16 +221,13 @@ pub fn evaluate(
                     r.agree += 1;
                 }
             }
-            let f = |t: &Tensor| {
-                t.f32_slice()
-                    .map(<[f32]>::to_vec)
-                    .map_err(|e| Error::Input(format!("model output: {e}")))
-            };
-            let (y0, y1) = (f(&outs[0].0)?, f(&outs[1].0)?);
+            let err = |e| Error::Input(format!("model output: {e}"));
+            let y0 = outs[0].0.f32_slice().map_err(err)?;
+            let y1 = outs[1].0.f32_slice().map_err(err)?;
             if y0.len() == y1.len() && b.n > 0 {
                 dsum += y0
                     .iter()
-                    .zip(&y1)
+                    .zip(y1)
                     .map(|(p, q)| f64::from((p - q).abs()))
                     .sum::<f64>()
                     / (y0.len() / b.n) as f64;
@@ -242,4 +251,40 @@ pub fn evaluate(
     }
     r.mean_abs_delta = dsum / r.images as f64;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_equals_the_head_of_a_full_sort() {
+        // Many ties (values from 7 levels), a NaN and infinities, every k, against a full
+        // sort by (value descending, index ascending) with total_cmp.
+        let cols = 23;
+        let mut v: Vec<f32> = (0..2 * cols).map(|i| ((i * 5) % 7) as f32 - 3.0).collect();
+        v[4] = f32::NAN;
+        v[9] = f32::INFINITY;
+        v[30] = f32::NEG_INFINITY;
+        let t = Tensor::from_f32(&[2, cols], v.clone());
+        for k in 0..=cols + 2 {
+            let got = top_k(&t, k).unwrap();
+            for (r, row) in got.iter().enumerate() {
+                let vals = &v[r * cols..(r + 1) * cols];
+                let mut idx: Vec<usize> = (0..cols).collect();
+                idx.sort_by(|&a, &b| vals[b].total_cmp(&vals[a]).then(a.cmp(&b)));
+                let want: Vec<usize> = idx.into_iter().take(k).collect();
+                let got_idx: Vec<usize> = row.iter().map(|p| p.0).collect();
+                assert_eq!(got_idx, want, "row {r}, k = {k}");
+            }
+        }
+        // By hand: row 0 is [-3, 2, 0, -2, NaN, 1, -1, -3, 2, inf, -2, 3, ...] with its 3s at
+        // 11 and 18; the positive NaN sorts above +inf under total_cmp, then inf, then the 3s
+        // in index order.
+        let top = top_k(&t, 4).unwrap();
+        assert_eq!(
+            top[0].iter().map(|p| p.0).collect::<Vec<_>>(),
+            [4, 9, 11, 18]
+        );
+    }
 }

@@ -116,6 +116,26 @@ impl<'m> Executor<'m> {
         }
     }
 
+    /// [`Executor::run`] on a borrowed feed: the inputs are read where they are, not copied
+    /// (for feeding one batch to several models; `run` can free its inputs early instead).
+    pub fn run_ref(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+        let n = batch_size(inputs);
+        let parts = self.batch_streams(n);
+        if parts < 2 {
+            return self.run_in(&self.pool, HashMap::new(), Some(inputs), None);
+        }
+        match self.run_split(inputs, n, parts) {
+            Ok(out) => Ok(out),
+            Err(_) => {
+                let whole = self.run_in(&self.pool, HashMap::new(), Some(inputs), None);
+                if whole.is_ok() {
+                    self.split_failed.store(true, Ordering::Relaxed);
+                }
+                whole
+            }
+        }
+    }
+
     /// Runs `parts` slices of the batch on the single-thread pools at once and joins the
     /// outputs along the batch axis.
     fn run_split(
@@ -145,7 +165,7 @@ impl<'m> Executor<'m> {
             let handles: Vec<_> = feeds
                 .into_iter()
                 .zip(&self.streams)
-                .map(|(feed, pool)| s.spawn(move || self.run_in(pool, feed, None)))
+                .map(|(feed, pool)| s.spawn(move || self.run_in(pool, feed, None, None)))
                 .collect();
             handles
                 .into_iter()
@@ -187,24 +207,29 @@ impl<'m> Executor<'m> {
         inputs: HashMap<String, Tensor>,
         observer: Option<&mut dyn Observer>,
     ) -> Result<HashMap<String, Tensor>> {
-        self.run_in(&self.pool, inputs, observer)
+        self.run_in(&self.pool, inputs, None, observer)
     }
 
-    /// Runs the whole net on `pool`.
+    /// Runs the whole net on `pool`, fed with the owned `inputs` and the borrowed `feed`.
     fn run_in(
         &self,
         pool: &rayon::ThreadPool,
         inputs: HashMap<String, Tensor>,
+        feed: Option<&HashMap<String, Tensor>>,
         mut observer: Option<&mut dyn Observer>,
     ) -> Result<HashMap<String, Tensor>> {
+        let empty = HashMap::new();
+        let feed = feed.unwrap_or(&empty);
         for want in self.model.data_inputs() {
-            if !inputs.contains_key(&want) {
+            if !inputs.contains_key(&want) && !feed.contains_key(&want) {
                 return Err(Error::Input(format!(
                     "the net needs input `{want}`, which was not given (given: {:?})",
-                    inputs.keys().collect::<Vec<_>>()
+                    inputs.keys().chain(feed.keys()).collect::<Vec<_>>()
                 )));
             }
         }
+        // Borrowed inputs are looked up after the blobs the net produced, as if they had been
+        // fed owned and never overwritten.
         let params = &self.model.params;
         let mut live: HashMap<String, Tensor> = inputs;
         pool.install(|| {
@@ -213,12 +238,14 @@ impl<'m> Executor<'m> {
                     let op = node.op()?;
                     let mut ins: Vec<&Tensor> = Vec::with_capacity(node.inputs.len());
                     for name in &node.inputs {
-                        let t = live.get(name).or_else(|| params.get(name)).ok_or_else(|| {
-                            Error::MissingBlob {
+                        let t = live
+                            .get(name)
+                            .or_else(|| feed.get(name))
+                            .or_else(|| params.get(name))
+                            .ok_or_else(|| Error::MissingBlob {
                                 node: node.node_ref(),
                                 blob: name.clone(),
-                            }
-                        })?;
+                            })?;
                         ins.push(t);
                     }
                     let outs = op.eval(&ins).map_err(|e| {
@@ -227,6 +254,7 @@ impl<'m> Executor<'m> {
                             .iter()
                             .filter_map(|n| {
                                 live.get(n)
+                                    .or_else(|| feed.get(n))
                                     .or_else(|| params.get(n))
                                     .map(|t| (n.clone(), t.info()))
                             })
@@ -254,6 +282,7 @@ impl<'m> Executor<'m> {
         for name in self.model.outputs() {
             let t = live
                 .remove(&name)
+                .or_else(|| feed.get(&name).cloned())
                 .or_else(|| params.get(&name).cloned())
                 .ok_or_else(|| Error::Input(format!("output `{name}` was never produced")))?;
             out.insert(name, t);

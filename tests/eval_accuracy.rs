@@ -1,0 +1,123 @@
+//! `evaluate` against a plain loop: the same batches run one model at a time with
+//! `Executor::run`, top-1/top-5 counted by a full sort, agreement and mean |Δ| summed by hand.
+//! Every decoding schedule (prefetch thread or inline, one or two threads) gives those figures.
+
+use std::collections::HashMap;
+
+use c2q::demo::{example_image, example_net, EXAMPLE_CLASSES};
+use c2q::eval::{evaluate, EvalOptions};
+use c2q::{Executor, Model};
+use ops::Tensor;
+
+fn make_db(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    for k in 0..n {
+        let class = k % 3;
+        let folder = dir.join(format!("imgs/c{class}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        example_image(40 + k as u32, 36 + (k % 5) as u32, k)
+            .save(folder.join(format!("{k:02}.png")))
+            .unwrap();
+    }
+    let db = dir.join("db");
+    let opts = data::MakeDbOptions {
+        format: data::RecordFormat::Datum,
+        raw: None,
+        overwrite: false,
+    };
+    data::make_db(&data::Source::Folder(dir.join("imgs")), &db, &opts, None).unwrap();
+    db
+}
+
+#[test]
+fn evaluate_counts_like_a_plain_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = make_db(dir.path(), 11);
+    let models: Vec<Model> = [5, 9]
+        .into_iter()
+        .map(|seed| {
+            let (init, predict) = example_net(seed);
+            Model::from_nets(init, predict).unwrap()
+        })
+        .collect();
+    let batches = data::BatchOptions {
+        batch_size: 4,
+        preprocess: data::Preprocess {
+            scale: 36,
+            crop: 32,
+            ..data::Preprocess::default()
+        },
+        ..data::BatchOptions::default()
+    };
+
+    // The plain loop.
+    let (mut top1, mut top5) = ([0usize; 2], [0usize; 2]);
+    let (mut agree, mut dsum, mut images) = (0usize, 0f64, 0usize);
+    let pre = batches.preprocess.clone();
+    let execs: Vec<Executor> = models
+        .iter()
+        .map(|m| Executor::new(m, 1).unwrap())
+        .collect();
+    for b in data::Batches::open(&db, batches.clone()).unwrap() {
+        let b = b.unwrap();
+        let x = Tensor::from_f32(&pre.batch_shape(b.n), b.images);
+        let ys: Vec<Vec<f32>> = models
+            .iter()
+            .zip(&execs)
+            .map(|(m, e)| {
+                let out = e
+                    .run(HashMap::from([(m.data_input().unwrap(), x.clone())]))
+                    .unwrap();
+                out["softmax"].f32_slice().unwrap().to_vec()
+            })
+            .collect();
+        let mut best = [vec![], vec![]];
+        for (k, y) in ys.iter().enumerate() {
+            for (row, &label) in y.chunks_exact(EXAMPLE_CLASSES).zip(&b.labels) {
+                let mut idx: Vec<usize> = (0..EXAMPLE_CLASSES).collect();
+                idx.sort_by(|&p, &q| row[q].total_cmp(&row[p]).then(p.cmp(&q)));
+                top1[k] += usize::from(idx[0] as i64 == label);
+                top5[k] += usize::from(idx[..5].contains(&(label as usize)));
+                best[k].push(idx[0]);
+            }
+        }
+        agree += best[0].iter().zip(&best[1]).filter(|(p, q)| p == q).count();
+        for (r0, r1) in ys[0]
+            .chunks_exact(EXAMPLE_CLASSES)
+            .zip(ys[1].chunks_exact(EXAMPLE_CLASSES))
+        {
+            let d: f64 = r0
+                .iter()
+                .zip(r1)
+                .map(|(p, q)| f64::from((p - q).abs()))
+                .sum();
+            dsum += d / EXAMPLE_CLASSES as f64;
+        }
+        images += b.n;
+    }
+    assert_eq!(images, 11);
+    // The two nets must not agree everywhere, or agreement would not be tested.
+    assert!(agree < 11, "agreement {agree}");
+
+    let refs: Vec<&Model> = models.iter().collect();
+    for (threads, prefetch) in [(1, 2), (1, 0), (2, 0), (2, 1)] {
+        let opts = EvalOptions {
+            batches: batches.clone(),
+            threads,
+            labels_offset: 0,
+            prefetch,
+        };
+        let r = evaluate(&refs, &db, &opts, None).unwrap();
+        let what = format!("{threads} threads, prefetch {prefetch}");
+        assert_eq!(r.images, 11, "{what}");
+        for k in 0..2 {
+            assert_eq!(r.models[k].top1, top1[k], "model {k} top-1, {what}");
+            assert_eq!(r.models[k].top5, top5[k], "model {k} top-5, {what}");
+        }
+        assert_eq!(r.agree, agree, "{what}");
+        let mean = dsum / 11.0;
+        assert!(
+            (r.mean_abs_delta - mean).abs() <= 1e-12 * mean.max(1.0),
+            "{what}"
+        );
+    }
+}
