@@ -99,15 +99,24 @@ fn evaluate_counts_like_a_plain_loop() {
     assert!(agree < 11, "agreement {agree}");
 
     let refs: Vec<&Model> = models.iter().collect();
-    for (threads, prefetch) in [(1, 2), (1, 0), (2, 0), (2, 1)] {
+    let (normal, idle) = (data::DecodePriority::Normal, data::DecodePriority::Idle);
+    for (threads, prefetch, decode_priority) in [
+        (1, 2, normal),
+        (1, 0, normal),
+        (2, 0, normal),
+        (2, 1, normal),
+        (2, 2, idle),
+        (1, 2, idle),
+    ] {
         let opts = EvalOptions {
             batches: batches.clone(),
             threads,
             labels_offset: 0,
             prefetch,
+            decode_priority,
         };
         let r = evaluate(&refs, &db, &opts, None).unwrap();
-        let what = format!("{threads} threads, prefetch {prefetch}");
+        let what = format!("{threads} threads, prefetch {prefetch}, {decode_priority:?}");
         assert_eq!(r.images, 11, "{what}");
         for k in 0..2 {
             assert_eq!(r.models[k].top1, top1[k], "model {k} top-1, {what}");

@@ -406,6 +406,11 @@ impl Batches {
     /// Runs the iterator on a background thread that keeps up to `depth` (at least 1)
     /// finished batches ready.
     pub fn prefetch(self, depth: usize) -> DataResult<Prefetch> {
+        self.prefetch_with(depth, DecodePriority::Normal)
+    }
+
+    /// [`Batches::prefetch`] with the decode thread at `priority`.
+    pub fn prefetch_with(self, depth: usize, priority: DecodePriority) -> DataResult<Prefetch> {
         let (tx, rx) = sync_channel(depth.max(1));
         let skipped = Arc::clone(&self.skipped);
         let planned = self.planned();
@@ -419,6 +424,10 @@ impl Batches {
                 // the consumer (inference) keeps the other cores, and its parallel ops are not
                 // slowed down by decode work interleaved on their threads.
                 let run = || {
+                    // On the thread that decodes (the pool's worker).
+                    if priority == DecodePriority::Idle {
+                        lower_to_idle_priority();
+                    }
                     for item in self {
                         if tx.send(item).is_err() {
                             break;
@@ -560,6 +569,45 @@ impl Iterator for Batches {
             float_labels,
             keys,
         }))
+    }
+}
+
+/// How a prefetch thread competes for the CPU with the threads that consume its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecodePriority {
+    /// Like any other thread: right when a core is left free for decoding.
+    #[default]
+    Normal,
+    /// Only on CPU time no other thread wants (Linux `SCHED_IDLE`; elsewhere `Normal`).
+    /// When the consumer runs on every core, decoding then fills the moments its threads
+    /// wait (the end of a parallel part, joins, top-k) instead of preempting them; when
+    /// the consumer waits for a batch, its cores are idle and decoding runs at full speed.
+    Idle,
+}
+
+/// Puts the calling thread in Linux's `SCHED_IDLE` class (no effect elsewhere). Failure
+/// leaves the thread at normal priority, which is still correct, only less polite.
+fn lower_to_idle_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: FFI call on the calling thread (pid 0) with a valid, initialised
+        // `sched_param` that outlives the call; SCHED_IDLE requires priority 0.
+        let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    }
+}
+
+/// True if the calling thread runs in Linux's `SCHED_IDLE` class (tests).
+#[doc(hidden)]
+pub fn current_thread_is_idle_priority() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: FFI call without pointers, on the calling thread (pid 0).
+        unsafe { libc::sched_getscheduler(0) == libc::SCHED_IDLE }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
     }
 }
 

@@ -12,7 +12,7 @@ pub mod preprocess;
 pub mod record;
 pub mod resize;
 
-pub use batch::{Batch, BatchOptions, Batches, Prefetch, Skipped};
+pub use batch::{Batch, BatchOptions, Batches, DecodePriority, Prefetch, Skipped};
 pub use db_info::{db_info, DbInfo};
 pub use error::{DataError, DataResult};
 pub use image::{decode_bgr, decode_bgr_window, Image, PixelWindow, WindowFn};

@@ -5,7 +5,7 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use data::batch::{BatchOptions, Batches};
+use data::batch::{BatchOptions, Batches, DecodePriority};
 use data::lmdb::Lmdb;
 use data::make_db::write_records;
 use data::record::{datum_encoded, tensor_protos_encoded, RecordFormat};
@@ -135,7 +135,7 @@ fn prefetched_pipeline_matches() {
         .unwrap()
         .map(|b| b.unwrap())
         .collect();
-    let pre: Vec<_> = Batches::open(&path, opts)
+    let pre: Vec<_> = Batches::open(&path, opts.clone())
         .unwrap()
         .prefetch(2)
         .unwrap()
@@ -143,6 +143,34 @@ fn prefetched_pipeline_matches() {
         .collect();
     assert_eq!(direct.len(), 2);
     assert_eq!(direct, pre);
+
+    // At idle priority: the same batches, and the records are converted on a thread in the
+    // SCHED_IDLE class (Linux), while this (consuming) thread keeps its normal class.
+    let db = data::lmdb::Lmdb::open(&path).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&seen);
+    let pre = opts.preprocess.clone();
+    let convert = move |img: &data::Image, out: &mut [f32]| {
+        log.lock()
+            .unwrap()
+            .push(data::batch::current_thread_is_idle_priority());
+        pre.apply(img, out)
+    };
+    let len = opts.preprocess.image_len();
+    let idle: Vec<_> = Batches::with_converter(db, &opts, len, std::sync::Arc::new(convert))
+        .unwrap()
+        .prefetch_with(2, DecodePriority::Idle)
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect();
+    assert_eq!(direct, idle);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), CASES.len());
+    assert!(
+        seen.iter().all(|&i| i == cfg!(target_os = "linux")),
+        "{seen:?}"
+    );
+    assert!(!data::batch::current_thread_is_idle_priority());
 }
 
 #[test]

@@ -38,10 +38,13 @@ pub struct EvalArgs {
     #[arg(long)]
     pub format: Option<data::RecordFormat>,
     /// Batches decoded ahead on a background thread while the models run; 0 decodes each
-    /// batch on all cores just before it is used. Default: 2 when `--threads` leaves a core
-    /// free for decoding, else 0 (a decode thread would steal time from inference threads).
-    #[arg(long)]
-    pub prefetch: Option<usize>,
+    /// batch on all cores just before it is used.
+    #[arg(long, default_value_t = crate::eval::DEFAULT_PREFETCH)]
+    pub prefetch: usize,
+    /// Priority of the decode thread: `normal`, or `idle` (runs only on CPU time inference
+    /// leaves unused). Default: idle when `--threads` uses every core, else normal.
+    #[arg(long, value_enum)]
+    pub decode_priority: Option<DecodePriorityArg>,
     /// Run Int8 ops with the scalar reference implementation (slow; bit-identical).
     #[arg(long)]
     pub reference: bool,
@@ -51,6 +54,15 @@ pub struct EvalArgs {
     /// Preprocessing.
     #[command(flatten)]
     pub pre: PreprocessArgs,
+}
+
+/// `--decode-priority` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecodePriorityArg {
+    /// Like the inference threads.
+    Normal,
+    /// Only when a core would otherwise idle (Linux SCHED_IDLE).
+    Idle,
 }
 
 /// Runs `c2q eval`.
@@ -77,9 +89,12 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         },
         threads: a.threads,
         labels_offset: a.labels_offset,
-        prefetch: a
-            .prefetch
-            .unwrap_or_else(|| crate::eval::default_prefetch(a.threads)),
+        prefetch: a.prefetch,
+        decode_priority: match a.decode_priority {
+            None => crate::eval::default_decode_priority(a.threads),
+            Some(DecodePriorityArg::Normal) => data::DecodePriority::Normal,
+            Some(DecodePriorityArg::Idle) => data::DecodePriority::Idle,
+        },
     };
     let pb = bar(0, "evaluating");
     let progress = |done: usize, planned: usize| {

@@ -263,7 +263,10 @@ pub fn calibrate_db(
             db.display()
         )));
     }
-    let mut batches = batches.prefetch(2)?;
+    let mut batches = batches.prefetch_with(
+        crate::eval::DEFAULT_PREFETCH,
+        crate::eval::default_decode_priority(threads),
+    )?;
     let exec = Executor::new(model, threads)?;
     let mut cal = Calibrator::new(model, nbins);
     for b in batches.by_ref() {
