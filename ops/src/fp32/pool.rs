@@ -257,25 +257,81 @@ fn keep_max(m: f32, v: f32) -> f32 {
     }
 }
 
-/// `m[i] = keep_max(m[i], xs[S·i])`, eight columns at a time (constant offsets, so the
-/// compiler can vectorize).
-fn max_strided<const S: usize>(m: &mut [f32], xs: &[f32]) {
-    let full = (m.len() / 8).min(xs.len() / (8 * S)) * 8;
-    for (a, b) in m[..full].chunks_exact_mut(8).zip(xs.chunks_exact(8 * S)) {
-        for i in 0..8 {
-            a[i] = keep_max(a[i], b[S * i]);
+/// Row-window maxima of output columns `m` (the first at input offset `xs[0]`, stride `S`):
+/// `m[i]` = the running max (`keep_max`, from `f32::MIN`) of `xs[S·i + j]` for `j < kw`, in
+/// order. Eight columns at a time in registers, each written once: an in-place running max
+/// would let the compiler turn the unchanged stores into masked stores, which are slow.
+#[inline(always)]
+fn row_max_strided<const S: usize>(m: &mut [f32], xs: &[f32], kw: usize) {
+    let full = if xs.len() + S >= kw + S * 8 {
+        (m.len() / 8).min((xs.len() + S - kw) / (8 * S)) * 8
+    } else {
+        0
+    };
+    for (c, a) in m[..full].chunks_exact_mut(8).enumerate() {
+        let base = &xs[c * 8 * S..];
+        let mut acc = [f32::MIN; 8];
+        for j in 0..kw {
+            // A slice of exactly the elements read, so the loop has no bounds checks.
+            let w = &base[j..j + 7 * S + 1];
+            for (i, v) in acc.iter_mut().enumerate() {
+                *v = keep_max(*v, w[S * i]);
+            }
         }
+        a.copy_from_slice(&acc);
     }
     for (i, a) in m.iter_mut().enumerate().skip(full) {
-        *a = keep_max(*a, xs[S * i]);
+        *a = xs[S * i..S * i + kw]
+            .iter()
+            .fold(f32::MIN, |m, &v| keep_max(m, v));
     }
+}
+
+/// Column maxima: `y[i]` = the running max (from `f32::MIN`) of `rows[r][i]` over the rows
+/// in order, eight columns at a time in registers and each written once.
+#[inline(always)]
+fn col_max(y: &mut [f32], rows: &[&[f32]]) {
+    let full = y.len() / 8 * 8;
+    for (c, a) in y[..full].chunks_exact_mut(8).enumerate() {
+        let mut acc = [f32::MIN; 8];
+        for r in rows {
+            let r: &[f32; 8] = r[c * 8..c * 8 + 8].try_into().expect("8 columns");
+            for (v, &x) in acc.iter_mut().zip(r) {
+                *v = keep_max(*v, x);
+            }
+        }
+        a.copy_from_slice(&acc);
+    }
+    for (i, a) in y.iter_mut().enumerate().skip(full) {
+        *a = rows.iter().fold(f32::MIN, |m, r| keep_max(m, r[i]));
+    }
+}
+
+/// [`max_plane_nchw_portable`], compiled for AVX2 when the CPU has it.
+fn max_plane_nchw(d: &PDims, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::isa::Isa::current() == crate::kernels::isa::Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 (`Isa::current` checked it).
+        unsafe { max_plane_nchw_avx2(d, x, y) };
+        return;
+    }
+    max_plane_nchw_portable(d, x, y);
+}
+
+/// [`max_plane_nchw_portable`] compiled for AVX2: 8-lane compares and blends, and the
+/// stride-2 reads as shuffles (same comparisons, so the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn max_plane_nchw_avx2(d: &PDims, x: &[f32], y: &mut [f32]) {
+    max_plane_nchw_portable(d, x, y);
 }
 
 /// Max pooling of one NCHW plane in two passes: the max over each row window of every input
 /// row, then, for each output row, the max over its window of those row maxima (vectorizes
 /// over the output columns). Same bits as one pass over each window in row-major order: both
 /// keep the first occurrence of the maximum and skip NaN.
-fn max_plane_nchw(d: &PDims, x: &[f32], y: &mut [f32]) {
+#[inline(always)]
+fn max_plane_nchw_portable(d: &PDims, x: &[f32], y: &mut [f32]) {
     let (iw, ow) = (d.iw, d.ow);
     // Row maxima of the input rows some window uses: rows `0..r1` (the first window starts
     // at row 0; a last window wholly in the bottom padding is empty and may start past the
@@ -299,32 +355,83 @@ fn max_plane_nchw(d: &PDims, x: &[f32], y: &mut [f32]) {
             let (ws, we) = (ws.min(iw), we.min(iw));
             rm[ox] = xr[ws..we].iter().fold(f32::MIN, |m, &v| keep_max(m, v));
         }
-        // Inside: kernel column by kernel column, so that the columns' running maxima are
-        // independent (each still sees its window left to right).
+        // Inside: eight columns at a time, each column's window left to right.
         if lo == hi {
             continue;
         }
-        for j in 0..d.kw {
-            let xs = &xr[lo * d.sw + j - d.pl..];
-            let rm = &mut rm[lo..hi];
-            // Strides 1 and 2 (nearly every net) spelled out so that they vectorize.
-            match d.sw {
-                1 => max_strided::<1>(rm, xs),
-                2 => max_strided::<2>(rm, xs),
-                s => rm
-                    .iter_mut()
-                    .zip(xs.iter().step_by(s))
-                    .for_each(|(m, &v)| *m = keep_max(*m, v)),
+        let xs = &xr[lo * d.sw - d.pl..];
+        let rm = &mut rm[lo..hi];
+        // Strides 1 and 2 (nearly every net) spelled out so that they vectorize.
+        match d.sw {
+            1 => row_max_strided::<1>(rm, xs, d.kw),
+            2 => row_max_strided::<2>(rm, xs, d.kw),
+            s => {
+                for (i, m) in rm.iter_mut().enumerate() {
+                    *m = xs[s * i..s * i + d.kw]
+                        .iter()
+                        .fold(f32::MIN, |m, &v| keep_max(m, v));
+                }
             }
         }
     }
+    let mut window_rows: Vec<&[f32]> = Vec::with_capacity(d.kh);
     for (oy, yr) in y.chunks_exact_mut(ow.max(1)).enumerate().take(d.oh) {
         let (hs, he) = window(oy, d.sh, d.pt, d.kh, d.ih);
-        yr.fill(f32::MIN);
-        for iy in hs..he {
-            let rm = &rows[iy * ow..(iy + 1) * ow];
-            for (m, &v) in yr.iter_mut().zip(rm) {
-                *m = keep_max(*m, v);
+        window_rows.clear();
+        window_rows.extend((hs..he).map(|iy| &rows[iy * ow..(iy + 1) * ow]));
+        col_max(yr, &window_rows);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispatched_max_plane_equals_portable() {
+        // Every small geometry (kernels 1-3, strides 1-3, pads 0-2, sides 1-20) on values
+        // with ties, signed zeros and NaN: the AVX2 build gives the portable build's bits.
+        let vals = [
+            0.0f32,
+            -0.0,
+            1.5,
+            -2.0,
+            f32::NAN,
+            1.5,
+            3.25,
+            -0.0,
+            f32::INFINITY,
+        ];
+        for (ih, iw) in [(1, 1), (5, 7), (13, 13), (20, 17), (8, 19)] {
+            let x: Vec<f32> = (0..ih * iw)
+                .map(|i| vals[(i * 7 + i / 5) % vals.len()])
+                .collect();
+            for (k, s, p) in (1..=3)
+                .flat_map(|k| (1..=3).flat_map(move |s| (0..=2).map(move |p| (k, s, p))))
+                .filter(|&(k, _, p)| p < k)
+            {
+                if ih + 2 * p < k || iw + 2 * p < k {
+                    continue;
+                }
+                let (oh, ow) = ((ih + 2 * p - k) / s + 1, (iw + 2 * p - k) / s + 1);
+                let d = PDims {
+                    c: 1,
+                    ih,
+                    iw,
+                    oh,
+                    ow,
+                    kh: k,
+                    kw: k,
+                    sh: s,
+                    sw: s,
+                    pt: p,
+                    pl: p,
+                };
+                let (mut a, mut b) = (vec![7.0f32; oh * ow], vec![-7.0f32; oh * ow]);
+                max_plane_nchw(&d, &x, &mut a);
+                max_plane_nchw_portable(&d, &x, &mut b);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "{ih}x{iw} k{k} s{s} p{p}");
             }
         }
     }
