@@ -2,8 +2,8 @@
 //!
 //! Every model sees the same preprocessed batches, decoded on a prefetch thread while the
 //! models run (at idle priority when inference uses every core; see
-//! [`default_decode_priority`]). With two or more models the first two are also compared: top-1 agreement
-//! and the mean absolute difference of their outputs.
+//! [`default_decode_priority`]). With two or more models the first two are also compared:
+//! top-1 agreement and the mean absolute difference of their outputs.
 
 use std::collections::HashMap;
 use std::path::Path;
