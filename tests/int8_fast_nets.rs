@@ -175,19 +175,6 @@ fn resnet50_int8_fast_equals_reference() {
     );
 }
 
-/// Deterministic pseudo-random numbers for synthetic weights.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) as u32
-    }
-}
-
 #[test]
 fn published_resnet50_quantized_runs_with_synthetic_weights() {
     let (Some(qdir), Some(fdir)) = (
@@ -216,7 +203,7 @@ fn published_resnet50_quantized_runs_with_synthetic_weights() {
     };
     let mut scale: HashMap<String, f32> = HashMap::new();
     let mut params: HashMap<String, Tensor> = HashMap::new();
-    let mut rng = Lcg(7);
+    let mut rng = ops::rng::Rng::new(7);
     for op in &predict.op {
         let t = op.type_();
         if t.starts_with("Int8Conv") || t == "Int8FC" {
@@ -234,7 +221,9 @@ fn published_resnet50_quantized_runs_with_synthetic_weights() {
             // Codes uniform in 128 ± 40 (std ≈ 23); pick the weight scale so that the output
             // spread is tens of codes: s_w = s_y / (s_x · √K · 23) · 30/30.
             let sw = sy / (sx * (k as f32).sqrt() * 23.0);
-            let codes: Vec<u8> = (0..m * k).map(|_| 88 + (rng.next() % 81) as u8).collect();
+            let codes: Vec<u8> = (0..m * k)
+                .map(|_| 88 + rng.uniform_i64(0, 80) as u8)
+                .collect();
             params.insert(
                 op.input[1].clone(),
                 Tensor::QU8(
@@ -247,7 +236,7 @@ fn published_resnet50_quantized_runs_with_synthetic_weights() {
             );
             let sb = sx * sw;
             let bias: Vec<i32> = (0..m)
-                .map(|_| ((rng.next() % 21) as i32 - 10) * ((sy / sb) as i32).max(1))
+                .map(|_| (rng.uniform_i64(0, 20) as i32 - 10) * ((sy / sb) as i32).max(1))
                 .collect();
             params.insert(
                 op.input[2].clone(),
@@ -298,8 +287,9 @@ fn published_resnet50_quantized_runs_with_synthetic_weights() {
 fn qnnpack_style_net_fast_equals_reference() {
     use c2q::graph::builder::{op_def, Arg};
     let q = |scale: f32, zero_point: i32| QParams { scale, zero_point };
-    let mut rng = Lcg(11);
-    let mut codes = |n: usize| -> Vec<u8> { (0..n).map(|_| (rng.next() % 256) as u8).collect() };
+    let mut rng = ops::rng::Rng::new(11);
+    let mut codes =
+        |n: usize| -> Vec<u8> { (0..n).map(|_| (rng.next_u64() >> 56) as u8).collect() };
     let qu8 = |shape: &[usize], v: Vec<u8>, p: QParams| {
         Tensor::QU8(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap(), p)
     };

@@ -10,6 +10,7 @@ use ops_util::{build_int8, codes, f, floats, i, ints, qi32, qp, qu8, s, try_buil
 use proptest::prelude::*;
 
 mod ops_util;
+use ops_util::TestRng as Rng;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -27,55 +28,6 @@ fn try_build_ref(
 
 fn build_ref(op: &str, args: &[(&str, ArgValue)], n_in: usize, reference: bool) -> Box<dyn Op> {
     build_int8(op, args, n_in, 1, reference)
-}
-
-/// Deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// Codes: uniform, or (extreme) only 0 and 255.
-    fn codes(&mut self, n: usize, extreme: bool) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                if extreme {
-                    if self.next() & 1 == 0 {
-                        0
-                    } else {
-                        255
-                    }
-                } else {
-                    self.next() as u8
-                }
-            })
-            .collect()
-    }
-    /// Codes, all extreme with probability `1 / one_in`.
-    fn some_codes(&mut self, n: usize, one_in: u64) -> Vec<u8> {
-        let extreme = self.below(one_in) == 0;
-        self.codes(n, extreme)
-    }
-    /// A zero point: 0, 128, 255 or anything.
-    fn zp(&mut self) -> i32 {
-        match self.below(4) {
-            0 => 0,
-            1 => 128,
-            2 => 255,
-            _ => self.below(256) as i32,
-        }
-    }
 }
 
 /// Runs `op` once in a 1-thread and once in a 2-thread pool; both must agree.
@@ -121,7 +73,7 @@ struct GemmCase {
 }
 
 fn gemm_case(m: usize, k: usize, n: usize, seed: u64, relu: bool) -> GemmCase {
-    let mut r = Rng(seed);
+    let mut r = Rng::new(seed);
     let extreme = r.below(4) == 0;
     let zy = r.zp();
     GemmCase {
@@ -134,7 +86,7 @@ fn gemm_case(m: usize, k: usize, n: usize, seed: u64, relu: bool) -> GemmCase {
         zw: (0..n).map(|_| r.zp()).collect(),
         bias: (0..n).map(|_| r.below(200_001) as i32 - 100_000).collect(),
         mults: (0..n)
-            .map(|_| (1e-5 + r.unit() * 3e-3) / (k as f32).sqrt())
+            .map(|_| (1e-5 + r.unit_f32() * 3e-3) / (k as f32).sqrt())
             .collect(),
         zy,
         lo: if relu { zy } else { 0 },
@@ -210,7 +162,7 @@ proptest! {
 /// random ones.
 fn quad_case(m: usize, k: usize, n: usize, seed: u64, relu: bool) -> GemmCase {
     let mut c = gemm_case(m, k, n, seed, relu);
-    let mut r = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let mut r = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15);
     c.zx = [0, 128, 255, r.zp()][r.below(4) as usize];
     for j in 0..n {
         let zw = [0, 128, 255, r.zp()][r.below(4) as usize];
@@ -447,7 +399,7 @@ fn qgemm_non_finite_multipliers_match_naive() {
 
 #[test]
 fn qdepthwise_non_finite_multipliers_match_naive() {
-    let mut r = Rng(99);
+    let mut r = Rng::new(99);
     let c = 37;
     let sh = DwShape {
         n: 1,
@@ -559,7 +511,7 @@ proptest! {
         stride in 1usize..3, dil in 1usize..3, pad in 0usize..3, extra in 0usize..6,
         seed in any::<u64>(), relu: bool
     ) {
-        let mut r = Rng(seed);
+        let mut r = Rng::new(seed);
         let eff = (k - 1) * dil + 1;
         let pad = pad.min(k - 1);
         let h = (eff + extra).saturating_sub(2 * pad).max(1);
@@ -576,7 +528,7 @@ proptest! {
         let wc = r.codes(c * k * k, extreme);
         let zw: Vec<i32> = (0..c).map(|_| r.zp()).collect();
         let bias: Vec<i32> = (0..c).map(|_| r.below(20_001) as i32 - 10_000).collect();
-        let mults: Vec<f32> = (0..c).map(|_| 1e-4 + r.unit() * 0.02).collect();
+        let mults: Vec<f32> = (0..c).map(|_| 1e-4 + r.unit_f32() * 0.02).collect();
         let zy = r.zp();
         let lo = if relu { zy } else { 0 };
         let want = naive_depthwise(&x, zx, &sh, &wc, &zw, &bias, &mults, zy, lo);
@@ -617,11 +569,11 @@ struct ConvCase {
 /// compares the codes (the fast op in 1- and 2-thread pools, and once more after
 /// `prepare` with constant weights).
 fn check_conv(cs: &ConvCase) {
-    let mut r = Rng(cs.seed);
+    let mut r = Rng::new(cs.seed);
     let cg = cs.c / cs.g;
-    let xq = qp(0.01 + r.unit() * 0.05, r.zp());
-    let wq = qp(0.002 + r.unit() * 0.02, r.zp());
-    let yq = qp(0.05 + r.unit() * 0.5, if cs.relu { 0 } else { r.zp() });
+    let xq = qp(0.01 + r.unit_f32() * 0.05, r.zp());
+    let wq = qp(0.002 + r.unit_f32() * 0.02, r.zp());
+    let yq = qp(0.05 + r.unit_f32() * 0.5, if cs.relu { 0 } else { r.zp() });
     let x_shape = if cs.nchw {
         vec![cs.n, cs.c, cs.h, cs.w]
     } else {
@@ -635,7 +587,7 @@ fn check_conv(cs: &ConvCase) {
     let x = qu8(&x_shape, r.some_codes(x_shape.iter().product(), 4), xq);
     let extreme = r.below(3) == 0;
     let w = qu8(&w_shape, r.codes(w_shape.iter().product(), extreme), wq);
-    let scales: Vec<f32> = (0..cs.m).map(|_| 0.001 + r.unit() * 0.03).collect();
+    let scales: Vec<f32> = (0..cs.m).map(|_| 0.001 + r.unit_f32() * 0.03).collect();
     let mut args = vec![
         ("kernel_h", i(cs.k.0 as i64)),
         ("kernel_w", i(cs.k.1 as i64)),
@@ -659,7 +611,7 @@ fn check_conv(cs: &ConvCase) {
         )),
         2 => Some(ops_util::t(
             &[cs.m],
-            (0..cs.m).map(|_| (r.unit() - 0.5) * 0.5).collect(),
+            (0..cs.m).map(|_| (r.unit_f32() - 0.5) * 0.5).collect(),
         )),
         _ => None,
     };
@@ -820,14 +772,14 @@ fn conv_fast_equals_reference_at_block_edges() {
 }
 
 fn check_fc(m: usize, k: usize, n: usize, seed: u64, relu: bool, per_channel: bool, float_b: bool) {
-    let mut r = Rng(seed);
-    let xq = qp(0.01 + r.unit() * 0.05, r.zp());
-    let wq = qp(0.002 + r.unit() * 0.02, r.zp());
-    let yq = qp(0.05 + r.unit(), if relu { 0 } else { r.zp() });
+    let mut r = Rng::new(seed);
+    let xq = qp(0.01 + r.unit_f32() * 0.05, r.zp());
+    let wq = qp(0.002 + r.unit_f32() * 0.02, r.zp());
+    let yq = qp(0.05 + r.unit_f32(), if relu { 0 } else { r.zp() });
     let x = qu8(&[m, k], r.some_codes(m * k, 4), xq);
     let w = qu8(&[n, k], r.some_codes(n * k, 3), wq);
     let b = if float_b {
-        ops_util::t(&[n], (0..n).map(|_| r.unit() - 0.5).collect())
+        ops_util::t(&[n], (0..n).map(|_| r.unit_f32() - 0.5).collect())
     } else {
         qi32(
             &[n],
@@ -840,7 +792,7 @@ fn check_fc(m: usize, k: usize, n: usize, seed: u64, relu: bool, per_channel: bo
         ("Y_zero_point", i(yq.zero_point as i64)),
     ];
     if per_channel {
-        let sc: Vec<f32> = (0..n).map(|_| 0.001 + r.unit() * 0.03).collect();
+        let sc: Vec<f32> = (0..n).map(|_| 0.001 + r.unit_f32() * 0.03).collect();
         args.push(("W_scales", floats(&sc)));
     }
     let op_type = if relu { "Int8FCRelu" } else { "Int8FC" };

@@ -10,6 +10,7 @@ use ops_util::{build_int8, codes, f, i, qp, qu8, s, spec_int8};
 use proptest::prelude::*;
 
 mod ops_util;
+use ops_util::TestRng as Rng;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -99,24 +100,6 @@ fn all_kernels() -> Vec<&'static QEltwiseKernels> {
     let mut v = vec![qeltwise::kernels_for(Isa::Scalar).unwrap()];
     v.extend(avx2());
     v
-}
-
-/// Deterministic pseudo-random generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn u8s(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| (self.next() >> 56) as u8).collect()
-    }
 }
 
 // ---------------------------------------------------------------------------------------

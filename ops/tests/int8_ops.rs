@@ -7,6 +7,7 @@ use ops::{build_op, ArgValue, DType, NodeSpec, Op, OpError, QParams, Tensor, Ten
 use ops_util::{build_int8, codes, f, i, ints, qi32, qp, qu8, s, spec, try_build_int8};
 
 mod ops_util;
+use ops_util::TestRng as Rng;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -55,33 +56,6 @@ fn run1(op: &dyn Op, inputs: &[&Tensor]) -> Tensor {
     run(op, inputs)
         .unwrap_or_else(|e| panic!("{}: {e}", op.op_type()))
         .remove(0)
-}
-
-/// Deterministic pseudo-random generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        (self.next() >> 11) % n
-    }
-    fn u8s(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.below(256) as u8).collect()
-    }
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + self.below((hi - lo + 1) as u64) as i64
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// The DNNLOWP output formula written independently of the crate:

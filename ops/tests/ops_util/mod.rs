@@ -224,3 +224,61 @@ macro_rules! assert_bad_arg {
         }
     }};
 }
+
+/// Deterministic test data from the crate's own generator (`ops::rng::Rng`: xoshiro256**
+/// seeded with SplitMix64), with the helpers the operator tests share.
+pub struct TestRng(ops::rng::Rng);
+
+impl TestRng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> TestRng {
+        TestRng(ops::rng::Rng::new(seed))
+    }
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0.uniform_i64(0, n as i64 - 1) as u64
+    }
+    /// Uniform in the closed range `lo..=hi`.
+    pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        self.0.uniform_i64(lo, hi)
+    }
+    /// Uniform `f64` in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        self.0.next_f64()
+    }
+    /// Uniform `f32` in `[0, 1)`.
+    pub fn unit_f32(&mut self) -> f32 {
+        self.0.next_f32()
+    }
+    /// `n` uniform bytes.
+    pub fn u8s(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| (self.next() >> 56) as u8).collect()
+    }
+    /// Codes: uniform, or (extreme) only 0 and 255.
+    pub fn codes(&mut self, n: usize, extreme: bool) -> Vec<u8> {
+        if !extreme {
+            return self.u8s(n);
+        }
+        (0..n)
+            .map(|_| if self.next() >> 63 == 0 { 0 } else { 255 })
+            .collect()
+    }
+    /// Codes, all extreme with probability `1 / one_in`.
+    pub fn some_codes(&mut self, n: usize, one_in: u64) -> Vec<u8> {
+        let extreme = self.below(one_in) == 0;
+        self.codes(n, extreme)
+    }
+    /// A zero point: 0, 128, 255 or anything.
+    pub fn zp(&mut self) -> i32 {
+        match self.below(4) {
+            0 => 0,
+            1 => 128,
+            2 => 255,
+            _ => self.below(256) as i32,
+        }
+    }
+}
