@@ -4,19 +4,10 @@
 //! The backend override is process-wide, so everything runs in one test function.
 
 use ops::kernels::gemm::{set_backend_override, Backend, Kernel};
-use ops::{build_op, ArgValue, Args, NodeSpec, Tensor};
 
-fn rnd(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(5);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) % 20001) as f32 / 10000.0 - 1.0
-        })
-        .collect()
-}
+mod ops_util;
+use ops::{build_op, ArgValue, Args, NodeSpec, Tensor};
+use ops_util::rnd;
 
 fn eval(op: &str, args: &[(&str, ArgValue)], inputs: &[&Tensor], prepare: bool) -> Vec<f32> {
     let mut a = Args::new();

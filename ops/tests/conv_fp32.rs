@@ -2,18 +2,8 @@
 
 use ops::{build_op, ArgValue, Args, NodeSpec, Op, OpError, Tensor, TensorInfo};
 
-/// Deterministic values in [-1, 1].
-fn rnd(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) % 20001) as f32 / 10000.0 - 1.0
-        })
-        .collect()
-}
+mod ops_util;
+use ops_util::rnd;
 
 fn spec(op: &str, args: &[(&str, ArgValue)], n_in: usize) -> NodeSpec {
     let mut a = Args::new();

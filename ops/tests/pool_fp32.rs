@@ -2,15 +2,13 @@
 
 use ops::{build_op, ArgValue, Args, NodeSpec, Op, OpError, Tensor, TensorInfo};
 
+mod ops_util;
+
+/// Values on the grid of multiples of 1e-3 in `[-10, 10]`.
 fn rnd(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(7);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) % 20001) as f32 / 1000.0 - 10.0
-        })
+    ops_util::rnd(n, seed)
+        .into_iter()
+        .map(|v| v * 10.0)
         .collect()
 }
 

@@ -282,3 +282,12 @@ impl TestRng {
         }
     }
 }
+
+/// `n` values on the grid of multiples of 1e-4 in `[-1, 1]` (repeats are likely, so ties
+/// are tested too).
+pub fn rnd(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = TestRng::new(seed);
+    (0..n)
+        .map(|_| r.range(0, 20_000) as f32 / 10_000.0 - 1.0)
+        .collect()
+}
