@@ -223,6 +223,17 @@ fn quantize_then_eval_cli_on_generated_data() {
     assert!(ok, "{err}");
     let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(j["images"], 12);
+    // Wall time = the models' inference time + what the pipeline did not hide.
+    let inference: f64 = (0..2)
+        .map(|i| j["models"][i]["inference_seconds"].as_f64().unwrap())
+        .sum();
+    let wall = j["wall_seconds"].as_f64().unwrap();
+    let overhead = j["overhead_seconds"].as_f64().unwrap();
+    assert!(inference > 0.0 && inference <= wall, "{inference} {wall}");
+    assert!(
+        (inference + overhead - wall).abs() < 1e-9,
+        "{inference} {overhead} {wall}"
+    );
     let agreement = j["top1_agreement"].as_f64().unwrap();
     assert!(agreement >= 11.0 / 12.0, "top-1 agreement {agreement}");
     assert!(j["mean_abs_delta_softmax"].as_f64().unwrap() < 0.01);

@@ -110,8 +110,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "images": n,
             "wall_seconds": r.wall_secs,
             "images_per_s_wall": n as f64 / r.wall_secs,
+            "overhead_seconds": r.overhead_secs(),
             "models": a.models.iter().enumerate().map(|(i, m)| json!({"model": m, "top1": r.top1(i),
-                "top5": r.top5(i), "images_per_s": r.images_per_s(i)})).collect::<Vec<_>>(),
+                "top5": r.top5(i), "images_per_s": r.images_per_s(i),
+                "inference_seconds": r.models[i].secs})).collect::<Vec<_>>(),
             "top1_agreement": r.agreement(),
             "mean_abs_delta_softmax": (models.len() >= 2).then_some(r.mean_abs_delta),
             "skipped": r.skipped.iter().map(|s| json!({"key": s.key, "reason": s.reason})).collect::<Vec<_>>(),
@@ -119,10 +121,11 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         println!(
-            "{n} images from {} in {:.1} s ({:.1} images/s overall)",
+            "{n} images from {} in {:.1} s ({:.1} images/s overall; {:.2} s outside the models)",
             a.db.display(),
             r.wall_secs,
-            n as f64 / r.wall_secs
+            n as f64 / r.wall_secs,
+            r.overhead_secs()
         );
         println!(
             "{:<40} {:>7} {:>7} {:>10}",

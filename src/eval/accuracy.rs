@@ -82,6 +82,12 @@ impl EvalReport {
         self.images as f64 / self.models[i].secs.max(1e-12)
     }
 
+    /// Wall-clock seconds not spent running a model: waiting for batches, top-k, the
+    /// comparison (what the input pipeline failed to hide).
+    pub fn overhead_secs(&self) -> f64 {
+        self.wall_secs - self.models.iter().map(|m| m.secs).sum::<f64>()
+    }
+
     /// Top-1 agreement of the first two models (None with one model).
     pub fn agreement(&self) -> Option<f64> {
         (self.models.len() >= 2).then(|| self.agree as f64 / self.images.max(1) as f64)
