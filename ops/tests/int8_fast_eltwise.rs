@@ -659,7 +659,7 @@ fn avx2_kernels_equal_portable_on_random_data() {
 #[test]
 fn kernel_table_is_chosen_once_from_the_isa() {
     let k = qeltwise::kernels();
-    assert_eq!(k.isa, Isa::current());
+    assert!(k.isa <= Isa::current());
     assert!(std::ptr::eq(k, qeltwise::kernels()));
 }
 

@@ -310,7 +310,7 @@ fn col_max(y: &mut [f32], rows: &[&[f32]]) {
 /// [`max_plane_nchw_portable`], compiled for AVX2 when the CPU has it.
 fn max_plane_nchw(d: &PDims, x: &[f32], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::isa::Isa::current() == crate::kernels::isa::Isa::Avx2 {
+    if crate::kernels::isa::Isa::current().has_avx2() {
         // SAFETY: the CPU has AVX2 (`Isa::current` checked it).
         unsafe { max_plane_nchw_avx2(d, x, y) };
         return;

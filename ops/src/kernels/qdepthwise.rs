@@ -14,7 +14,6 @@
 //! Channels past the last multiple of 16 use the portable code. Rows of the output are split
 //! over rayon; every output is an exact integer sum, so results do not depend on threads.
 
-use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -170,15 +169,10 @@ type PixelFn = unsafe fn(&[&[u8]], &PackedDepthwise, &Stage<'_>, &mut [u8]);
 
 /// The pixel kernel of `isa`; AVX2 only if this CPU has it.
 fn pixel_kernel(isa: Isa) -> PixelFn {
-    static HAS_AVX2: OnceLock<bool> = OnceLock::new();
-    let has = *HAS_AVX2.get_or_init(|| Isa::detect() == Isa::Avx2);
-    match isa {
+    match Isa::capped(isa) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if has => avx2::pixel,
-        _ => {
-            let _ = has;
-            pixel_scalar
-        }
+        l if l.has_avx2() => avx2::pixel,
+        _ => pixel_scalar,
     }
 }
 

@@ -247,17 +247,14 @@ pub const SCALAR: QEltwiseKernels = QEltwiseKernels {
 
 /// The kernels for `isa`, or `None` when this CPU cannot run them.
 pub fn kernels_for(isa: Isa) -> Option<&'static QEltwiseKernels> {
+    if !isa.supported() {
+        return None;
+    }
     match isa {
         Isa::Scalar => Some(&SCALAR),
-        Isa::Avx2 => {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if Isa::detect() == Isa::Avx2 {
-                    return Some(&avx2::KERNELS);
-                }
-            }
-            None
-        }
+        #[cfg(target_arch = "x86_64")]
+        l if l.has_avx2() => Some(&avx2::KERNELS),
+        _ => None,
     }
 }
 
