@@ -4,7 +4,10 @@
 
 use ops::kernels::isa::Isa;
 use ops::kernels::qdepthwise::{qdepthwise_with, DwShape, PackedDepthwise};
-use ops::kernels::qgemm::{effective_isa, qgemm_with, PackedQWeights, QEpilogue, QLayout, QMatRef};
+use ops::kernels::qgemm::{
+    effective_isa, kernel_name, qgemm_tiles_emulated, qgemm_with, PackedQWeights, QEpilogue,
+    QLayout, QMatRef,
+};
 use ops::{ArgValue, Op, OpError, Tensor};
 use ops_util::{build_int8, codes, f, floats, i, ints, qi32, qp, qu8, s, try_build_int8};
 use proptest::prelude::*;
@@ -114,31 +117,78 @@ fn naive_gemm(c: &GemmCase) -> Vec<u8> {
     y
 }
 
-fn run_gemm(isa: Isa, c: &GemmCase, ldy: usize, col0: usize) -> Vec<u8> {
-    let w = PackedQWeights::pack(&c.w, c.n, c.k, &c.zw).unwrap();
+/// How one GEMM test run packs and runs the weights.
+#[derive(Debug, Clone, Copy)]
+enum Run {
+    /// The layout `pack_for` gives at this level, run at this level.
+    Level(Isa),
+    /// The given layout, run at this level (capped to what the CPU has).
+    Layout(QLayout, Isa),
+    /// The tile layout on the AMX driver with emulated tiles.
+    Emulated,
+}
+
+/// Every way of running a GEMM: each level's own layout, the VNNI and tile layouts at every
+/// level (the unsupported ones fall back to the best supported kernels, down to the
+/// portable VNNI kernels), and the emulated AMX driver.
+fn all_runs() -> Vec<Run> {
+    let mut v: Vec<Run> = Isa::ALL.iter().map(|&l| Run::Level(l)).collect();
+    for layout in [QLayout::Vnni, QLayout::Tiles] {
+        for l in [Isa::Scalar, Isa::AvxVnni, Isa::Avx512Vnni, Isa::Amx] {
+            v.push(Run::Layout(layout, l));
+        }
+    }
+    v.push(Run::Emulated);
+    v
+}
+
+/// Runs the GEMM of `c`; A is read at row stride `k + lda_extra` from offset 1 of a copy
+/// (so kernels that read rows in place meet rows that do not start or end on a 4-byte
+/// boundary), Y has row stride `ldy` with the product at columns `col0..`.
+fn run_gemm_as(run: Run, c: &GemmCase, ldy: usize, col0: usize, lda_extra: usize) -> Vec<u8> {
+    let w = match run {
+        Run::Level(isa) => PackedQWeights::pack_for(isa, &c.w, c.n, c.k, &c.zw),
+        Run::Layout(layout, _) => PackedQWeights::pack_with(&c.w, c.n, c.k, &c.zw, layout),
+        Run::Emulated => PackedQWeights::pack_with(&c.w, c.n, c.k, &c.zw, QLayout::Tiles),
+    }
+    .unwrap();
     let ep = QEpilogue::new(w.col_sums(), c.zx, &c.bias, &c.mults, c.zy, c.lo).unwrap();
-    let a = QMatRef::new(&c.x, c.m, c.k, c.k, 0).unwrap();
+    let lda = c.k + lda_extra;
+    let mut xp = vec![0x5Au8; 1 + c.m * lda];
+    for i in 0..c.m {
+        xp[1 + i * lda..1 + i * lda + c.k].copy_from_slice(&c.x[i * c.k..(i + 1) * c.k]);
+    }
+    // The last row ends the buffer: in-place readers must not pass it.
+    xp.truncate(1 + (c.m.max(1) - 1) * lda + c.k);
+    let a = QMatRef::new(&xp, c.m, c.k, lda, 1).unwrap();
     let mut y = vec![0xA5u8; c.m * ldy];
-    qgemm_with(isa, &a, &w, &ep, &mut y, ldy, col0).unwrap();
+    match run {
+        Run::Level(isa) | Run::Layout(_, isa) => qgemm_with(isa, &a, &w, &ep, &mut y, ldy, col0),
+        Run::Emulated => qgemm_tiles_emulated(&a, &w, &ep, &mut y, ldy, col0),
+    }
+    .unwrap();
     // Columns outside col0..col0+n are untouched.
     for row in y.chunks(ldy) {
-        assert!(row[..col0].iter().all(|&v| v == 0xA5));
-        assert!(row[col0 + c.n..].iter().all(|&v| v == 0xA5));
+        assert!(row[..col0].iter().all(|&v| v == 0xA5), "{run:?}");
+        assert!(row[col0 + c.n..].iter().all(|&v| v == 0xA5), "{run:?}");
     }
     y.chunks(ldy)
         .flat_map(|r| r[col0..col0 + c.n].to_vec())
         .collect()
 }
 
+fn run_gemm(isa: Isa, c: &GemmCase, ldy: usize, col0: usize) -> Vec<u8> {
+    run_gemm_as(Run::Level(isa), c, ldy, col0, 0)
+}
+
 fn check_gemm(c: &GemmCase) {
     let want = naive_gemm(c);
-    assert_eq!(run_gemm(Isa::Scalar, c, c.n, 0), want, "scalar");
-    if effective_isa(Isa::Avx2) == Isa::Avx2 {
-        assert_eq!(run_gemm(Isa::Avx2, c, c.n, 0), want, "avx2");
+    for run in all_runs() {
+        assert_eq!(run_gemm_as(run, c, c.n, 0, 0), want, "{run:?}");
         assert_eq!(
-            run_gemm(Isa::Avx2, c, c.n + 5, 3),
+            run_gemm_as(run, c, c.n + 5, 3, 3),
             want,
-            "avx2, strided output"
+            "{run:?}, strided input and output"
         );
     }
 }
@@ -150,6 +200,135 @@ proptest! {
         m in 1usize..40, k in 1usize..160, n in 1usize..70, seed in any::<u64>(), relu: bool
     ) {
         check_gemm(&gemm_case(m, k, n, seed, relu));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The VNNI and tile layouts (vpdpbusd, AMX): every level and the emulated AMX driver
+// ---------------------------------------------------------------------------------------
+
+/// Zero points 0/128/255 or random for X and every channel of W, weights at the code
+/// extremes (centred values up to ±255, so channels whose range does not fit i8 take the
+/// row-sum correction), activations at 0/255 runs.
+fn vnni_case(m: usize, k: usize, n: usize, seed: u64, relu: bool) -> GemmCase {
+    let mut c = gemm_case(m, k, n, seed, relu);
+    let mut r = Rng::new(seed ^ 0x51ed_270b_27a4_3c11);
+    c.zx = [0, 128, 255, r.zp()][r.below(4) as usize];
+    for j in 0..n {
+        c.zw[j] = [0, 128, 255, r.zp()][r.below(4) as usize];
+        let style = r.below(3);
+        for p in 0..k {
+            c.w[j * k + p] = match (style, r.below(4)) {
+                (0, _) => r.below(256) as u8,
+                (1, 0) => 0,
+                (1, 1) => 255,
+                // Symmetric-looking channels: centred values within i8.
+                _ => (c.zw[j] + r.below(256) as i32 - 128).clamp(0, 255) as u8,
+            };
+        }
+    }
+    for v in c.x.iter_mut() {
+        match r.below(8) {
+            0 => *v = 0,
+            1 => *v = 255,
+            _ => {}
+        }
+    }
+    c
+}
+
+/// Runs `c` on every VNNI/tile route at 1 and 2 threads against the naive loop.
+fn check_vnni(c: &GemmCase) {
+    let want = naive_gemm(c);
+    let mut runs = vec![Run::Emulated];
+    for layout in [QLayout::Vnni, QLayout::Tiles] {
+        for l in [Isa::Scalar, Isa::AvxVnni, Isa::Avx512Vnni, Isa::Amx] {
+            runs.push(Run::Layout(layout, l));
+        }
+    }
+    for run in runs {
+        for threads in [1, 2] {
+            let got = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| run_gemm_as(run, c, c.n + 1, 1, (c.m + c.k) % 5));
+            assert_eq!(got, want, "{run:?}, {threads} threads, m {} k {} n {}", c.m, c.k, c.n);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn qgemm_vnni_and_tiles_match_naive(
+        m in 1usize..80, k in 1usize..300, n in 1usize..100, seed in any::<u64>(), relu: bool
+    ) {
+        check_vnni(&vnni_case(m, k, n, seed, relu));
+    }
+}
+
+#[test]
+fn qgemm_vnni_tile_edges_match_naive() {
+    // Around the register tile (6 rows × 64 channels), the AMX block (32 × 32) and its
+    // 64-byte K steps, with per-channel multipliers, odd zero points and fused ReLU.
+    let mut idx = 0;
+    for m in [1, 5, 6, 7, 15, 16, 17, 31, 32, 33, 49, 64, 65] {
+        for (k, n) in [(1, 1), (3, 16), (4, 17), (63, 31), (64, 32), (65, 33), (129, 64), (200, 65)] {
+            idx += 1;
+            check_vnni(&vnni_case(m, k, n, 1000 + idx, idx % 3 == 0));
+        }
+    }
+    // Long K and many rows: several row tasks per thread and channel blocks.
+    check_vnni(&vnni_case(200, 1100, 70, 5, false));
+    check_vnni(&vnni_case(3, 4608, 40, 6, true));
+}
+
+#[test]
+fn qgemm_vnni_extreme_weights_and_multipliers() {
+    // Every code at an extreme with zero points that put the centred weights at ±255 (row
+    // sums needed), huge, tiny, NaN and infinite multipliers: the stage must give the
+    // scalar reference's codes (NaN → z_y, ±∞ → the bounds).
+    let (m, k, n) = (37, 130, 20);
+    let mut c = vnni_case(m, k, n, 99, false);
+    for (j, zw) in c.zw.iter_mut().enumerate() {
+        *zw = [0, 255, 128, 1][j % 4];
+    }
+    for (i, w) in c.w.iter_mut().enumerate() {
+        *w = if (i / 3) % 2 == 0 { 255 } else { 0 };
+    }
+    for (j, mult) in c.mults.iter_mut().enumerate() {
+        *mult = match j % 5 {
+            0 => f32::NAN,
+            1 => f32::INFINITY,
+            2 => 1e9,
+            3 => 1e-12,
+            _ => 3e-5,
+        };
+    }
+    check_vnni(&c);
+    c.mults.iter_mut().for_each(|v| *v = -*v);
+    c.lo = c.zy;
+    check_vnni(&c);
+}
+
+#[test]
+fn qgemm_kernel_names_say_dtype_tile_and_isa() {
+    let w = |isa| PackedQWeights::pack_for(isa, &[130u8; 64 * 8], 8, 64, &[128; 8]).unwrap();
+    assert_eq!(kernel_name(Isa::Scalar, &w(Isa::Scalar)), "qgemm_u8i16_i32_6x16_portable");
+    // Each level's name when the CPU has it, else the level it falls back to.
+    for l in Isa::ALL {
+        let name = kernel_name(l, &w(l));
+        assert!(name.starts_with("qgemm_u8"), "{name}");
+        let got = Isa::capped(l);
+        let want = match got {
+            Isa::Scalar => "portable",
+            Isa::Avx2 | Isa::Avx512 => "avx2",
+            Isa::AvxVnni => "avxvnni",
+            Isa::Avx512Vnni => "avx512vnni",
+            Isa::Amx => "amx",
+        };
+        assert!(name.ends_with(want), "{l}: {name}");
     }
 }
 
@@ -295,7 +474,7 @@ fn qgemm_quads_reject_wide_weights() {
     let e = PackedQWeights::pack_with(&[200, 1], 1, 2, &[0], QLayout::Quads);
     assert!(e.is_err());
     // The automatic choice falls back to pairs and stays exact.
-    let w = PackedQWeights::pack(&[200, 1], 1, 2, &[0]).unwrap();
+    let w = PackedQWeights::pack_for(Isa::Avx2, &[200, 1], 1, 2, &[0]).unwrap();
     assert_eq!(w.layout(), QLayout::Pairs);
 }
 
@@ -311,12 +490,21 @@ fn qgemm_automatic_layout() {
         (128, QLayout::Quads),
         (576, QLayout::Quads),
     ] {
-        let w = PackedQWeights::pack(&small(8, k), 8, k, &[128; 8]).unwrap();
+        let w = PackedQWeights::pack_for(Isa::Avx2, &small(8, k), 8, k, &[128; 8]).unwrap();
         assert_eq!((k, w.layout(), w.outlier_count()), (k, want, 0));
     }
     // Every weight at +127: each lane set of four breaks the budget, 3 outliers per set.
-    let w = PackedQWeights::pack(&vec![255; 8 * 256], 8, 256, &[128; 8]).unwrap();
+    let w = PackedQWeights::pack_for(Isa::Avx2, &vec![255; 8 * 256], 8, 256, &[128; 8]).unwrap();
     assert_eq!(w.layout(), QLayout::Pairs);
+    // The VNNI levels take their own layouts whatever the weights.
+    for (isa, want) in [
+        (Isa::AvxVnni, QLayout::Vnni),
+        (Isa::Avx512Vnni, QLayout::Vnni),
+        (Isa::Amx, QLayout::Tiles),
+    ] {
+        let w = PackedQWeights::pack_for(isa, &small(8, 64), 8, 64, &[128; 8]).unwrap();
+        assert_eq!(w.layout(), want);
+    }
 }
 
 #[test]

@@ -497,6 +497,11 @@ impl QLhs for Im2col<'_> {
         self.d.kk()
     }
 
+    fn copy_row(&self, r: usize, dst: &mut [u8]) {
+        // `row` always writes the gathered codes into its scratch.
+        self.row(r, dst);
+    }
+
     fn row<'s>(&'s self, r: usize, scratch: &'s mut [u8]) -> &'s [u8] {
         let d = &self.d;
         let (n, pix) = (r / (d.oh * d.ow), r % (d.oh * d.ow));

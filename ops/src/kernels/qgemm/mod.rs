@@ -47,7 +47,6 @@
 //! table of function pointers.
 
 use std::cell::RefCell;
-use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -55,10 +54,12 @@ use super::isa::Isa;
 use crate::int8::requant::requantize;
 use crate::{OpError, OpResult};
 
+mod amx;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
 mod generic;
 mod pack;
+mod vnni;
 
 use generic::{micro_quads_scalar, micro_scalar, outlier_tile_scalar, pack_quads_scalar, pack_scalar};
 use pack::OutlierPanel;
@@ -195,6 +196,17 @@ pub trait QLhs: Sync {
     fn depth(&self) -> usize;
     /// The `depth` codes of row `r`; `scratch` holds at least `depth` bytes.
     fn row<'s>(&'s self, r: usize, scratch: &'s mut [u8]) -> &'s [u8];
+    /// `(data, offset, ld)` when row `r` is `data[offset + r·ld..][..depth]` (the kernels
+    /// then read rows in place, and may read past `depth` within `data`).
+    fn strided(&self) -> Option<(&[u8], usize, usize)> {
+        None
+    }
+    /// Writes the `depth` codes of row `r` to `dst[..depth]`.
+    fn copy_row(&self, r: usize, dst: &mut [u8]) {
+        let mut tmp = vec![0u8; self.depth()];
+        let got = self.row(r, &mut tmp);
+        dst[..got.len()].copy_from_slice(got);
+    }
 }
 
 /// A row-major uint8 matrix view: row `r` is `data[offset + r·ld ..][..k]`.
@@ -248,6 +260,15 @@ impl QLhs for QMatRef<'_> {
         let s = self.offset + r * self.ld;
         &self.data[s..s + self.k]
     }
+
+    fn strided(&self) -> Option<(&[u8], usize, usize)> {
+        Some((self.data, self.offset, self.ld))
+    }
+
+    fn copy_row(&self, r: usize, dst: &mut [u8]) {
+        let s = self.offset + r * self.ld;
+        dst[..self.k].copy_from_slice(&self.data[s..s + self.k]);
+    }
 }
 
 /// Output tile of the final K block: `y[r·ldy + c]` for an MR × NR tile, with the stage's
@@ -281,6 +302,10 @@ type OutlierFn = unsafe fn(OutlierPanel<'_>, &[i32], usize, usize, &mut [i32], u
 
 /// The kernels of one instruction set.
 struct Kernels {
+    /// Report name of the pair kernel.
+    pairs_name: &'static str,
+    /// Report name of the quad kernel.
+    quads_name: &'static str,
     micro: MicroFn,
     pack: PackFn,
     micro_quads: MicroFn,
@@ -289,6 +314,8 @@ struct Kernels {
 }
 
 static SCALAR: Kernels = Kernels {
+    pairs_name: "qgemm_u8i16_i32_6x16_portable",
+    quads_name: "qgemm_u8s8_i32_4x16_portable",
     micro: micro_scalar,
     pack: pack_scalar,
     micro_quads: micro_quads_scalar,
@@ -298,6 +325,8 @@ static SCALAR: Kernels = Kernels {
 
 #[cfg(target_arch = "x86_64")]
 static AVX2: Kernels = Kernels {
+    pairs_name: "qgemm_u8i16_i32_6x16_avx2",
+    quads_name: "qgemm_u8s8_i32_4x16_avx2",
     micro: avx2::micro,
     pack: avx2::pack,
     micro_quads: avx2::micro_quads,
@@ -349,6 +378,20 @@ pub fn qgemm_with<L: QLhs + ?Sized>(
     ldy: usize,
     col0: usize,
 ) -> OpResult<()> {
+    check_args(a, w, ep, y, ldy, col0)?;
+    let kern = runner(isa, w.layout);
+    run_split(kern, a, w, ep, y, ldy, col0)
+}
+
+/// Checks the operand sizes of one GEMM call.
+fn check_args<L: QLhs + ?Sized>(
+    a: &L,
+    w: &PackedQWeights,
+    ep: &QEpilogue,
+    y: &[u8],
+    ldy: usize,
+    col0: usize,
+) -> OpResult<()> {
     let (m, n) = (a.rows(), w.n);
     if a.depth() != w.k {
         return Err(OpError::Shape(format!(
@@ -371,15 +414,120 @@ pub fn qgemm_with<L: QLhs + ?Sized>(
             col0 + n
         )));
     }
+    Ok(())
+}
+
+/// [`qgemm_with`] running the AMX driver on emulated tiles (plain arrays; any CPU), for
+/// tests of its tiling and edges. `w` must be packed in [`QLayout::Tiles`].
+pub fn qgemm_tiles_emulated<L: QLhs + ?Sized>(
+    a: &L,
+    w: &PackedQWeights,
+    ep: &QEpilogue,
+    y: &mut [u8],
+    ldy: usize,
+    col0: usize,
+) -> OpResult<()> {
+    if w.layout != QLayout::Tiles {
+        return Err(OpError::Unsupported(
+            "emulated AMX GEMM: weights are not in the tile layout".into(),
+        ));
+    }
+    check_args(a, w, ep, y, ldy, col0)?;
+    run_split(Runner::AmxEmulated, a, w, ep, y, ldy, col0)
+}
+
+/// The name of the micro-kernel [`qgemm_with`] runs for weights `w` at level `isa`
+/// (dtype, tile and instruction set, e.g. `qgemm_u8s8_i32_6x64_avx512vnni`).
+pub fn kernel_name(isa: Isa, w: &PackedQWeights) -> &'static str {
+    match runner(isa, w.layout) {
+        Runner::Classic(k) => match w.layout {
+            QLayout::Quads => k.quads_name,
+            _ => k.pairs_name,
+        },
+        Runner::Vnni(k) => k.name,
+        Runner::Amx => "qgemm_u8s8_i32_32x32_amx",
+        Runner::AmxEmulated => "qgemm_u8s8_i32_32x32_amx_emulated",
+    }
+}
+
+/// Which driver and kernels run one GEMM.
+#[derive(Clone, Copy)]
+enum Runner {
+    /// Pair/quad layouts: packed A panels, `vpmaddwd`/`vpmaddubsw` or portable.
+    Classic(&'static Kernels),
+    /// VNNI layouts on `vpdpbusd` register tiles (or their portable form).
+    Vnni(&'static vnni::VnniKernels),
+    /// Tile layout on AMX.
+    Amx,
+    /// Tile layout on emulated AMX (tests).
+    AmxEmulated,
+}
+
+impl Runner {
+    /// Row granularity (the register or tile block) and the largest row block of one task.
+    fn row_tiles(self) -> (usize, usize, usize) {
+        match self {
+            Runner::Classic(_) => (MR, 4 * MR, MC_MAX),
+            Runner::Vnni(_) => (vnni::VR, 4 * vnni::VR, 192),
+            Runner::Amx | Runner::AmxEmulated => (2 * amx::TR, 2 * amx::TR, 256),
+        }
+    }
+}
+
+/// The runner for weights in `layout` at level `isa` (the best this CPU has, not above it).
+fn runner(isa: Isa, layout: QLayout) -> Runner {
+    let level = Isa::capped(isa);
+    if !layout.is_vnni() {
+        return Runner::Classic(kernels(level));
+    }
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx if layout == QLayout::Tiles => Runner::Amx,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx | Isa::Avx512Vnni => Runner::Vnni(&AVX512_VNNI),
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => Runner::Vnni(&AVX_VNNI),
+        _ => Runner::Vnni(&vnni::PORTABLE_KERNELS),
+    }
+}
+
+/// The AVX512-VNNI register-tile kernels.
+#[cfg(target_arch = "x86_64")]
+static AVX512_VNNI: vnni::VnniKernels = vnni::VnniKernels {
+    name: "qgemm_u8s8_i32_6x64_avx512vnni",
+    micro: &vnni::AVX512,
+    nb: vnni::VNB,
+};
+
+/// The AVX-VNNI register-tile kernels.
+#[cfg(target_arch = "x86_64")]
+static AVX_VNNI: vnni::VnniKernels = vnni::VnniKernels {
+    name: "qgemm_u8s8_i32_6x16_avxvnni",
+    micro: &vnni::AVXVNNI,
+    nb: 1,
+};
+
+/// Splits one checked GEMM into tasks over rows (or channels) and runs them with `kern`.
+fn run_split<L: QLhs + ?Sized>(
+    kern: Runner,
+    a: &L,
+    w: &PackedQWeights,
+    ep: &QEpilogue,
+    y: &mut [u8],
+    ldy: usize,
+    col0: usize,
+) -> OpResult<()> {
+    let (m, n) = (a.rows(), w.n);
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let kern = kernels(isa);
     let threads = rayon::current_num_threads().max(1);
     let row_bytes = w.kunits.max(1) * 4;
     // Row granularity: the register tile.
-    let mr = if w.layout == QLayout::Quads { QR } else { MR };
-    let mc_cap = (A_TILE_BUDGET / row_bytes / mr * mr).clamp(4 * mr, MC_MAX);
+    let (mr, mc_min, mc_max) = kern.row_tiles();
+    let mr = if matches!(kern, Runner::Classic(_)) && w.layout == QLayout::Quads { QR } else { mr };
+    let mc_min = if matches!(kern, Runner::Classic(_)) { 4 * mr } else { mc_min };
+    let mc_cap = (A_TILE_BUDGET / row_bytes / mr * mr).clamp(mc_min, mc_max);
     // Row tiles of about equal size, their number a multiple of the thread count (at
     // least two per thread when there are several threads).
     let per_thread = m
@@ -448,6 +596,72 @@ thread_local! {
 /// `out` (`rows` rows of `ldo`) at columns `ocol..ocol+cols`.
 #[allow(clippy::too_many_arguments)]
 fn run_tile<L: QLhs + ?Sized>(
+    kern: Runner,
+    a: &L,
+    r0: usize,
+    rows: usize,
+    w: &PackedQWeights,
+    c0: usize,
+    cols: usize,
+    ep: &QEpilogue,
+    out: &mut [u8],
+    ldo: usize,
+    ocol: usize,
+) {
+    match kern {
+        Runner::Classic(k) => run_tile_classic(k, a, r0, rows, w, c0, cols, ep, out, ldo, ocol),
+        Runner::Vnni(k) => vnni::run_vnni(k, a, r0, rows, w, c0, cols, ep, out, ldo, ocol),
+        #[cfg(target_arch = "x86_64")]
+        Runner::Amx => {
+            // SAFETY: `runner` returns `Amx` only when `Isa::Amx` is supported (AVX512-VNNI,
+            // AMX-INT8, OS permission) and the weights are in the tile layout.
+            unsafe { run_amx(a, r0, rows, w, c0, cols, ep, out, ldo, ocol) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Runner::Amx => unreachable!("AMX runner on a CPU without AMX"),
+        Runner::AmxEmulated => {
+            let mut t = amx::Emulated::default();
+            // SAFETY: emulated tiles and portable lanes need no CPU feature; the driver
+            // keeps every tile access inside A, the packed panels and its scratch.
+            unsafe {
+                amx::run_tiles::<_, vnni::Portable, L>(
+                    &mut t, a, r0, rows, w, c0, cols, ep, out, ldo, ocol,
+                )
+            }
+        }
+    }
+}
+
+/// The AMX driver with AVX-512 output stages.
+///
+/// # Safety
+/// The CPU must support `Isa::Amx` (with the OS permission granted).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_amx<L: QLhs + ?Sized>(
+    a: &L,
+    r0: usize,
+    rows: usize,
+    w: &PackedQWeights,
+    c0: usize,
+    cols: usize,
+    ep: &QEpilogue,
+    out: &mut [u8],
+    ldo: usize,
+    ocol: usize,
+) {
+    // SAFETY: forwarded contract; the AVX-512 lanes' features are enabled here.
+    unsafe {
+        amx::run_tiles::<amx::Amx, vnni::Avx512, L>(
+            &mut amx::Amx, a, r0, rows, w, c0, cols, ep, out, ldo, ocol,
+        )
+    }
+}
+
+/// [`run_tile`] for the pair and quad layouts.
+#[allow(clippy::too_many_arguments)]
+fn run_tile_classic<L: QLhs + ?Sized>(
     kern: &Kernels,
     a: &L,
     r0: usize,
@@ -469,6 +683,7 @@ fn run_tile<L: QLhs + ?Sized>(
         ocol,
     };
     match w.layout {
+        QLayout::Vnni | QLayout::Tiles => unreachable!("VNNI layouts run the VNNI drivers"),
         QLayout::Pairs => {
             run_tile_r::<MR, L>(kern.micro, kern.pack, kern.outliers, a, w, ep, out, &args)
         }

@@ -1,6 +1,7 @@
 //! Weight packing of the int8 GEMM: [`PackedQWeights`] in the layouts of [`QLayout`].
 
-use super::{NR};
+use super::NR;
+use crate::kernels::isa::Isa;
 use crate::{OpError, OpResult};
 
 /// Two i16 values in one i32 lane, `lo` in the low half (the `vpmaddwd` operand layout).
@@ -24,6 +25,33 @@ pub enum QLayout {
     /// i8 quads of consecutive k for `vpmaddubsw` (centred weights in [−128, 127]), split
     /// into a saturation-free main part and exact sparse outliers.
     Quads,
+    /// s8 quads of consecutive k for `vpdpbusd` (u8 × s8, four products summed into i32,
+    /// never saturating), K padded to a multiple of 4. Each channel stores `w − s` with
+    /// `s = z_w` when every centred weight fits i8 (symmetric weights: no correction), else
+    /// `s = 128`, and the difference is corrected exactly in the output stage with the row
+    /// sums of A: `Σ x·(w − z_w) = Σ x·(w − s) + (s − z_w)·Σ x`.
+    Vnni,
+    /// [`QLayout::Vnni`] with K padded to a multiple of 64, so that 16 quads of a panel form
+    /// one 16 × 64-byte AMX tile (`tdpbusd` B operand); the VNNI kernels read it too.
+    Tiles,
+}
+
+impl QLayout {
+    /// The layout [`PackedQWeights::pack`] gives at instruction-set level `isa` for K = `k`
+    /// (before the outlier check of the quad layout).
+    pub fn for_isa(isa: Isa, k: usize) -> QLayout {
+        match isa {
+            Isa::Amx => QLayout::Tiles,
+            Isa::Avx512Vnni | Isa::AvxVnni => QLayout::Vnni,
+            _ if k >= QUAD_MIN_K => QLayout::Quads,
+            _ => QLayout::Pairs,
+        }
+    }
+
+    /// True for the `vpdpbusd` layouts ([`QLayout::Vnni`], [`QLayout::Tiles`]).
+    pub fn is_vnni(self) -> bool {
+        matches!(self, QLayout::Vnni | QLayout::Tiles)
+    }
 }
 
 /// One weight moved out of the `vpmaddubsw` main part: `acc[·, lane] += x[·, k] · delta`.
@@ -94,6 +122,10 @@ pub struct PackedQWeights {
     /// (`panels · NR + 1` offsets, padding channels included, so a panel's outliers come
     /// lane by lane).
     pub(super) lane_outliers: Vec<usize>,
+    /// VNNI layouts: per channel `s − z_w` (see [`QLayout::Vnni`]), padded to whole panels.
+    pub(super) corr: Vec<i32>,
+    /// VNNI layouts: some `corr` is not 0, so the output stage needs the row sums of A.
+    pub(super) needs_rowsum: bool,
 }
 
 impl std::fmt::Debug for PackedQWeights {
@@ -113,19 +145,35 @@ impl std::fmt::Debug for PackedQWeights {
 /// does too little work per output stage, and the 6-row pair tiles are faster even without
 /// outliers (measured on ResNet-50's and SqueezeNet's K = 16–64 convolutions: pairs 0–20%
 /// faster; whole SqueezeNet int8 ~4% faster at batch 1).
-const QUAD_MIN_K: usize = 128;
+pub(super) const QUAD_MIN_K: usize = 128;
 
 /// Largest sum of same-sign centred weights allowed in one i16 lane of the quad kernel:
 /// `255 · 128 = 32640` fits i16 both ways.
 const LANE_BUDGET: i32 = 128;
 
 impl PackedQWeights {
-    /// Packs `codes` (`[n, k]` row-major uint8) with one zero point per row (in [0, 255]),
-    /// choosing [`QLayout::Quads`] when K is at least 128, every centred weight fits i8 and
-    /// few outliers are needed, else [`QLayout::Pairs`].
+    /// Packs `codes` (`[n, k]` row-major uint8) with one zero point per row (in [0, 255])
+    /// for the kernels of [`Isa::current`] (see [`pack_for`](Self::pack_for)).
     pub fn pack(codes: &[u8], n: usize, k: usize, zero_points: &[i32]) -> OpResult<Self> {
+        Self::pack_for(Isa::current(), codes, n, k, zero_points)
+    }
+
+    /// Packs for level `isa`: [`QLayout::Tiles`] for AMX, [`QLayout::Vnni`] for the VNNI
+    /// levels; below them [`QLayout::Quads`] when K is at least 128, every centred weight
+    /// fits i8 and few outliers are needed, else [`QLayout::Pairs`].
+    pub fn pack_for(
+        isa: Isa,
+        codes: &[u8],
+        n: usize,
+        k: usize,
+        zero_points: &[i32],
+    ) -> OpResult<Self> {
         check_weights(codes, n, k, zero_points)?;
-        if k >= QUAD_MIN_K && fits_i8(codes, n, k, zero_points) {
+        let layout = QLayout::for_isa(isa, k);
+        if layout.is_vnni() {
+            return Ok(Self::pack_vnni(codes, n, k, zero_points, layout));
+        }
+        if layout == QLayout::Quads && fits_i8(codes, n, k, zero_points) {
             let q = Self::pack_quads(codes, n, k, zero_points);
             // An outlier costs ~15x a main-part multiply-add per row; the quad kernel runs
             // ~25-40 % faster than pairs, so give up beyond 1/64 (~1.6 %) outliers.
@@ -154,6 +202,54 @@ impl PackedQWeights {
             QLayout::Quads => Err(OpError::DType(
                 "int8 GEMM weights: centred weights do not fit i8 for the quad layout".into(),
             )),
+            QLayout::Vnni | QLayout::Tiles => Ok(Self::pack_vnni(codes, n, k, zero_points, layout)),
+        }
+    }
+
+    /// The `vpdpbusd` layouts: per panel `[quad][NR]` i32 words, each the four s8 weights
+    /// `w − s` of one channel (`s` per [`QLayout::Vnni`]), K padded with zero weights.
+    pub(super) fn pack_vnni(
+        codes: &[u8],
+        n: usize,
+        k: usize,
+        zero_points: &[i32],
+        layout: QLayout,
+    ) -> Self {
+        let align = if layout == QLayout::Tiles { 16 } else { 1 };
+        let kq = k.div_ceil(4).next_multiple_of(align).max(align);
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0i32; panels * kq * NR];
+        let mut col_sums = vec![0i32; n];
+        let mut corr = vec![0i32; panels * NR];
+        for (c, &z) in zero_points.iter().enumerate() {
+            let row = &codes[c * k..(c + 1) * k];
+            let fits = row.iter().all(|&v| (-128..=127).contains(&(i32::from(v) - z)));
+            let s = if fits { z } else { 128 };
+            corr[c] = s - z;
+            col_sums[c] = row
+                .iter()
+                .fold(0i32, |acc, &v| acc.wrapping_add(i32::from(v) - z));
+            let base = (c / NR) * kq * NR + c % NR;
+            for (q, four) in row.chunks(4).enumerate() {
+                let mut b = [0u8; 4];
+                for (d, &v) in b.iter_mut().zip(four) {
+                    *d = (i32::from(v) - s) as i8 as u8;
+                }
+                data[base + q * NR] = i32::from_le_bytes(b);
+            }
+        }
+        let needs_rowsum = corr.iter().any(|&c| c != 0);
+        PackedQWeights {
+            n,
+            k,
+            layout,
+            kunits: kq,
+            data,
+            col_sums,
+            outliers: Vec::new(),
+            lane_outliers: vec![0; panels * NR + 1],
+            corr,
+            needs_rowsum,
         }
     }
 
@@ -183,6 +279,8 @@ impl PackedQWeights {
             col_sums,
             outliers: Vec::new(),
             lane_outliers: vec![0; panels * NR + 1],
+            corr: Vec::new(),
+            needs_rowsum: false,
         }
     }
 
@@ -252,6 +350,8 @@ impl PackedQWeights {
             col_sums,
             outliers,
             lane_outliers,
+            corr: Vec::new(),
+            needs_rowsum: false,
         }
     }
 

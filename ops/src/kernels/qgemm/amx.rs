@@ -1,0 +1,318 @@
+//! The AMX GEMM of the [`QLayout::Tiles`](super::QLayout::Tiles) layout: `tdpbusd` on
+//! 16 × 64-byte tiles, written over a few tile primitives ([`Tiles`]).
+//!
+//! One `tdpbusd` multiplies a 16-row × 64-byte u8 tile of A (16 rows, 64 consecutive k) by a
+//! 16 × 64-byte s8 tile of B (16 quads of k × 16 channels, exactly one 16-quad slice of a
+//! packed panel) into a 16 × 16 i32 tile, exact and wrapping like `vpdpbusd`: 16 384
+//! multiply-adds per instruction. The driver keeps a 2 × 2 block of accumulator tiles
+//! (32 rows × 32 channels: tmm0–3), two A tiles (tmm4–5) and two B tiles (tmm6–7); per 64 k it
+//! loads four tiles and issues four `tdpbusd`, so each loaded tile feeds two products. The
+//! accumulators are stored to an L1 scratch after the last k and pass through the output
+//! stage of [`Lanes`] row by row (AVX-512 on AMX CPUs).
+//!
+//! Two implementations of the primitives: [`Amx`] (the instructions, through `asm!`: stable
+//! Rust has no AMX intrinsics) and [`Emulated`] (plain arrays), with which the tests run the
+//! same driver, edges and all, on any CPU and compare it with the portable kernels.
+//!
+//! Rows past the end of A are never read: a 16-row tile that would extend beyond the matrix
+//! is gathered into zero-padded scratch. Missing halves of the 2 × 2 block (an odd last row
+//! tile or panel) repeat a valid tile; their results are not stored.
+
+use super::pack::PackedQWeights;
+use super::vnni::{row_source, row_sums, Lanes, RowSource, VStage};
+use super::{QEpilogue, QLhs, NR};
+
+/// Rows (and channels) of one tile.
+pub const TR: usize = 16;
+/// Bytes of k per tile row.
+const TK: usize = 64;
+
+/// The tile primitives the AMX driver uses (tile numbers are compile-time constants, as the
+/// instructions encode them).
+///
+/// # Safety
+/// [`Amx`] needs a CPU with AMX-TILE/AMX-INT8 and the OS permission (`Isa::Amx`); all
+/// pointers must be valid for the 16 rows × 64 bytes a tile reads or writes.
+pub(super) trait Tiles {
+    /// Sets every tile to 16 rows × 64 bytes (palette 1); zeroes all tiles.
+    unsafe fn configure(&mut self);
+    /// Zeroes tile `T`.
+    unsafe fn zero<const T: usize>(&mut self);
+    /// Loads tile `T` from 16 rows at `p`, `stride` bytes apart.
+    unsafe fn load<const T: usize>(&mut self, p: *const u8, stride: usize);
+    /// `C += A · B` (u8 × s8 dot products of 4, into i32).
+    unsafe fn dpbusd<const C: usize, const A: usize, const B: usize>(&mut self);
+    /// Stores tile `T` (16 rows of 16 i32) to `p`, rows 64 bytes apart.
+    unsafe fn store<const T: usize>(&mut self, p: *mut i32);
+    /// Returns the tile state to its initial configuration.
+    unsafe fn release(&mut self);
+}
+
+/// The AMX instructions.
+pub(super) struct Amx;
+
+#[cfg(target_arch = "x86_64")]
+impl Tiles for Amx {
+    #[inline(always)]
+    unsafe fn configure(&mut self) {
+        // Palette 1, start row 0, then 16 column byte counts (u16) and 16 row counts (u8).
+        let mut cfg = [0u8; 64];
+        cfg[0] = 1;
+        for t in 0..8 {
+            cfg[16 + 2 * t..18 + 2 * t].copy_from_slice(&(TK as u16).to_le_bytes());
+            cfg[48 + t] = TR as u8;
+        }
+        // SAFETY: AMX present and permitted (caller); `cfg` is a valid 64-byte config.
+        unsafe {
+            std::arch::asm!("ldtilecfg [{}]", in(reg) cfg.as_ptr(), options(nostack, readonly));
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn zero<const T: usize>(&mut self) {
+        // SAFETY: AMX configured (caller).
+        unsafe { std::arch::asm!("tilezero tmm{t}", t = const T, options(nostack, nomem)) }
+    }
+
+    #[inline(always)]
+    unsafe fn load<const T: usize>(&mut self, p: *const u8, stride: usize) {
+        // SAFETY: 16 rows of 64 bytes readable at `p` + r·stride (caller).
+        unsafe {
+            std::arch::asm!(
+                "tileloadd tmm{t}, [{p} + {s}*1]",
+                t = const T,
+                p = in(reg) p,
+                s = in(reg) stride,
+                options(nostack, readonly)
+            )
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dpbusd<const C: usize, const A: usize, const B: usize>(&mut self) {
+        // SAFETY: AMX configured (caller).
+        unsafe {
+            std::arch::asm!(
+                "tdpbusd tmm{c}, tmm{a}, tmm{b}",
+                c = const C,
+                a = const A,
+                b = const B,
+                options(nostack, nomem)
+            )
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store<const T: usize>(&mut self, p: *mut i32) {
+        // SAFETY: 16 rows of 64 bytes writable at `p` (caller).
+        unsafe {
+            std::arch::asm!(
+                "tilestored [{p} + {s}*1], tmm{t}",
+                t = const T,
+                p = in(reg) p,
+                s = in(reg) TK,
+                options(nostack)
+            )
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn release(&mut self) {
+        // SAFETY: AMX present (caller).
+        unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) }
+    }
+}
+
+/// The tile primitives on arrays (any CPU): eight tiles of 16 × 64 bytes.
+pub(super) struct Emulated {
+    t: Box<[[[u8; TK]; TR]; 8]>,
+}
+
+impl Default for Emulated {
+    fn default() -> Self {
+        Emulated {
+            t: Box::new([[[0; TK]; TR]; 8]),
+        }
+    }
+}
+
+impl Tiles for Emulated {
+    unsafe fn configure(&mut self) {
+        *self.t = [[[0; TK]; TR]; 8];
+    }
+
+    unsafe fn zero<const T: usize>(&mut self) {
+        self.t[T] = [[0; TK]; TR];
+    }
+
+    unsafe fn load<const T: usize>(&mut self, p: *const u8, stride: usize) {
+        for (r, row) in self.t[T].iter_mut().enumerate() {
+            // SAFETY: 64 readable bytes at each row (caller).
+            unsafe { std::ptr::copy_nonoverlapping(p.add(r * stride), row.as_mut_ptr(), TK) };
+        }
+    }
+
+    unsafe fn dpbusd<const C: usize, const A: usize, const B: usize>(&mut self) {
+        let (a, b) = (self.t[A], self.t[B]);
+        for (m, crow) in self.t[C].iter_mut().enumerate() {
+            for n in 0..TR {
+                let mut acc = i32::from_le_bytes(crow[4 * n..4 * n + 4].try_into().unwrap());
+                for (q, brow) in b.iter().enumerate() {
+                    for j in 0..4 {
+                        let x = i32::from(a[m][4 * q + j]);
+                        let w = i32::from(brow[4 * n + j] as i8);
+                        acc = acc.wrapping_add(x * w);
+                    }
+                }
+                crow[4 * n..4 * n + 4].copy_from_slice(&acc.to_le_bytes());
+            }
+        }
+    }
+
+    unsafe fn store<const T: usize>(&mut self, p: *mut i32) {
+        for (r, row) in self.t[T].iter().enumerate() {
+            // SAFETY: 64 writable bytes at each row (caller).
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), (p as *mut u8).add(r * TK), TK) };
+        }
+    }
+
+    unsafe fn release(&mut self) {}
+}
+
+/// Per-thread scratch of the AMX driver.
+#[derive(Default)]
+struct TScratch {
+    block: Vec<u8>,
+    tail: Vec<u8>,
+    rowsums: Vec<i32>,
+}
+
+thread_local! {
+    static TSCRATCH: std::cell::RefCell<TScratch> = std::cell::RefCell::new(TScratch::default());
+}
+
+/// Accumulator tiles stored for the output stage, 64-byte aligned.
+#[repr(C, align(64))]
+struct CBuf([[i32; TR * TR]; 4]);
+
+/// Rows `r0..r0+rows` of A times channels `c0..c0+cols` of W (`c0 % 16 == 0`, `w` in the
+/// tile layout) into `out` (`rows` rows of `ldo`) at columns `ocol..`, with tile primitives
+/// `T` and the output stage of lanes `L`.
+///
+/// # Safety
+/// The CPU must have what `T` and `L` need.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
+    t: &mut T,
+    a: &A,
+    r0: usize,
+    rows: usize,
+    w: &PackedQWeights,
+    c0: usize,
+    cols: usize,
+    ep: &QEpilogue,
+    out: &mut [u8],
+    ldo: usize,
+    ocol: usize,
+) {
+    debug_assert_eq!(c0 % NR, 0);
+    debug_assert_eq!(w.kunits % TR, 0);
+    let kq = w.kunits;
+    let kpad = 4 * kq;
+    let ksteps = kpad / TK;
+    let stage_all = VStage::new(ep, w);
+    let has_corr = !stage_all.corr.is_empty();
+    let mut s = TSCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let mut block = std::mem::take(&mut s.block);
+    let mut cbuf = CBuf([[0; TR * TR]; 4]);
+    let tiles = rows.div_ceil(TR);
+    {
+        let src = row_source(a, r0, rows, kpad, TR, &mut block);
+        if w.needs_rowsum {
+            row_sums(&src, r0, rows, w.k, &mut s.rowsums);
+        }
+        // Base pointer and stride of each 16-row tile; a tile of in-place rows that would
+        // read past the matrix is gathered into `tail` (at most one: the last).
+        let mut tail = std::mem::take(&mut s.tail);
+        let mut bases: Vec<(*const u8, usize)> = Vec::with_capacity(tiles);
+        for ti in 0..tiles {
+            match &src {
+                RowSource::Gathered { block, kpad } => {
+                    bases.push((block[ti * TR * kpad..].as_ptr(), *kpad))
+                }
+                RowSource::InPlace { data, offset, ld } => {
+                    let first = offset + (r0 + ti * TR) * ld;
+                    if first + (TR - 1) * ld + kpad <= data.len() {
+                        bases.push((data[first..].as_ptr(), *ld));
+                    } else {
+                        let valid = TR.min(rows - ti * TR);
+                        tail.clear();
+                        tail.resize(TR * kpad, 0);
+                        for i in 0..valid {
+                            let p = src.ptr(r0, ti * TR + i);
+                            // SAFETY: `row_source` checked `kpad` readable bytes per row.
+                            let row = std::slice::from_raw_parts(p, kpad);
+                            tail[i * kpad..(i + 1) * kpad].copy_from_slice(row);
+                        }
+                        bases.push((tail.as_ptr(), kpad));
+                    }
+                }
+            }
+        }
+        let panel = |p: usize| w.data[p * kq * NR..].as_ptr() as *const u8;
+        t.configure();
+        for g0 in (c0..c0 + cols).step_by(2 * NR) {
+            let p0 = g0 / NR;
+            let two_panels = g0 + NR < c0 + cols;
+            let p1 = if two_panels { p0 + 1 } else { p0 };
+            let (b0, b1) = (panel(p0), panel(p1));
+            for tp in (0..tiles).step_by(2) {
+                let (a0, s0) = bases[tp];
+                let (a1, s1) = bases[(tp + 1).min(tiles - 1)];
+                t.zero::<0>();
+                t.zero::<1>();
+                t.zero::<2>();
+                t.zero::<3>();
+                for j in 0..ksteps {
+                    t.load::<4>(a0.add(j * TK), s0);
+                    t.load::<5>(a1.add(j * TK), s1);
+                    t.load::<6>(b0.add(j * TR * TK), TK);
+                    t.load::<7>(b1.add(j * TR * TK), TK);
+                    t.dpbusd::<0, 4, 6>();
+                    t.dpbusd::<1, 4, 7>();
+                    t.dpbusd::<2, 5, 6>();
+                    t.dpbusd::<3, 5, 7>();
+                }
+                t.store::<0>(cbuf.0[0].as_mut_ptr());
+                t.store::<1>(cbuf.0[1].as_mut_ptr());
+                t.store::<2>(cbuf.0[2].as_mut_ptr());
+                t.store::<3>(cbuf.0[3].as_mut_ptr());
+                // Output stage: tile (row half h, panel half v) is cbuf[2h + v].
+                for v in 0..1 + usize::from(two_panels) {
+                    let gc = g0 + v * NR;
+                    let n = NR.min(c0 + cols - gc);
+                    let st = L::stage(&stage_all, gc);
+                    for h in 0..2 {
+                        let t0 = (tp + h) * TR;
+                        if t0 >= rows || (h == 1 && tp + 1 >= tiles) {
+                            continue;
+                        }
+                        let c = &cbuf.0[2 * h + v];
+                        for r in 0..TR.min(rows - t0) {
+                            let acc = L::load_b(c[r * TR..].as_ptr());
+                            let rs = if has_corr { s.rowsums[t0 + r] } else { 0 };
+                            let at = (t0 + r) * ldo + ocol + (gc - c0);
+                            let y = &mut out[at..at + n];
+                            L::requant_store(acc, &st, has_corr, rs, y.as_mut_ptr(), n);
+                        }
+                    }
+                }
+            }
+        }
+        t.release();
+        s.tail = tail;
+    }
+    s.block = block;
+    TSCRATCH.with(|c| *c.borrow_mut() = s);
+}
