@@ -60,8 +60,15 @@ impl Isa {
         })
     }
 
-    /// True when this CPU (and OS, for AMX) can run the kernels of this level.
+    /// True when this CPU (and OS, for AMX) can run the kernels of this level (probed once
+    /// per process).
     pub fn supported(self) -> bool {
+        static PROBED: OnceLock<[bool; 6]> = OnceLock::new();
+        PROBED.get_or_init(|| Isa::ALL.map(Isa::probe))[self as usize]
+    }
+
+    /// Asks the CPU (and OS) whether this level's kernels can run.
+    fn probe(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             use std::is_x86_feature_detected as has;
@@ -78,12 +85,7 @@ impl Isa {
                 Isa::AvxVnni => avx2 && has!("avxvnni"),
                 Isa::Avx512 => avx512,
                 Isa::Avx512Vnni => avx512 && has!("avx512vnni"),
-                Isa::Amx => {
-                    avx512 && has!("avx512vnni") && amx_int8_cpuid() && {
-                        static GRANTED: OnceLock<bool> = OnceLock::new();
-                        *GRANTED.get_or_init(amx_permission)
-                    }
-                }
+                Isa::Amx => avx512 && has!("avx512vnni") && amx_int8_cpuid() && amx_permission(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -107,11 +109,16 @@ impl Isa {
 
     /// The highest supported level not above `cap`.
     pub fn capped(cap: Isa) -> Isa {
-        Isa::ALL
-            .into_iter()
-            .rev()
-            .find(|l| *l <= cap && l.supported())
-            .unwrap_or(Isa::Scalar)
+        static CAPPED: OnceLock<[Isa; 6]> = OnceLock::new();
+        CAPPED.get_or_init(|| {
+            Isa::ALL.map(|cap| {
+                Isa::ALL
+                    .into_iter()
+                    .rev()
+                    .find(|l| *l <= cap && l.supported())
+                    .unwrap_or(Isa::Scalar)
+            })
+        })[cap as usize]
     }
 
     /// Every supported level up to [`Isa::current`] (for tests that compare kernels).

@@ -19,7 +19,7 @@
 //! tile or panel) repeat a valid tile; their results are not stored.
 
 use super::pack::PackedQWeights;
-use super::vnni::{row_source, row_sums, Lanes, RowSource, VStage};
+use super::vnni::{Lanes, VStage};
 use super::{QEpilogue, QLhs, NR};
 
 /// Rows (and channels) of one tile.
@@ -184,6 +184,7 @@ impl Tiles for Emulated {
 struct TScratch {
     block: Vec<u8>,
     tail: Vec<u8>,
+    row: Vec<u8>,
     rowsums: Vec<i32>,
 }
 
@@ -191,9 +192,59 @@ thread_local! {
     static TSCRATCH: std::cell::RefCell<TScratch> = std::cell::RefCell::new(TScratch::default());
 }
 
-/// Accumulator tiles stored for the output stage, 64-byte aligned.
+/// Accumulator tiles of two blocks stored for the output stage, 64-byte aligned.
 #[repr(C, align(64))]
-struct CBuf([[i32; TR * TR]; 4]);
+struct CBuf([[[i32; TR * TR]; 4]; 2]);
+
+/// What the output stage of a block needs from its call.
+struct StageBlock<'a> {
+    stage: &'a VStage<'a>,
+    rowsums: &'a [i32],
+    c0: usize,
+    cols: usize,
+    rows: usize,
+    ldo: usize,
+    ocol: usize,
+}
+
+/// The output stage of the stored 32 × 32 block at channel `g0`, row tiles `tp, tp + 1`:
+/// tile (row half h, panel half v) is `c[2h + v]`.
+///
+/// # Safety
+/// `L`'s CPU features must be present.
+#[inline(always)]
+unsafe fn stage_block<L: Lanes>(
+    b: &StageBlock<'_>,
+    c: &[[i32; TR * TR]; 4],
+    g0: usize,
+    tp: usize,
+    out: &mut [u8],
+) {
+    let has_corr = !b.stage.corr.is_empty();
+    let two_panels = g0 + NR < b.c0 + b.cols;
+    for v in 0..1 + usize::from(two_panels) {
+        let gc = g0 + v * NR;
+        let n = NR.min(b.c0 + b.cols - gc);
+        // SAFETY: `L`'s features are present (caller); every store stays in `out` (sliced).
+        unsafe {
+            let st = L::stage(b.stage, gc);
+            for h in 0..2 {
+                let t0 = (tp + h) * TR;
+                if t0 >= b.rows {
+                    continue;
+                }
+                let c = &c[2 * h + v];
+                for r in 0..TR.min(b.rows - t0) {
+                    let acc = L::load_b(c[r * TR..].as_ptr());
+                    let rs = if has_corr { b.rowsums[t0 + r] } else { 0 };
+                    let at = (t0 + r) * b.ldo + b.ocol + (gc - b.c0);
+                    let y = &mut out[at..at + n];
+                    L::requant_store(acc, &st, has_corr, rs, y.as_mut_ptr(), n);
+                }
+            }
+        }
+    }
+}
 
 /// Rows `r0..r0+rows` of A times channels `c0..c0+cols` of W (`c0 % 16 == 0`, `w` in the
 /// tile layout) into `out` (`rows` rows of `ldo`) at columns `ocol..`, with tile primitives
@@ -222,93 +273,111 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
     let kpad = 4 * kq;
     let ksteps = kpad / TK;
     let stage_all = VStage::new(ep, w);
-    let has_corr = !stage_all.corr.is_empty();
     let mut s = TSCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let mut block = std::mem::take(&mut s.block);
-    let mut cbuf = CBuf([[0; TR * TR]; 4]);
+    let mut cbuf = CBuf([[[0; TR * TR]; 4]; 2]);
     let tiles = rows.div_ceil(TR);
     {
-        let src = row_source(a, r0, rows, kpad, TR, &mut block);
-        if w.needs_rowsum {
-            row_sums(&src, r0, rows, w.k, &mut s.rowsums);
-        }
-        // Base pointer and stride of each 16-row tile; a tile of in-place rows that would
-        // read past the matrix is gathered into `tail` (at most one: the last).
+        // Each 16-row tile of A as (base, row stride, step between 64-byte k slices): rows
+        // read in place (stride `ld`, step 64), or gathered into `block` as whole tiles
+        // (`[tile][k step][16 rows][64]`: every tile load reads 1 KiB of consecutive bytes).
         let mut tail = std::mem::take(&mut s.tail);
-        let mut bases: Vec<(*const u8, usize)> = Vec::with_capacity(tiles);
-        for ti in 0..tiles {
-            match &src {
-                RowSource::Gathered { block, kpad } => {
-                    bases.push((block[ti * TR * kpad..].as_ptr(), *kpad))
+        let mut bases: Vec<(*const u8, usize, usize)> = Vec::with_capacity(tiles);
+        let in_place = match a.strided() {
+            Some((data, offset, ld)) if offset + (r0 + rows - 1) * ld + kpad <= data.len() => {
+                Some((data, offset, ld))
+            }
+            _ => None,
+        };
+        if let Some((data, offset, ld)) = in_place {
+            if w.needs_rowsum {
+                s.rowsums.clear();
+                for i in 0..rows {
+                    let row = &data[offset + (r0 + i) * ld..][..w.k];
+                    s.rowsums.push(row.iter().map(|&v| i32::from(v)).sum());
                 }
-                RowSource::InPlace { data, offset, ld } => {
-                    let first = offset + (r0 + ti * TR) * ld;
-                    if first + (TR - 1) * ld + kpad <= data.len() {
-                        bases.push((data[first..].as_ptr(), *ld));
-                    } else {
-                        let valid = TR.min(rows - ti * TR);
-                        tail.clear();
-                        tail.resize(TR * kpad, 0);
-                        for i in 0..valid {
-                            let p = src.ptr(r0, ti * TR + i);
-                            // SAFETY: `row_source` checked `kpad` readable bytes per row.
-                            let row = std::slice::from_raw_parts(p, kpad);
-                            tail[i * kpad..(i + 1) * kpad].copy_from_slice(row);
-                        }
-                        bases.push((tail.as_ptr(), kpad));
+            }
+            for ti in 0..tiles {
+                let first = offset + (r0 + ti * TR) * ld;
+                if first + (TR - 1) * ld + kpad <= data.len() {
+                    bases.push((data[first..].as_ptr(), ld, TK));
+                } else {
+                    // The last tile would read past the matrix: its valid rows, zero padded.
+                    let valid = TR.min(rows - ti * TR);
+                    tail.clear();
+                    tail.resize(TR * kpad, 0);
+                    for i in 0..valid {
+                        let row = &data[first + i * ld..][..kpad];
+                        tail[i * kpad..(i + 1) * kpad].copy_from_slice(row);
                     }
+                    bases.push((tail.as_ptr(), kpad, TK));
                 }
+            }
+        } else {
+            block.clear();
+            block.resize(tiles * TR * kpad, 0);
+            s.row.resize(kpad, 0);
+            s.rowsums.clear();
+            for i in 0..rows {
+                a.copy_row(r0 + i, &mut s.row);
+                s.row[w.k..].fill(0);
+                if w.needs_rowsum {
+                    s.rowsums.push(s.row[..w.k].iter().map(|&v| i32::from(v)).sum());
+                }
+                let (t, r) = (i / TR, i % TR);
+                for (j, chunk) in s.row.chunks_exact(TK).enumerate() {
+                    let at = ((t * ksteps + j) * TR + r) * TK;
+                    block[at..at + TK].copy_from_slice(chunk);
+                }
+            }
+            for ti in 0..tiles {
+                bases.push((block[ti * ksteps * TR * TK..].as_ptr(), TK, TR * TK));
             }
         }
         let panel = |p: usize| w.data[p * kq * NR..].as_ptr() as *const u8;
+        // The 32 × 32 blocks in order: panel pairs outside, row tile pairs inside.
+        let pairs = (cols.div_ceil(NR)).div_ceil(2);
+        let blocks = pairs * tiles.div_ceil(2);
+        let block_at = |i: usize| (c0 + (i / tiles.div_ceil(2)) * 2 * NR, 2 * (i % tiles.div_ceil(2)));
         t.configure();
-        for g0 in (c0..c0 + cols).step_by(2 * NR) {
+        // Software pipeline: the tile products of block i are issued before the (vector)
+        // output stage of block i − 1 runs from its stored copy, so the two overlap.
+        for i in 0..blocks {
+            let (g0, tp) = block_at(i);
             let p0 = g0 / NR;
-            let two_panels = g0 + NR < c0 + cols;
-            let p1 = if two_panels { p0 + 1 } else { p0 };
+            let p1 = if g0 + NR < c0 + cols { p0 + 1 } else { p0 };
             let (b0, b1) = (panel(p0), panel(p1));
-            for tp in (0..tiles).step_by(2) {
-                let (a0, s0) = bases[tp];
-                let (a1, s1) = bases[(tp + 1).min(tiles - 1)];
-                t.zero::<0>();
-                t.zero::<1>();
-                t.zero::<2>();
-                t.zero::<3>();
-                for j in 0..ksteps {
-                    t.load::<4>(a0.add(j * TK), s0);
-                    t.load::<5>(a1.add(j * TK), s1);
-                    t.load::<6>(b0.add(j * TR * TK), TK);
-                    t.load::<7>(b1.add(j * TR * TK), TK);
-                    t.dpbusd::<0, 4, 6>();
-                    t.dpbusd::<1, 4, 7>();
-                    t.dpbusd::<2, 5, 6>();
-                    t.dpbusd::<3, 5, 7>();
-                }
-                t.store::<0>(cbuf.0[0].as_mut_ptr());
-                t.store::<1>(cbuf.0[1].as_mut_ptr());
-                t.store::<2>(cbuf.0[2].as_mut_ptr());
-                t.store::<3>(cbuf.0[3].as_mut_ptr());
-                // Output stage: tile (row half h, panel half v) is cbuf[2h + v].
-                for v in 0..1 + usize::from(two_panels) {
-                    let gc = g0 + v * NR;
-                    let n = NR.min(c0 + cols - gc);
-                    let st = L::stage(&stage_all, gc);
-                    for h in 0..2 {
-                        let t0 = (tp + h) * TR;
-                        if t0 >= rows || (h == 1 && tp + 1 >= tiles) {
-                            continue;
-                        }
-                        let c = &cbuf.0[2 * h + v];
-                        for r in 0..TR.min(rows - t0) {
-                            let acc = L::load_b(c[r * TR..].as_ptr());
-                            let rs = if has_corr { s.rowsums[t0 + r] } else { 0 };
-                            let at = (t0 + r) * ldo + ocol + (gc - c0);
-                            let y = &mut out[at..at + n];
-                            L::requant_store(acc, &st, has_corr, rs, y.as_mut_ptr(), n);
-                        }
-                    }
-                }
+            let (a0, s0, j0) = bases[tp];
+            let (a1, s1, j1) = bases[(tp + 1).min(tiles - 1)];
+            t.zero::<0>();
+            t.zero::<1>();
+            t.zero::<2>();
+            t.zero::<3>();
+            for j in 0..ksteps {
+                t.load::<4>(a0.add(j * j0), s0);
+                t.load::<6>(b0.add(j * TR * TK), TK);
+                t.dpbusd::<0, 4, 6>();
+                t.load::<7>(b1.add(j * TR * TK), TK);
+                t.dpbusd::<1, 4, 7>();
+                t.load::<5>(a1.add(j * j1), s1);
+                t.dpbusd::<2, 5, 6>();
+                t.dpbusd::<3, 5, 7>();
             }
+            if i > 0 {
+                let (pg, pt) = block_at(i - 1);
+                let sb = StageBlock { stage: &stage_all, rowsums: &s.rowsums, c0, cols, rows, ldo, ocol };
+                stage_block::<L>(&sb, &cbuf.0[(i - 1) % 2], pg, pt, out);
+            }
+            let c = &mut cbuf.0[i % 2];
+            t.store::<0>(c[0].as_mut_ptr());
+            t.store::<1>(c[1].as_mut_ptr());
+            t.store::<2>(c[2].as_mut_ptr());
+            t.store::<3>(c[3].as_mut_ptr());
+        }
+        if blocks > 0 {
+            let (pg, pt) = block_at(blocks - 1);
+            let sb = StageBlock { stage: &stage_all, rowsums: &s.rowsums, c0, cols, rows, ldo, ocol };
+            stage_block::<L>(&sb, &cbuf.0[(blocks - 1) % 2], pg, pt, out);
         }
         t.release();
         s.tail = tail;

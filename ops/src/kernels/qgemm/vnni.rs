@@ -46,6 +46,8 @@ pub(super) struct VStage<'a> {
     pub zero_point: i32,
     /// Lower clamp.
     pub lo: i32,
+    /// Every multiplier is finite (no NaN product: the SIMD stages take a shorter path).
+    pub finite: bool,
 }
 
 impl<'a> VStage<'a> {
@@ -57,6 +59,7 @@ impl<'a> VStage<'a> {
             corr: if w.needs_rowsum { &w.corr } else { &[] },
             zero_point: ep.zero_point(),
             lo: ep.lo(),
+            finite: ep.finite(),
         }
     }
 }
@@ -270,6 +273,26 @@ mod x86 {
         _mm512_cvtepi32_epi8(i)
     }
 
+    /// [`requant16`] for a finite multiplier: the product is never NaN, so only the upper
+    /// side needs a float clamp (`cvtps` maps anything below −2^31, −∞ included, to
+    /// 0x80000000, negative as it should be), adding `z_y` cannot overflow, and after the
+    /// lower clamp (`lo ≥ 0`) the unsigned saturating narrowing clamps to 255.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(crate) unsafe fn requant16_finite(
+        raw: __m512i,
+        m: __m512,
+        zp: __m512i,
+        lo: __m512i,
+    ) -> __m128i {
+        let f = _mm512_min_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(raw), m), _mm512_set1_ps(65536.0));
+        let i = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(f), zp), lo);
+        _mm512_cvtusepi32_epi8(i)
+    }
+
     /// AVX-512 lanes: one zmm per 16 channels.
     pub(crate) struct Avx512;
 
@@ -281,6 +304,7 @@ mod x86 {
         corr: __m512i,
         zp: __m512i,
         lo: __m512i,
+        finite: bool,
     }
 
     impl Lanes for Avx512 {
@@ -326,6 +350,7 @@ mod x86 {
                     },
                     zp: _mm512_set1_epi32(st.zero_point),
                     lo: _mm512_set1_epi32(st.lo),
+                    finite: st.finite,
                 }
             }
         }
@@ -346,7 +371,11 @@ mod x86 {
                     let c = _mm512_mullo_epi32(s.corr, _mm512_set1_epi32(rowsum));
                     raw = _mm512_add_epi32(raw, c);
                 }
-                let bytes = requant16(raw, s.mult, s.zp, s.lo);
+                let bytes = if s.finite {
+                    requant16_finite(raw, s.mult, s.zp, s.lo)
+                } else {
+                    requant16(raw, s.mult, s.zp, s.lo)
+                };
                 if n == NR {
                     _mm_storeu_si128(y as *mut __m128i, bytes);
                 } else {

@@ -1,0 +1,112 @@
+//! Per-layer int8 convolution speed of the 53 ResNet-50 convolutions (batch 1, NHWC, weights
+//! prepared once, one thread unless `THREADS` says otherwise): median ms over `RUNS` runs
+//! (default 15), GMAC/s, and totals per layer class. The kernels are those of
+//! `Isa::current()`; compare levels with `C2Q_ISA=avx2|avx512vnni|amx cargo bench -p c2q-ops
+//! --bench int8_layers`. Plain `main` (no criterion): the point is the table.
+
+use std::time::Instant;
+
+use ops::kernels::isa::Isa;
+use ops::{build_op, ArgValue, Args, NodeSpec, QParams, Tensor};
+
+fn codes(n: usize, seed: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| ((i * 7919 + seed * 131) % 251) as u8)
+        .collect()
+}
+
+fn qu8(shape: &[usize], v: Vec<u8>, scale: f32, zero_point: i32) -> Tensor {
+    Tensor::QU8(
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), v).expect("shape"),
+        QParams { scale, zero_point },
+    )
+}
+
+/// (C, H, M, kernel, stride, pad) of the 53 ResNet-50 convolutions.
+fn resnet50_convs() -> Vec<(usize, usize, usize, usize, usize, usize)> {
+    let mut v = vec![(3, 224, 64, 7, 2, 3)];
+    let (mut c_in, mut size) = (64, 56);
+    for (stage, &(width, blocks)) in [(64, 3), (128, 4), (256, 6), (512, 3)].iter().enumerate() {
+        for blk in 0..blocks {
+            let stride = if blk == 0 && stage > 0 { 2 } else { 1 };
+            v.push((c_in, size, width, 1, 1, 0));
+            v.push((width, size, width, 3, stride, 1));
+            let out = size / stride;
+            v.push((width, out, width * 4, 1, 1, 0));
+            if blk == 0 {
+                v.push((c_in, size, width * 4, 1, stride, 0));
+            }
+            c_in = width * 4;
+            size = out;
+        }
+    }
+    v
+}
+
+fn main() {
+    // As the `c2q` binary does (`runtime::alloc`): freed activations stay in the process
+    // instead of being unmapped and faulted in again at every run.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: plain allocator tuning calls before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+    let runs: usize = std::env::var("RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
+    let threads: usize = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+    println!("ISA {}, {threads} thread(s), median of {runs} runs", Isa::current());
+    let only: Option<usize> = std::env::var("LAYER").ok().and_then(|v| v.parse().ok());
+    let mut classes: Vec<(String, f64, u64)> = Vec::new();
+    let (mut total_ms, mut total_macs) = (0.0, 0u64);
+    for (i, (c, h, m, k, s, p)) in resnet50_convs().into_iter().enumerate() {
+        if only.is_some_and(|l| l != i) {
+            continue;
+        }
+        let mut args = Args::new();
+        args.set("kernel", ArgValue::I(k as i64));
+        args.set("stride", ArgValue::I(s as i64));
+        args.set("pad", ArgValue::I(p as i64));
+        args.set("order", ArgValue::S(b"NHWC".to_vec()));
+        args.set("Y_scale", ArgValue::F(0.05));
+        let mut spec = NodeSpec::new("Int8ConvRelu", args, 2, 1);
+        spec.engine = "DNNLOWP".into();
+        let mut op = build_op(&spec).expect("build").expect("registered");
+        let x = qu8(&[1, h, h, c], codes(h * h * c, 1), 0.02, 3);
+        let w = qu8(&[m, k, k, c], codes(m * k * k * c, 2), 0.004, 128);
+        op.prepare(&[None, Some(&w)]).expect("prepare");
+        let o = (h + 2 * p - k) / s + 1;
+        let macs = (o * o * m * k * k * c) as u64;
+        let mut t: Vec<f64> = pool.install(|| {
+            (0..runs + 3)
+                .map(|_| {
+                    let t0 = Instant::now();
+                    let y = op.eval(&[&x, &w]).expect("eval");
+                    std::hint::black_box(y);
+                    t0.elapsed().as_secs_f64() * 1e3
+                })
+                .skip(3)
+                .collect()
+        });
+        t.sort_by(f64::total_cmp);
+        let ms = t[t.len() / 2];
+        let class = format!("{k}x{k}{}", if s > 1 { " s2" } else { "" });
+        println!(
+            "{i:>2} {class:<7} {h:>3}x{h:<3} {c:>4}->{m:<4} {ms:>8.3} ms {:>7.1} GMAC/s",
+            macs as f64 / ms / 1e6
+        );
+        match classes.iter_mut().find(|e| e.0 == class) {
+            Some(e) => {
+                e.1 += ms;
+                e.2 += macs;
+            }
+            None => classes.push((class, ms, macs)),
+        }
+        total_ms += ms;
+        total_macs += macs;
+    }
+    for (class, ms, macs) in &classes {
+        println!("{class:<7} {ms:>8.3} ms {:>7.1} GMAC/s", *macs as f64 / ms / 1e6);
+    }
+    println!("all     {total_ms:>8.3} ms {:>7.1} GMAC/s", total_macs as f64 / total_ms / 1e6);
+}
