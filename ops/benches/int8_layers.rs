@@ -59,6 +59,10 @@ fn main() {
     let only: Option<usize> = std::env::var("LAYER").ok().and_then(|v| v.parse().ok());
     let mut classes: Vec<(String, f64, u64)> = Vec::new();
     let (mut total_ms, mut total_macs) = (0.0, 0u64);
+    // With SEQ=1 every run executes all layers in order (as in the net: each layer's weights
+    // come from memory after the others evicted them); otherwise each layer repeats alone.
+    let seq = std::env::var_os("SEQ").is_some();
+    let mut layers = Vec::new();
     for (i, (c, h, m, k, s, p)) in resnet50_convs().into_iter().enumerate() {
         if only.is_some_and(|l| l != i) {
             continue;
@@ -77,30 +81,48 @@ fn main() {
         op.prepare(&[None, Some(&w)]).expect("prepare");
         let o = (h + 2 * p - k) / s + 1;
         let macs = (o * o * m * k * k * c) as u64;
-        let mut t: Vec<f64> = pool.install(|| {
-            (0..runs + 3)
-                .map(|_| {
-                    let t0 = Instant::now();
-                    let y = op.eval(&[&x, &w]).expect("eval");
-                    std::hint::black_box(y);
-                    t0.elapsed().as_secs_f64() * 1e3
-                })
-                .skip(3)
-                .collect()
-        });
+        let class = format!("{k}x{k}{}", if s > 1 { " s2" } else { "" });
+        let label = format!("{i:>2} {class:<7} {h:>3}x{h:<3} {c:>4}->{m:<4}");
+        layers.push((label, class, op, x, w, macs));
+    }
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); layers.len()];
+    pool.install(|| {
+        let mut time = |l: &(String, String, Box<dyn ops::Op>, Tensor, Tensor, u64)| {
+            let t0 = Instant::now();
+            let y = l.2.eval(&[&l.3, &l.4]).expect("eval");
+            std::hint::black_box(y);
+            t0.elapsed().as_secs_f64() * 1e3
+        };
+        if seq {
+            for r in 0..runs + 3 {
+                for (l, t) in layers.iter().zip(times.iter_mut()) {
+                    let ms = time(l);
+                    if r >= 3 {
+                        t.push(ms);
+                    }
+                }
+            }
+        } else {
+            for (l, t) in layers.iter().zip(times.iter_mut()) {
+                for r in 0..runs + 3 {
+                    let ms = time(l);
+                    if r >= 3 {
+                        t.push(ms);
+                    }
+                }
+            }
+        }
+    });
+    for ((label, class, _, _, _, macs), mut t) in layers.iter().zip(times) {
         t.sort_by(f64::total_cmp);
         let ms = t[t.len() / 2];
-        let class = format!("{k}x{k}{}", if s > 1 { " s2" } else { "" });
-        println!(
-            "{i:>2} {class:<7} {h:>3}x{h:<3} {c:>4}->{m:<4} {ms:>8.3} ms {:>7.1} GMAC/s",
-            macs as f64 / ms / 1e6
-        );
-        match classes.iter_mut().find(|e| e.0 == class) {
+        println!("{label} {ms:>8.3} ms {:>7.1} GMAC/s", *macs as f64 / ms / 1e6);
+        match classes.iter_mut().find(|e| e.0 == *class) {
             Some(e) => {
                 e.1 += ms;
                 e.2 += macs;
             }
-            None => classes.push((class, ms, macs)),
+            None => classes.push((class.clone(), ms, *macs)),
         }
         total_ms += ms;
         total_macs += macs;

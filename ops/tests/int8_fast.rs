@@ -4,10 +4,12 @@
 
 use ops::kernels::isa::Isa;
 use ops::kernels::qdepthwise::{qdepthwise_with, DwShape, PackedDepthwise};
+use ops::kernels::qeltwise::RealStage;
 use ops::kernels::qgemm::{
-    effective_isa, kernel_name, qgemm_tiles_emulated, qgemm_with, PackedQWeights, QEpilogue,
-    QLayout, QMatRef,
+    effective_isa, kernel_name, qgemm_sum_with, qgemm_tiles_emulated, qgemm_with,
+    PackedQWeights, QEpilogue, QLayout, QMatRef, SumStage,
 };
+use ops::QParams;
 use ops::{ArgValue, Op, OpError, Tensor};
 use ops_util::{build_int8, codes, f, floats, i, ints, qi32, qp, qu8, s, try_build_int8};
 use proptest::prelude::*;
@@ -164,7 +166,7 @@ fn run_gemm_as(run: Run, c: &GemmCase, ldy: usize, col0: usize, lda_extra: usize
     let mut y = vec![0xA5u8; c.m * ldy];
     match run {
         Run::Level(isa) | Run::Layout(_, isa) => qgemm_with(isa, &a, &w, &ep, &mut y, ldy, col0),
-        Run::Emulated => qgemm_tiles_emulated(&a, &w, &ep, &mut y, ldy, col0),
+        Run::Emulated => qgemm_tiles_emulated(&a, &w, &ep, None, &mut y, ldy, col0),
     }
     .unwrap();
     // Columns outside col0..col0+n are untouched.
@@ -310,6 +312,97 @@ fn qgemm_vnni_extreme_weights_and_multipliers() {
     c.mults.iter_mut().for_each(|v| *v = -*v);
     c.lo = c.zy;
     check_vnni(&c);
+}
+
+/// The Sum reference written out: `clamp(round_half_even((0 + s_a·(a − z_a) + s_b·(b −
+/// z_b)) · (1/s_y) + z_y), lo, 255)`, NaN → `lo`.
+fn naive_sum2(a: u8, qa: QParams, b: u8, qb: QParams, inv: f32, zy: i32, lo: i32) -> u8 {
+    let mut acc = 0.0f32;
+    acc += qa.scale * (a as i32 - qa.zero_point) as f32;
+    acc += qb.scale * (b as i32 - qb.zero_point) as f32;
+    let v = (acc * inv + zy as f32).round_ties_even();
+    if v.is_nan() {
+        return lo as u8;
+    }
+    (v as i64).clamp(lo as i64, 255) as u8
+}
+
+#[test]
+fn qgemm_fused_sum_matches_gemm_then_sum() {
+    // Every route (each level's layout, VNNI/tile layouts at every level, emulated AMX) at 1
+    // and 2 threads, few rows (the channel split) and many, odd widths, the Sum's ReLU and
+    // scales that put values on ties, far outside [0, 255] and at NaN.
+    let mut seed = 300;
+    for &(m, k, n) in &[(1, 8, 16), (3, 70, 37), (40, 64, 64), (70, 200, 33), (130, 96, 96)] {
+        for (sa, sb, sy, relu) in [
+            (0.5f32, 0.25f32, 1.0f32, false),
+            (0.02, 0.03, 0.04, true),
+            (1e30, 1e30, 1e-30, false),
+            (f32::INFINITY, 1.0, 1.0, true),
+        ] {
+            seed += 1;
+            let c = vnni_case(m, k, n, seed, seed % 2 == 0);
+            let gemm = naive_gemm(&c);
+            let mut r = Rng::new(seed);
+            let other: Vec<u8> = (0..m * n).map(|_| r.below(256) as u8).collect();
+            let qa = QParams { scale: sa, zero_point: r.zp() };
+            let qb = QParams { scale: sb, zero_point: r.zp() };
+            let (zy, inv) = (r.zp(), 1.0 / sy);
+            let lo = if relu { zy } else { 0 };
+            let want: Vec<u8> = gemm
+                .iter()
+                .zip(&other)
+                .map(|(&a, &b)| naive_sum2(a, qa, b, qb, inv, zy, lo))
+                .collect();
+            let st = SumStage {
+                gemm: qa,
+                other: qb,
+                out: RealStage { multiplier: inv, zero_point: zy, lo },
+            };
+            for run in all_runs() {
+                for threads in [1, 2] {
+                    let w = match run {
+                        Run::Level(isa) => PackedQWeights::pack_for(isa, &c.w, n, k, &c.zw),
+                        Run::Layout(l, _) => PackedQWeights::pack_with(&c.w, n, k, &c.zw, l),
+                        Run::Emulated => {
+                            PackedQWeights::pack_with(&c.w, n, k, &c.zw, QLayout::Tiles)
+                        }
+                    }
+                    .unwrap();
+                    let ep = QEpilogue::new(w.col_sums(), c.zx, &c.bias, &c.mults, c.zy, c.lo)
+                        .unwrap();
+                    let a = QMatRef::new(&c.x, m, k, k, 0).unwrap();
+                    let mut y = vec![0u8; m * n];
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap()
+                        .install(|| match run {
+                            Run::Level(isa) | Run::Layout(_, isa) => {
+                                qgemm_sum_with(isa, &a, &w, &ep, &st, &other, &mut y, n, 0)
+                            }
+                            Run::Emulated => {
+                                qgemm_tiles_emulated(&a, &w, &ep, Some((&st, &other)), &mut y, n, 0)
+                            }
+                        })
+                        .unwrap();
+                    assert_eq!(y, want, "{run:?} {threads} threads m {m} k {k} n {n} sa {sa}");
+                }
+            }
+        }
+    }
+    // A summand of the wrong length is refused.
+    let c = vnni_case(4, 8, 16, 1, false);
+    let w = PackedQWeights::pack(&c.w, 16, 8, &c.zw).unwrap();
+    let ep = QEpilogue::new(w.col_sums(), c.zx, &c.bias, &c.mults, c.zy, c.lo).unwrap();
+    let a = QMatRef::new(&c.x, 4, 8, 8, 0).unwrap();
+    let st = SumStage {
+        gemm: QParams { scale: 1.0, zero_point: 0 },
+        other: QParams { scale: 1.0, zero_point: 0 },
+        out: RealStage { multiplier: 1.0, zero_point: 0, lo: 0 },
+    };
+    let mut y = vec![0u8; 64];
+    assert!(qgemm_sum_with(Isa::Scalar, &a, &w, &ep, &st, &[0; 63], &mut y, 16, 0).is_err());
 }
 
 #[test]

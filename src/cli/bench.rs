@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use clap::Args;
+use ops::kernels::isa::Isa;
 use ops::Tensor;
 use serde_json::json;
 
@@ -11,14 +12,17 @@ use super::model_args::{ModelArgs, Shape};
 use crate::{Executor, Node, Observer};
 
 /// Times each node as the gap since the previous node finished (the executor calls observers
-/// right after a node's outputs exist).
-struct OpTimer {
+/// right after a node's outputs exist), by op type and by layer class.
+struct OpTimer<'a> {
     last: Instant,
     by_type: Vec<(String, f64, usize)>,
+    /// (class, ms, multiply-accumulates) of the convolutions and FCs.
+    by_class: Vec<(String, f64, u64)>,
+    params: &'a HashMap<String, Tensor>,
 }
 
-impl Observer for OpTimer {
-    fn on_node(&mut self, node: &Node, _outputs: &[&Tensor]) {
+impl Observer for OpTimer<'_> {
+    fn on_node(&mut self, node: &Node, outputs: &[&Tensor]) {
         let now = Instant::now();
         let ms = (now - self.last).as_secs_f64() * 1e3;
         self.last = now;
@@ -29,7 +33,65 @@ impl Observer for OpTimer {
             }
             None => self.by_type.push((node.op_type.clone(), ms, 1)),
         }
+        if let Some((class, macs)) = layer_class(node, outputs, self.params) {
+            match self.by_class.iter_mut().find(|(c, _, _)| *c == class) {
+                Some(e) => {
+                    e.1 += ms;
+                    e.2 += macs;
+                }
+                None => self.by_class.push((class, ms, macs)),
+            }
+        }
     }
+}
+
+/// The layer class of a convolution or FC node (`conv 3x3 s2`, `depthwise 3x3`, `fc`) and
+/// its multiply-accumulates: output elements × the weight elements per output channel.
+fn layer_class(
+    node: &Node,
+    outputs: &[&Tensor],
+    params: &HashMap<String, Tensor>,
+) -> Option<(String, u64)> {
+    let t = node.op_type.as_str();
+    let conv = t.starts_with("Conv") || t.starts_with("Int8Conv");
+    let fc = t == "FC" || t.starts_with("Int8FC");
+    if !(conv || fc) {
+        return None;
+    }
+    let w = params.get(node.inputs.get(1)?)?;
+    let per_out: usize = w.shape().iter().skip(1).product();
+    let macs = (outputs.first()?.len() * per_out) as u64;
+    if fc {
+        return Some(("fc".into(), macs));
+    }
+    let args = &node.spec.args;
+    let int = |n: &str| args.int(n).ok().flatten();
+    let kernel = args
+        .ints("kernels")
+        .ok()
+        .flatten()
+        .and_then(|k| k.first().copied())
+        .or_else(|| int("kernel"))
+        .or_else(|| int("kernel_h"))
+        .unwrap_or(0);
+    let stride = args
+        .ints("strides")
+        .ok()
+        .flatten()
+        .and_then(|k| k.first().copied())
+        .or_else(|| int("stride"))
+        .or_else(|| int("stride_h"))
+        .unwrap_or(1);
+    let group = int("group").unwrap_or(1);
+    let kind = if group > 1 && per_out == (kernel * kernel) as usize {
+        "depthwise"
+    } else if group > 1 {
+        "group conv"
+    } else {
+        "conv"
+    };
+    let s = if stride > 1 { format!(" s{stride}") } else { String::new() };
+    Some((format!("{kind} {kernel}x{kernel}{s}"), macs))
 }
 
 /// Flags of `c2q bench`.
@@ -113,6 +175,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let mut timer = OpTimer {
             last: Instant::now(),
             by_type: Vec::new(),
+            by_class: Vec::new(),
+            params: &model.params,
         };
         for _ in 0..a.runs {
             timer.last = Instant::now();
@@ -129,17 +193,29 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 n / a.runs
             );
         }
+        if !timer.by_class.is_empty() {
+            timer.by_class.sort_by(|x, y| y.1.total_cmp(&x.1));
+            eprintln!("per layer class (GMAC/s = multiply-accumulates per second):");
+            for (c, ms, macs) in &timer.by_class {
+                eprintln!(
+                    "  {c:<18} {:>9.2} ms  {:>8.1} GMAC/s",
+                    ms / a.runs as f64,
+                    *macs as f64 / ms / 1e6
+                );
+            }
+        }
     }
     let ips = a.batch as f64 * 1e3 / median;
     if a.json {
         println!(
             "{}",
-            json!({"runtime": "c2q", "model": model.paths.predict, "batch": a.batch, "threads": exec.threads(),
+            json!({"runtime": "c2q", "model": model.paths.predict, "batch": a.batch, "threads": exec.threads(), "isa": Isa::current().name(),
                    "runs": a.runs, "median_ms": median, "p90_ms": p90, "images_per_s": ips})
         );
     } else {
         println!(
-            "c2q: batch {} threads {}: median {:.2} ms/batch (p90 {:.2}) over {} runs, {:.1} images/s",
+            "c2q ({}): batch {} threads {}: median {:.2} ms/batch (p90 {:.2}) over {} runs, {:.1} images/s",
+            Isa::current(),
             a.batch,
             exec.threads(),
             median,

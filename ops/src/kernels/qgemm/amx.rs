@@ -20,12 +20,14 @@
 
 use super::pack::PackedQWeights;
 use super::vnni::{Lanes, VStage};
-use super::{QEpilogue, QLhs, NR};
+use super::{QEpilogue, QLhs, SumStage, NR};
 
 /// Rows (and channels) of one tile.
 pub const TR: usize = 16;
 /// Bytes of k per tile row.
 const TK: usize = 64;
+/// How many k steps ahead the weight tiles are prefetched.
+const PF: usize = 2;
 
 /// The tile primitives the AMX driver uses (tile numbers are compile-time constants, as the
 /// instructions encode them).
@@ -46,6 +48,8 @@ pub(super) trait Tiles {
     unsafe fn store<const T: usize>(&mut self, p: *mut i32);
     /// Returns the tile state to its initial configuration.
     unsafe fn release(&mut self);
+    /// Hints that the 1 KiB at `p` will be read soon (may point anywhere: never faults).
+    fn prefetch_tile(&mut self, p: *const u8);
 }
 
 /// The AMX instructions.
@@ -121,6 +125,16 @@ impl Tiles for Amx {
         // SAFETY: AMX present (caller).
         unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) }
     }
+
+    #[inline(always)]
+    fn prefetch_tile(&mut self, p: *const u8) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        for l in 0..TR {
+            // SAFETY: SSE is part of x86-64; a prefetch never faults, whatever the address
+            // (`wrapping_add` keeps the arithmetic defined past the end of an allocation).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(l * TK) as *const i8) };
+        }
+    }
 }
 
 /// The tile primitives on arrays (any CPU): eight tiles of 16 × 64 bytes.
@@ -177,6 +191,8 @@ impl Tiles for Emulated {
     }
 
     unsafe fn release(&mut self) {}
+
+    fn prefetch_tile(&mut self, _p: *const u8) {}
 }
 
 /// Per-thread scratch of the AMX driver.
@@ -199,6 +215,8 @@ struct CBuf([[[i32; TR * TR]; 4]; 2]);
 /// What the output stage of a block needs from its call.
 struct StageBlock<'a> {
     stage: &'a VStage<'a>,
+    /// The other summand of a fused sum (laid out like the output), else empty.
+    other: &'a [u8],
     rowsums: &'a [i32],
     c0: usize,
     cols: usize,
@@ -239,7 +257,12 @@ unsafe fn stage_block<L: Lanes>(
                     let rs = if has_corr { b.rowsums[t0 + r] } else { 0 };
                     let at = (t0 + r) * b.ldo + b.ocol + (gc - b.c0);
                     let y = &mut out[at..at + n];
-                    L::requant_store(acc, &st, has_corr, rs, y.as_mut_ptr(), n);
+                    let o = if b.other.is_empty() {
+                        std::ptr::null()
+                    } else {
+                        b.other[at..at + n].as_ptr()
+                    };
+                    L::requant_store(acc, &st, has_corr, rs, o, y.as_mut_ptr(), n);
                 }
             }
         }
@@ -263,16 +286,22 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
     c0: usize,
     cols: usize,
     ep: &QEpilogue,
+    sum: Option<(&SumStage, &[u8])>,
     out: &mut [u8],
     ldo: usize,
     ocol: usize,
 ) {
     debug_assert_eq!(c0 % NR, 0);
     debug_assert_eq!(w.kunits % TR, 0);
+    if let Some((_, other)) = sum {
+        assert_eq!(other.len(), out.len(), "fused sum: summand and output sizes differ");
+    }
     let kq = w.kunits;
     let kpad = 4 * kq;
     let ksteps = kpad / TK;
-    let stage_all = VStage::new(ep, w);
+    let mut stage_all = VStage::new(ep, w);
+    stage_all.sum = sum.map(|(st, _)| *st);
+    let other: &[u8] = sum.map_or(&[], |(_, o)| o);
     let mut s = TSCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let mut block = std::mem::take(&mut s.block);
     let mut cbuf = CBuf([[[0; TR * TR]; 4]; 2]);
@@ -354,6 +383,10 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
             t.zero::<2>();
             t.zero::<3>();
             for j in 0..ksteps {
+                // The weights are read once per panel pair and usually come from memory:
+                // fetch two k steps ahead.
+                t.prefetch_tile(b0.wrapping_add((j + PF) * TR * TK));
+                t.prefetch_tile(b1.wrapping_add((j + PF) * TR * TK));
                 t.load::<4>(a0.add(j * j0), s0);
                 t.load::<6>(b0.add(j * TR * TK), TK);
                 t.dpbusd::<0, 4, 6>();
@@ -365,7 +398,7 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
             }
             if i > 0 {
                 let (pg, pt) = block_at(i - 1);
-                let sb = StageBlock { stage: &stage_all, rowsums: &s.rowsums, c0, cols, rows, ldo, ocol };
+                let sb = StageBlock { stage: &stage_all, other, rowsums: &s.rowsums, c0, cols, rows, ldo, ocol };
                 stage_block::<L>(&sb, &cbuf.0[(i - 1) % 2], pg, pt, out);
             }
             let c = &mut cbuf.0[i % 2];
@@ -376,7 +409,7 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
         }
         if blocks > 0 {
             let (pg, pt) = block_at(blocks - 1);
-            let sb = StageBlock { stage: &stage_all, rowsums: &s.rowsums, c0, cols, rows, ldo, ocol };
+            let sb = StageBlock { stage: &stage_all, other, rowsums: &s.rowsums, c0, cols, rows, ldo, ocol };
             stage_block::<L>(&sb, &cbuf.0[(blocks - 1) % 2], pg, pt, out);
         }
         t.release();

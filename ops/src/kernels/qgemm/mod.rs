@@ -51,8 +51,9 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::isa::Isa;
+use super::qeltwise::RealStage;
 use crate::int8::requant::requantize;
-use crate::{OpError, OpResult};
+use crate::{OpError, OpResult, QParams};
 
 mod amx;
 #[cfg(target_arch = "x86_64")]
@@ -184,6 +185,43 @@ impl QEpilogue {
     /// True when every multiplier is finite.
     pub(crate) fn finite(&self) -> bool {
         self.finite
+    }
+}
+
+/// An Int8Sum / Int8Add of two inputs fused into a GEMM's output stage: the GEMM's codes
+/// `a` (parameters `gemm`) plus the other summand's codes `b` (parameters `other`), in the
+/// f32 operations of the Sum reference: `clamp(nearbyint((s_a·(a − z_a) + s_b·(b − z_b)) ·
+/// (1/s_y) + z_y), lo, 255)` ([`RealStage`]). The two terms commute exactly, so which input
+/// of the Sum the GEMM feeds does not matter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SumStage {
+    /// Parameters of the GEMM's output codes.
+    pub gemm: QParams,
+    /// Parameters of the other summand.
+    pub other: QParams,
+    /// The Sum's output stage (`1/s_y`, `z_y`, lower clamp).
+    pub out: RealStage,
+}
+
+impl SumStage {
+    /// The scalar definition: the Sum's output code for GEMM code `a` and other code `b`.
+    #[inline]
+    pub fn apply(&self, a: u8, b: u8) -> u8 {
+        let ta = self.gemm.scale * (i32::from(a) - self.gemm.zero_point) as f32;
+        let tb = self.other.scale * (i32::from(b) - self.other.zero_point) as f32;
+        self.out.apply(ta + tb)
+    }
+}
+
+/// Applies a fused sum to columns `col0..col0 + n` of the rows of `y` (stride `ldy`) with the
+/// element-wise Sum kernels (for the GEMM kernels without a fused form).
+fn sum_rows(st: &SumStage, other: &[u8], y: &mut [u8], ldy: usize, col0: usize, n: usize) {
+    let k = super::qeltwise::kernels();
+    let mut tmp = vec![0u8; n];
+    for (yr, orow) in y.chunks_mut(ldy).zip(other.chunks(ldy)) {
+        let (yr, orow) = (&mut yr[col0..col0 + n], &orow[col0..col0 + n]);
+        tmp.copy_from_slice(yr);
+        (k.add2)(&tmp, st.gemm, orow, st.other, yr, st.out);
     }
 }
 
@@ -380,7 +418,54 @@ pub fn qgemm_with<L: QLhs + ?Sized>(
 ) -> OpResult<()> {
     check_args(a, w, ep, y, ldy, col0)?;
     let kern = runner(isa, w.layout);
-    run_split(kern, a, w, ep, y, ldy, col0)
+    run_split(kern, a, w, ep, None, y, ldy, col0)
+}
+
+/// [`qgemm`] followed by a fused two-input Sum with the codes `other` (laid out like `y`):
+/// `y = sum.apply(stage(A · W), other)` element by element, in one pass where the kernels
+/// have a fused form (VNNI and AMX), else as a second pass over the written columns.
+#[allow(clippy::too_many_arguments)]
+pub fn qgemm_sum<L: QLhs + ?Sized>(
+    a: &L,
+    w: &PackedQWeights,
+    ep: &QEpilogue,
+    sum: &SumStage,
+    other: &[u8],
+    y: &mut [u8],
+    ldy: usize,
+    col0: usize,
+) -> OpResult<()> {
+    qgemm_sum_with(Isa::current(), a, w, ep, sum, other, y, ldy, col0)
+}
+
+/// [`qgemm_sum`] at level `isa` (capped to what this CPU has).
+#[allow(clippy::too_many_arguments)]
+pub fn qgemm_sum_with<L: QLhs + ?Sized>(
+    isa: Isa,
+    a: &L,
+    w: &PackedQWeights,
+    ep: &QEpilogue,
+    sum: &SumStage,
+    other: &[u8],
+    y: &mut [u8],
+    ldy: usize,
+    col0: usize,
+) -> OpResult<()> {
+    check_args(a, w, ep, y, ldy, col0)?;
+    check_other(other, y)?;
+    run_split(runner(isa, w.layout), a, w, ep, Some((sum, other)), y, ldy, col0)
+}
+
+/// The other summand of a fused sum must be laid out like the output.
+fn check_other(other: &[u8], y: &[u8]) -> OpResult<()> {
+    if other.len() != y.len() {
+        return Err(OpError::Shape(format!(
+            "int8 GEMM with a fused sum: {} summand codes for an output of {}",
+            other.len(),
+            y.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Checks the operand sizes of one GEMM call.
@@ -423,6 +508,7 @@ pub fn qgemm_tiles_emulated<L: QLhs + ?Sized>(
     a: &L,
     w: &PackedQWeights,
     ep: &QEpilogue,
+    sum: Option<(&SumStage, &[u8])>,
     y: &mut [u8],
     ldy: usize,
     col0: usize,
@@ -433,7 +519,10 @@ pub fn qgemm_tiles_emulated<L: QLhs + ?Sized>(
         ));
     }
     check_args(a, w, ep, y, ldy, col0)?;
-    run_split(Runner::AmxEmulated, a, w, ep, y, ldy, col0)
+    if let Some((_, other)) = sum {
+        check_other(other, y)?;
+    }
+    run_split(Runner::AmxEmulated, a, w, ep, sum, y, ldy, col0)
 }
 
 /// The name of the micro-kernel [`qgemm_with`] runs for weights `w` at level `isa`
@@ -508,11 +597,13 @@ static AVX_VNNI: vnni::VnniKernels = vnni::VnniKernels {
 };
 
 /// Splits one checked GEMM into tasks over rows (or channels) and runs them with `kern`.
+#[allow(clippy::too_many_arguments)]
 fn run_split<L: QLhs + ?Sized>(
     kern: Runner,
     a: &L,
     w: &PackedQWeights,
     ep: &QEpilogue,
+    sum: Option<(&SumStage, &[u8])>,
     y: &mut [u8],
     ldy: usize,
     col0: usize,
@@ -554,7 +645,8 @@ fn run_split<L: QLhs + ?Sized>(
         debug_assert_eq!(r0, m);
         tiles.into_par_iter().for_each(|(r0, chunk)| {
             let rows = chunk.len() / ldy;
-            run_tile(kern, a, r0, rows, w, 0, n, ep, chunk, ldy, col0);
+            let sum = sum.map(|(st, o)| (st, &o[r0 * ldy..(r0 + rows) * ldy]));
+            run_tile(kern, a, r0, rows, w, 0, n, ep, sum, chunk, ldy, col0);
         });
     } else {
         // Few rows: split the channels, each block into its own buffer, then copy.
@@ -565,7 +657,7 @@ fn run_split<L: QLhs + ?Sized>(
                 let c0 = b * nbw;
                 let cols = nbw.min(n - c0);
                 let mut buf = vec![0u8; m * cols];
-                run_tile(kern, a, 0, m, w, c0, cols, ep, &mut buf, cols, 0);
+                run_tile(kern, a, 0, m, w, c0, cols, ep, None, &mut buf, cols, 0);
                 (c0, buf)
             })
             .collect();
@@ -574,6 +666,9 @@ fn run_split<L: QLhs + ?Sized>(
             for (dst, src) in y.chunks_mut(ldy).zip(buf.chunks(cols)) {
                 dst[col0 + c0..col0 + c0 + cols].copy_from_slice(src);
             }
+        }
+        if let Some((st, other)) = sum {
+            sum_rows(st, other, y, ldy, col0, n);
         }
     }
     Ok(())
@@ -604,18 +699,24 @@ fn run_tile<L: QLhs + ?Sized>(
     c0: usize,
     cols: usize,
     ep: &QEpilogue,
+    sum: Option<(&SumStage, &[u8])>,
     out: &mut [u8],
     ldo: usize,
     ocol: usize,
 ) {
     match kern {
-        Runner::Classic(k) => run_tile_classic(k, a, r0, rows, w, c0, cols, ep, out, ldo, ocol),
-        Runner::Vnni(k) => vnni::run_vnni(k, a, r0, rows, w, c0, cols, ep, out, ldo, ocol),
+        Runner::Classic(k) => {
+            run_tile_classic(k, a, r0, rows, w, c0, cols, ep, out, ldo, ocol);
+            if let Some((st, other)) = sum {
+                sum_rows(st, other, out, ldo, ocol, cols);
+            }
+        }
+        Runner::Vnni(k) => vnni::run_vnni(k, a, r0, rows, w, c0, cols, ep, sum, out, ldo, ocol),
         #[cfg(target_arch = "x86_64")]
         Runner::Amx => {
             // SAFETY: `runner` returns `Amx` only when `Isa::Amx` is supported (AVX512-VNNI,
             // AMX-INT8, OS permission) and the weights are in the tile layout.
-            unsafe { run_amx(a, r0, rows, w, c0, cols, ep, out, ldo, ocol) }
+            unsafe { run_amx(a, r0, rows, w, c0, cols, ep, sum, out, ldo, ocol) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         Runner::Amx => unreachable!("AMX runner on a CPU without AMX"),
@@ -625,7 +726,7 @@ fn run_tile<L: QLhs + ?Sized>(
             // keeps every tile access inside A, the packed panels and its scratch.
             unsafe {
                 amx::run_tiles::<_, vnni::Portable, L>(
-                    &mut t, a, r0, rows, w, c0, cols, ep, out, ldo, ocol,
+                    &mut t, a, r0, rows, w, c0, cols, ep, sum, out, ldo, ocol,
                 )
             }
         }
@@ -647,6 +748,7 @@ unsafe fn run_amx<L: QLhs + ?Sized>(
     c0: usize,
     cols: usize,
     ep: &QEpilogue,
+    sum: Option<(&SumStage, &[u8])>,
     out: &mut [u8],
     ldo: usize,
     ocol: usize,
@@ -654,7 +756,7 @@ unsafe fn run_amx<L: QLhs + ?Sized>(
     // SAFETY: forwarded contract; the AVX-512 lanes' features are enabled here.
     unsafe {
         amx::run_tiles::<amx::Amx, vnni::Avx512, L>(
-            &mut amx::Amx, a, r0, rows, w, c0, cols, ep, out, ldo, ocol,
+            &mut amx::Amx, a, r0, rows, w, c0, cols, ep, sum, out, ldo, ocol,
         )
     }
 }

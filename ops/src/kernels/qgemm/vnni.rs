@@ -24,7 +24,7 @@
 //! hands out rows of the source matrix, or rows gathered and zero-padded into scratch).
 
 use super::pack::PackedQWeights;
-use super::{QEpilogue, QLhs, NR};
+use super::{QEpilogue, QLhs, SumStage, NR};
 use crate::int8::requant::requantize;
 
 /// Rows of the register tile.
@@ -48,6 +48,8 @@ pub(super) struct VStage<'a> {
     pub lo: i32,
     /// Every multiplier is finite (no NaN product: the SIMD stages take a shorter path).
     pub finite: bool,
+    /// The Int8Sum/Add fused after the stage, if any (the other summand comes per call).
+    pub sum: Option<SumStage>,
 }
 
 impl<'a> VStage<'a> {
@@ -60,6 +62,7 @@ impl<'a> VStage<'a> {
             zero_point: ep.zero_point(),
             lo: ep.lo(),
             finite: ep.finite(),
+            sum: None,
         }
     }
 }
@@ -85,8 +88,17 @@ pub(super) trait Lanes {
     /// The stage of channels `c..c + 16` of `st`.
     unsafe fn stage(st: &VStage<'_>, c: usize) -> Self::S;
     /// Applies the stage to one row's accumulators (row codes summing to `rowsum`) and
-    /// stores the first `n` (1 to 16) output codes at `y`.
-    unsafe fn requant_store(acc: Self::V, s: &Self::S, has_corr: bool, rowsum: i32, y: *mut u8, n: usize);
+    /// stores the first `n` (1 to 16) output codes at `y`; with a fused sum in the stage,
+    /// the codes are then added to the `n` codes at `other` (see [`SumStage`]).
+    unsafe fn requant_store(
+        acc: Self::V,
+        s: &Self::S,
+        has_corr: bool,
+        rowsum: i32,
+        other: *const u8,
+        y: *mut u8,
+        n: usize,
+    );
 }
 
 /// Arguments of one micro-kernel call.
@@ -103,6 +115,8 @@ pub(super) struct MicroArgs<'a> {
     pub pstride: usize,
     /// Output code of row 0, channel 0 of the tile; row `r` at `y + r·ldy`.
     pub y: *mut u8,
+    /// With a fused sum: the other summand's codes at the same place as `y` (same stride).
+    pub other: *const u8,
     /// Output row stride.
     pub ldy: usize,
     /// Valid rows (1 to `VR`).
@@ -146,7 +160,16 @@ pub(super) unsafe fn micro<L: Lanes, const NB: usize>(m: &MicroArgs<'_>) {
             let n = (m.chans - panel).min(NR);
             let s = L::stage(&m.stage, panel);
             for (r, row) in acc.iter().enumerate().take(m.rows) {
-                L::requant_store(row[p], &s, has_corr, m.rowsum[r], m.y.add(r * m.ldy + panel), n);
+                let at = r * m.ldy + panel;
+                L::requant_store(
+                    row[p],
+                    &s,
+                    has_corr,
+                    m.rowsum[r],
+                    m.other.wrapping_add(at),
+                    m.y.add(at),
+                    n,
+                );
             }
         }
     }
@@ -163,6 +186,7 @@ pub(super) struct PortableStage {
     corr: [i32; NR],
     zero_point: i32,
     lo: i32,
+    sum: Option<SumStage>,
 }
 
 impl Lanes for Portable {
@@ -204,6 +228,7 @@ impl Lanes for Portable {
             corr: std::array::from_fn(|l| st.corr.get(c + l).copied().unwrap_or(0)),
             zero_point: st.zero_point,
             lo: st.lo,
+            sum: st.sum,
         }
     }
 
@@ -213,6 +238,7 @@ impl Lanes for Portable {
         s: &PortableStage,
         _has_corr: bool,
         rowsum: i32,
+        other: *const u8,
         y: *mut u8,
         n: usize,
     ) {
@@ -220,8 +246,13 @@ impl Lanes for Portable {
             let raw = acc[l]
                 .wrapping_add(s.off[l])
                 .wrapping_add(s.corr[l].wrapping_mul(rowsum));
+            let mut code = requantize(raw, s.mult[l], s.zero_point, s.lo);
+            if let Some(sum) = &s.sum {
+                // SAFETY: with a fused sum the caller guarantees `n` readable codes at `other`.
+                code = sum.apply(code, unsafe { *other.add(l) });
+            }
             // SAFETY: the caller guarantees `n` writable bytes at `y`.
-            unsafe { *y.add(l) = requantize(raw, s.mult[l], s.zero_point, s.lo) };
+            unsafe { *y.add(l) = code };
         }
     }
 
@@ -247,7 +278,7 @@ pub(super) use x86::{Avx512, AVX512, AVXVNNI};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{micro, Lanes, MicroArgs, MicroFn, VStage, NR, VNB};
+    use super::{micro, Lanes, MicroArgs, MicroFn, SumStage, VStage, NR, VNB};
     use std::arch::x86_64::*;
 
     /// The DNNLOWP output stage on 16 lanes, returned as 16 codes: `clamp(lrint(f32(raw) ·
@@ -305,6 +336,65 @@ mod x86 {
         zp: __m512i,
         lo: __m512i,
         finite: bool,
+        sum: Option<ZSum>,
+    }
+
+    /// A fused sum's constants in zmm registers.
+    #[derive(Clone, Copy)]
+    pub(crate) struct ZSum {
+        sa: __m512,
+        za: __m512i,
+        sb: __m512,
+        zb: __m512i,
+        inv: __m512,
+        zy: __m512,
+        lo: __m512,
+    }
+
+    impl ZSum {
+        /// # Safety
+        /// The CPU must support AVX-512 F.
+        #[inline(always)]
+        unsafe fn new(s: &SumStage) -> ZSum {
+            // SAFETY: AVX-512 present (caller).
+            unsafe {
+                ZSum {
+                    sa: _mm512_set1_ps(s.gemm.scale),
+                    za: _mm512_set1_epi32(s.gemm.zero_point),
+                    sb: _mm512_set1_ps(s.other.scale),
+                    zb: _mm512_set1_epi32(s.other.zero_point),
+                    inv: _mm512_set1_ps(s.out.multiplier),
+                    zy: _mm512_set1_ps(s.out.zero_point as f32),
+                    lo: _mm512_set1_ps(s.out.lo as f32),
+                }
+            }
+        }
+    }
+
+    /// The fused sum on 16 lanes: GEMM codes `a` (i32 lanes in [0, 255]) plus the 16 (or
+    /// the first `n`) codes at `other`, the f32 operations of [`SumStage::apply`] in the same
+    /// order; the result is clamped in f32 before the conversion (bounds are integers and
+    /// rounding is monotone, so this equals clamping after it; `max_ps` returns the bound
+    /// for a NaN first operand, as the scalar NaN → 0 → `lo` path does).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW; `n` codes readable at `other`.
+    #[inline(always)]
+    unsafe fn sum16(a: __m512i, z: &ZSum, other: *const u8, n: usize) -> __m128i {
+        // SAFETY: AVX-512 present and `n` readable bytes at `other` (caller).
+        unsafe {
+            let b = if n == NR {
+                _mm_loadu_si128(other as *const __m128i)
+            } else {
+                _mm_maskz_loadu_epi8((1u16 << n) - 1, other as *const i8)
+            };
+            let b = _mm512_cvtepu8_epi32(b);
+            let ta = _mm512_mul_ps(z.sa, _mm512_cvtepi32_ps(_mm512_sub_epi32(a, z.za)));
+            let tb = _mm512_mul_ps(z.sb, _mm512_cvtepi32_ps(_mm512_sub_epi32(b, z.zb)));
+            let v = _mm512_add_ps(_mm512_mul_ps(_mm512_add_ps(ta, tb), z.inv), z.zy);
+            let v = _mm512_min_ps(_mm512_max_ps(v, z.lo), _mm512_set1_ps(255.0));
+            _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v))
+        }
     }
 
     impl Lanes for Avx512 {
@@ -351,6 +441,7 @@ mod x86 {
                     zp: _mm512_set1_epi32(st.zero_point),
                     lo: _mm512_set1_epi32(st.lo),
                     finite: st.finite,
+                    sum: st.sum.as_ref().map(|x| ZSum::new(x)),
                 }
             }
         }
@@ -361,21 +452,26 @@ mod x86 {
             s: &ZStage,
             has_corr: bool,
             rowsum: i32,
+            other: *const u8,
             y: *mut u8,
             n: usize,
         ) {
-            // SAFETY: AVX-512 present and `n` writable bytes at `y` (caller).
+            // SAFETY: AVX-512 present, `n` writable bytes at `y` and, with a fused sum, `n`
+            // readable bytes at `other` (caller).
             unsafe {
                 let mut raw = _mm512_add_epi32(acc, s.off);
                 if has_corr {
                     let c = _mm512_mullo_epi32(s.corr, _mm512_set1_epi32(rowsum));
                     raw = _mm512_add_epi32(raw, c);
                 }
-                let bytes = if s.finite {
+                let mut bytes = if s.finite {
                     requant16_finite(raw, s.mult, s.zp, s.lo)
                 } else {
                     requant16(raw, s.mult, s.zp, s.lo)
                 };
+                if let Some(z) = &s.sum {
+                    bytes = sum16(_mm512_cvtepu8_epi32(bytes), z, other, n);
+                }
                 if n == NR {
                     _mm_storeu_si128(y as *mut __m128i, bytes);
                 } else {
@@ -413,6 +509,7 @@ mod x86 {
         corr: [__m256i; 2],
         zp: __m256i,
         lo: __m256i,
+        sum: Option<SumStage>,
     }
 
     impl Lanes for AvxVnni {
@@ -473,6 +570,7 @@ mod x86 {
                     corr: [ld(st.corr, 0), ld(st.corr, 1)],
                     zp: _mm256_set1_epi32(st.zero_point),
                     lo: _mm256_set1_epi32(st.lo),
+                    sum: st.sum,
                 }
             }
         }
@@ -483,6 +581,7 @@ mod x86 {
             s: &YStage,
             has_corr: bool,
             rowsum: i32,
+            other: *const u8,
             y: *mut u8,
             n: usize,
         ) {
@@ -500,13 +599,16 @@ mod x86 {
                     v[h] = requant8(raw, _mm256_setzero_si256(), s.mult[h], s.zp, s.lo);
                 }
                 let bytes = narrow16(v[0], v[1]);
-                if n == NR {
-                    _mm_storeu_si128(y as *mut __m128i, bytes);
-                } else {
-                    let mut tmp = [0u8; NR];
-                    _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
-                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), y, n);
+                let mut tmp = [0u8; NR];
+                _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
+                if let Some(sum) = &s.sum {
+                    // The fused sum in scalar form: the VEX-only VNNI CPUs are clients,
+                    // and this path is not their bottleneck.
+                    for (l, t) in tmp.iter_mut().enumerate().take(n) {
+                        *t = sum.apply(*t, *other.add(l));
+                    }
                 }
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), y, n);
             }
         }
 
@@ -629,14 +731,20 @@ pub(super) fn run_vnni<L: QLhs + ?Sized>(
     c0: usize,
     cols: usize,
     ep: &QEpilogue,
+    sum: Option<(&SumStage, &[u8])>,
     out: &mut [u8],
     ldo: usize,
     ocol: usize,
 ) {
+    if let Some((_, other)) = sum {
+        assert_eq!(other.len(), out.len(), "fused sum: summand and output sizes differ");
+    }
     debug_assert_eq!(c0 % NR, 0);
     let kq = w.kunits;
     let kpad = 4 * kq;
-    let stage_all = VStage::new(ep, w);
+    let mut stage_all = VStage::new(ep, w);
+    stage_all.sum = sum.map(|(st, _)| *st);
+    let other_base = sum.map_or(std::ptr::null(), |(_, o)| o.as_ptr());
     let mut s = VSCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let mut block = std::mem::take(&mut s.block);
     {
@@ -663,6 +771,7 @@ pub(super) fn run_vnni<L: QLhs + ?Sized>(
                     std::array::from_fn(|i| s.rowsums.get(t0 + i.min(trows - 1)).copied().unwrap_or(0));
                 let at = t0 * ldo + ocol + (g0 - c0);
                 let y = &mut out[at..at + (trows - 1) * ldo + gcols];
+                let other = other_base.wrapping_add(at);
                 let m = MicroArgs {
                     kq,
                     a: ptrs,
@@ -670,6 +779,7 @@ pub(super) fn run_vnni<L: QLhs + ?Sized>(
                     b,
                     pstride: kq * NR,
                     y: y.as_mut_ptr(),
+                    other,
                     ldy: ldo,
                     rows: trows,
                     chans: gcols,
@@ -678,7 +788,8 @@ pub(super) fn run_vnni<L: QLhs + ?Sized>(
                 // SAFETY: the table holds kernels for this CPU (chosen by `vnni_kernels`);
                 // each row pointer has `kpad = 4·kq` readable bytes (`row_source`), the
                 // panels `g0/16 ..` hold `kq·16` words each, and `y` covers `trows` rows of
-                // `gcols` codes at stride `ldo` (sliced above).
+                // `gcols` codes at stride `ldo` (sliced above), and so does `other` (a slice
+                // of the summand's length, asserted above) when there is a fused sum.
                 unsafe { micro(&m) };
             }
         }
