@@ -75,7 +75,12 @@ fn fold_bn_and_fuse_relu_keep_outputs() {
         let (opt, report) = model.optimized().unwrap();
         assert_eq!(
             report,
-            vec![("remove_dropout", 0), ("fold_bn", 1), ("fuse_relu", 1)]
+            vec![
+                ("remove_dropout", 0),
+                ("fold_bn", 1),
+                ("fuse_relu", 1),
+                ("fuse_int8_sum", 0)
+            ]
         );
         assert_eq!(types(&opt), vec!["ConvRelu"]);
         let conv = &opt.predict_def.op[0];
@@ -135,7 +140,12 @@ fn shared_weights_and_multiple_readers_are_left_alone() {
     let (opt, report) = model.optimized().unwrap();
     assert_eq!(
         report,
-        vec![("remove_dropout", 0), ("fold_bn", 0), ("fuse_relu", 0)]
+        vec![
+            ("remove_dropout", 0),
+            ("fold_bn", 0),
+            ("fuse_relu", 0),
+            ("fuse_int8_sum", 0)
+        ]
     );
     assert_eq!(types(&opt), types(&model));
 }
@@ -206,7 +216,12 @@ fn resnet50_optimized_matches_fp32() {
     let (opt, report) = model.optimized().unwrap();
     assert_eq!(
         report,
-        vec![("remove_dropout", 0), ("fold_bn", 53), ("fuse_relu", 49)]
+        vec![
+            ("remove_dropout", 0),
+            ("fold_bn", 53),
+            ("fuse_relu", 49),
+            ("fuse_int8_sum", 0)
+        ]
     );
     let count = |t: &str| opt.predict_def.op.iter().filter(|o| o.type_() == t).count();
     assert_eq!(
@@ -241,4 +256,136 @@ fn resnet50_optimized_matches_fp32() {
     let d = common::max_abs_diff(&a, &b);
     eprintln!("resnet50 fold/fuse: max |Δlogit| {d:.3e}, max |logit| {scale:.3e}");
     assert!(d <= 1e-4 * scale, "relative difference {}", d / scale);
+}
+
+// ---------------------------------------------------------------------------------------
+// fuse_int8_sum: Int8Conv + Int8Sum → Int8ConvSum
+// ---------------------------------------------------------------------------------------
+
+/// Codes from a seed (uint8 weights around the zero point 128).
+fn u8s(n: usize, seed: u32) -> Vec<u8> {
+    (0..n)
+        .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 24) as u8)
+        .collect()
+}
+
+/// A small ResNet-like int8 net (NHWC): quantize → 3x3 ConvRelu `a` → 1x1 Conv `c` → 1x1
+/// shortcut Conv `sc` of the input (after `c`, as in ResNet's first block of a stage) →
+/// SumRelu(c, sc) → 1x1 Conv `c2` without bias → Sum(out, c2) → dequantize. `extra` adds a
+/// second reader of `sc` (which must prevent fusing `sc`'s Sum).
+fn int8_res_net(extra: bool) -> Model {
+    use c2q::graph::builder::op_def;
+    let mut b = NetBuilder::new("int8res");
+    b.input("data");
+    let fill = |name: &str, shape: &[i64], seed: u32| {
+        let n: i64 = shape.iter().product();
+        op_def(
+            "Int8GivenTensorFill",
+            &[],
+            &[name],
+            vec![
+                ("shape", Arg::Ints(shape.to_vec())),
+                ("values", Arg::B(u8s(n as usize, seed))),
+                ("Y_scale", Arg::F(0.01)),
+                ("Y_zero_point", Arg::I(128)),
+            ],
+        )
+    };
+    let bias = |name: &str, n: i64, scale: f32| {
+        op_def(
+            "Int8GivenIntTensorFill",
+            &[],
+            &[name],
+            vec![
+                ("shape", Arg::Ints(vec![n])),
+                ("values", Arg::Ints((0..n).map(|i| i * 37 - 90).collect())),
+                ("Y_scale", Arg::F(scale)),
+                ("Y_zero_point", Arg::I(0)),
+            ],
+        )
+    };
+    b.init_op(fill("w1", &[8, 3, 3, 4], 1))
+        .init_op(bias("b1", 8, 0.05 * 0.01))
+        .init_op(fill("w2", &[8, 1, 1, 8], 2))
+        .init_op(bias("b2", 8, 0.04 * 0.01))
+        .init_op(fill("w3", &[8, 1, 1, 4], 3))
+        .init_op(bias("b3", 8, 0.05 * 0.01))
+        .init_op(fill("w4", &[8, 1, 1, 8], 4));
+    let q = |s: f32, z: i64| vec![("Y_scale", Arg::F(s)), ("Y_zero_point", Arg::I(z))];
+    let conv = |k: i64, s: f32, z: i64| {
+        let mut a = q(s, z);
+        a.push(("kernel", Arg::I(k)));
+        a.push(("pad", Arg::I(k / 2)));
+        a.push(("order", Arg::S("NHWC".into())));
+        a
+    };
+    b.op("Int8Quantize", &["data"], &["xq"], q(0.05, 128))
+        .op(
+            "Int8ConvRelu",
+            &["xq", "w1", "b1"],
+            &["a"],
+            conv(3, 0.04, 0),
+        )
+        .op("Int8Conv", &["a", "w2", "b2"], &["c"], conv(1, 0.03, 120))
+        .op("Int8Conv", &["xq", "w3", "b3"], &["sc"], conv(1, 0.06, 130))
+        .op("Int8SumRelu", &["c", "sc"], &["out"], q(0.05, 0))
+        .op("Int8Conv", &["out", "w4"], &["c2"], conv(1, 0.02, 125))
+        .op("Int8Sum", &["out", "c2"], &["out2"], q(0.07, 110))
+        .op("Int8Dequantize", &["out2"], &["y"], vec![]);
+    if extra {
+        b.op("Int8Dequantize", &["sc"], &["sc_f"], vec![])
+            .output("sc_f");
+    }
+    b.output("y");
+    let (i, p) = b.build();
+    Model::from_nets(i, p).unwrap()
+}
+
+#[test]
+fn fuse_int8_sum_keeps_outputs_bit_for_bit() {
+    let x = Tensor::from_f32(&[2, 6, 6, 4], vals(288, 5));
+    let model = int8_res_net(false);
+    let want = run(&model, &x, "y");
+    let (opt, report) = model.optimized().unwrap();
+    assert_eq!(report.last(), Some(&("fuse_int8_sum", 2)));
+    assert_eq!(
+        types(&opt),
+        vec![
+            "Int8Quantize",
+            "Int8ConvRelu",
+            "Int8Conv",
+            "Int8ConvSumRelu",
+            "Int8ConvSum",
+            "Int8Dequantize"
+        ]
+    );
+    // The shortcut convolution absorbed the first Sum (its other input `c` exists already).
+    assert_eq!(opt.predict_def.op[3].input, ["xq", "w3", "b3", "c"]);
+    assert_eq!(opt.predict_def.op[3].output, ["out"]);
+    // Bit-identical to the unfused net, with the fast kernels, the reference and 2 threads.
+    let got = run(&opt, &x, "y");
+    assert_eq!(got, want);
+    let mut r = model.optimized().unwrap().0;
+    r.set_reference(true);
+    assert_eq!(run(&r, &x, "y"), want);
+    let exec = Executor::new(&opt, 2).unwrap();
+    let y2 = exec
+        .run(HashMap::from([("data".to_string(), x.clone())]))
+        .unwrap();
+    assert_eq!(y2["y"].f32_slice().unwrap(), want.as_slice());
+}
+
+#[test]
+fn fuse_int8_sum_leaves_shared_and_reordered_values_alone() {
+    // `sc` has a second reader: its convolution cannot absorb the Sum, and `c`'s cannot
+    // either (the Sum's other input `sc` is written between `c`'s convolution and the Sum).
+    // The second Sum still fuses.
+    let x = Tensor::from_f32(&[1, 6, 6, 4], vals(144, 8));
+    let model = int8_res_net(true);
+    let want = run(&model, &x, "y");
+    let (opt, report) = model.optimized().unwrap();
+    assert_eq!(report.last(), Some(&("fuse_int8_sum", 1)));
+    let t = types(&opt);
+    assert!(t.contains(&"Int8SumRelu".to_string()) && t.contains(&"Int8ConvSum".to_string()));
+    assert_eq!(run(&opt, &x, "y"), want);
 }

@@ -52,10 +52,22 @@ fn main() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
     }
-    let runs: usize = std::env::var("RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
-    let threads: usize = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
-    println!("ISA {}, {threads} thread(s), median of {runs} runs", Isa::current());
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let threads: usize = std::env::var("THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
+    println!(
+        "ISA {}, {threads} thread(s), median of {runs} runs",
+        Isa::current()
+    );
     let only: Option<usize> = std::env::var("LAYER").ok().and_then(|v| v.parse().ok());
     let mut classes: Vec<(String, f64, u64)> = Vec::new();
     let (mut total_ms, mut total_macs) = (0.0, 0u64);
@@ -73,23 +85,40 @@ fn main() {
         args.set("pad", ArgValue::I(p as i64));
         args.set("order", ArgValue::S(b"NHWC".to_vec()));
         args.set("Y_scale", ArgValue::F(0.05));
-        let mut spec = NodeSpec::new("Int8ConvRelu", args, 2, 1);
+        let o = (h + 2 * p - k) / s + 1;
+        // SUM=1: the convolution fused with the Int8SumRelu that follows it in ResNet.
+        let fused = std::env::var_os("SUM").is_some();
+        let mut inputs = 2;
+        if fused {
+            args.set("sum_type", ArgValue::S(b"Int8SumRelu".to_vec()));
+            args.set("sum_Y_scale", ArgValue::F(0.07));
+            args.set("sum_Y_zero_point", ArgValue::I(0));
+            inputs = 3;
+        }
+        let ty = if fused {
+            "Int8ConvSumRelu"
+        } else {
+            "Int8ConvRelu"
+        };
+        let mut spec = NodeSpec::new(ty, args, inputs, 1);
         spec.engine = "DNNLOWP".into();
         let mut op = build_op(&spec).expect("build").expect("registered");
         let x = qu8(&[1, h, h, c], codes(h * h * c, 1), 0.02, 3);
         let w = qu8(&[m, k, k, c], codes(m * k * k * c, 2), 0.004, 128);
-        op.prepare(&[None, Some(&w)]).expect("prepare");
-        let o = (h + 2 * p - k) / s + 1;
+        op.prepare(&[None, Some(&w), None]).expect("prepare");
+        let other = qu8(&[1, o, o, m], codes(o * o * m, 3), 0.05, 0);
+        let x = if fused { vec![x, w, other] } else { vec![x, w] };
         let macs = (o * o * m * k * k * c) as u64;
         let class = format!("{k}x{k}{}", if s > 1 { " s2" } else { "" });
         let label = format!("{i:>2} {class:<7} {h:>3}x{h:<3} {c:>4}->{m:<4}");
-        layers.push((label, class, op, x, w, macs));
+        layers.push((label, class, op, x, macs));
     }
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); layers.len()];
     pool.install(|| {
-        let mut time = |l: &(String, String, Box<dyn ops::Op>, Tensor, Tensor, u64)| {
+        let mut time = |l: &(String, String, Box<dyn ops::Op>, Vec<Tensor>, u64)| {
             let t0 = Instant::now();
-            let y = l.2.eval(&[&l.3, &l.4]).expect("eval");
+            let ins: Vec<&Tensor> = l.3.iter().collect();
+            let y = l.2.eval(&ins).expect("eval");
             std::hint::black_box(y);
             t0.elapsed().as_secs_f64() * 1e3
         };
@@ -113,10 +142,13 @@ fn main() {
             }
         }
     });
-    for ((label, class, _, _, _, macs), mut t) in layers.iter().zip(times) {
+    for ((label, class, _, _, macs), mut t) in layers.iter().zip(times) {
         t.sort_by(f64::total_cmp);
         let ms = t[t.len() / 2];
-        println!("{label} {ms:>8.3} ms {:>7.1} GMAC/s", *macs as f64 / ms / 1e6);
+        println!(
+            "{label} {ms:>8.3} ms {:>7.1} GMAC/s",
+            *macs as f64 / ms / 1e6
+        );
         match classes.iter_mut().find(|e| e.0 == *class) {
             Some(e) => {
                 e.1 += ms;
@@ -128,7 +160,13 @@ fn main() {
         total_macs += macs;
     }
     for (class, ms, macs) in &classes {
-        println!("{class:<7} {ms:>8.3} ms {:>7.1} GMAC/s", *macs as f64 / ms / 1e6);
+        println!(
+            "{class:<7} {ms:>8.3} ms {:>7.1} GMAC/s",
+            *macs as f64 / ms / 1e6
+        );
     }
-    println!("all     {total_ms:>8.3} ms {:>7.1} GMAC/s", total_macs as f64 / total_ms / 1e6);
+    println!(
+        "all     {total_ms:>8.3} ms {:>7.1} GMAC/s",
+        total_macs as f64 / total_ms / 1e6
+    );
 }

@@ -64,6 +64,8 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Int8Concat",
     "Int8Flatten",
     "Int8Reshape",
+    "Int8ConvSum",
+    "Int8ConvSumRelu",
 ];
 
 /// Builds the operator for a node, or `Ok(None)` when the op type is unknown (the graph
@@ -96,6 +98,7 @@ pub fn build_op(spec: &NodeSpec) -> OpResult<Option<Box<dyn Op>>> {
         "Int8Quantize" => b(int8::quantize::Int8Quantize::from_spec(spec)),
         "Int8Dequantize" => b(int8::quantize::Int8Dequantize::from_spec(spec)),
         "Int8Conv" | "Int8ConvRelu" => b(int8::conv::Int8Conv::from_spec(spec)),
+        "Int8ConvSum" | "Int8ConvSumRelu" => b(int8::conv_sum::Int8ConvSum::from_spec(spec)),
         "Int8FC" | "Int8FCRelu" => b(int8::fc::Int8Fc::from_spec(spec)),
         "Int8Sum" | "Int8SumRelu" | "Int8Add" | "Int8AddRelu" => {
             b(int8::eltwise::Int8Sum::from_spec(spec))

@@ -6,8 +6,8 @@ use ops::kernels::isa::Isa;
 use ops::kernels::qdepthwise::{qdepthwise_with, DwShape, PackedDepthwise};
 use ops::kernels::qeltwise::RealStage;
 use ops::kernels::qgemm::{
-    effective_isa, kernel_name, qgemm_sum_with, qgemm_tiles_emulated, qgemm_with,
-    PackedQWeights, QEpilogue, QLayout, QMatRef, SumStage,
+    effective_isa, kernel_name, qgemm_sum_with, qgemm_tiles_emulated, qgemm_with, PackedQWeights,
+    QEpilogue, QLayout, QMatRef, SumStage,
 };
 use ops::QParams;
 use ops::{ArgValue, Op, OpError, Tensor};
@@ -255,7 +255,11 @@ fn check_vnni(c: &GemmCase) {
                 .build()
                 .unwrap()
                 .install(|| run_gemm_as(run, c, c.n + 1, 1, (c.m + c.k) % 5));
-            assert_eq!(got, want, "{run:?}, {threads} threads, m {} k {} n {}", c.m, c.k, c.n);
+            assert_eq!(
+                got, want,
+                "{run:?}, {threads} threads, m {} k {} n {}",
+                c.m, c.k, c.n
+            );
         }
     }
 }
@@ -276,7 +280,16 @@ fn qgemm_vnni_tile_edges_match_naive() {
     // 64-byte K steps, with per-channel multipliers, odd zero points and fused ReLU.
     let mut idx = 0;
     for m in [1, 5, 6, 7, 15, 16, 17, 31, 32, 33, 49, 64, 65] {
-        for (k, n) in [(1, 1), (3, 16), (4, 17), (63, 31), (64, 32), (65, 33), (129, 64), (200, 65)] {
+        for (k, n) in [
+            (1, 1),
+            (3, 16),
+            (4, 17),
+            (63, 31),
+            (64, 32),
+            (65, 33),
+            (129, 64),
+            (200, 65),
+        ] {
             idx += 1;
             check_vnni(&vnni_case(m, k, n, 1000 + idx, idx % 3 == 0));
         }
@@ -333,7 +346,13 @@ fn qgemm_fused_sum_matches_gemm_then_sum() {
     // and 2 threads, few rows (the channel split) and many, odd widths, the Sum's ReLU and
     // scales that put values on ties, far outside [0, 255] and at NaN.
     let mut seed = 300;
-    for &(m, k, n) in &[(1, 8, 16), (3, 70, 37), (40, 64, 64), (70, 200, 33), (130, 96, 96)] {
+    for &(m, k, n) in &[
+        (1, 8, 16),
+        (3, 70, 37),
+        (40, 64, 64),
+        (70, 200, 33),
+        (130, 96, 96),
+    ] {
         for (sa, sb, sy, relu) in [
             (0.5f32, 0.25f32, 1.0f32, false),
             (0.02, 0.03, 0.04, true),
@@ -345,8 +364,14 @@ fn qgemm_fused_sum_matches_gemm_then_sum() {
             let gemm = naive_gemm(&c);
             let mut r = Rng::new(seed);
             let other: Vec<u8> = (0..m * n).map(|_| r.below(256) as u8).collect();
-            let qa = QParams { scale: sa, zero_point: r.zp() };
-            let qb = QParams { scale: sb, zero_point: r.zp() };
+            let qa = QParams {
+                scale: sa,
+                zero_point: r.zp(),
+            };
+            let qb = QParams {
+                scale: sb,
+                zero_point: r.zp(),
+            };
             let (zy, inv) = (r.zp(), 1.0 / sy);
             let lo = if relu { zy } else { 0 };
             let want: Vec<u8> = gemm
@@ -357,7 +382,11 @@ fn qgemm_fused_sum_matches_gemm_then_sum() {
             let st = SumStage {
                 gemm: qa,
                 other: qb,
-                out: RealStage { multiplier: inv, zero_point: zy, lo },
+                out: RealStage {
+                    multiplier: inv,
+                    zero_point: zy,
+                    lo,
+                },
             };
             for run in all_runs() {
                 for threads in [1, 2] {
@@ -369,8 +398,8 @@ fn qgemm_fused_sum_matches_gemm_then_sum() {
                         }
                     }
                     .unwrap();
-                    let ep = QEpilogue::new(w.col_sums(), c.zx, &c.bias, &c.mults, c.zy, c.lo)
-                        .unwrap();
+                    let ep =
+                        QEpilogue::new(w.col_sums(), c.zx, &c.bias, &c.mults, c.zy, c.lo).unwrap();
                     let a = QMatRef::new(&c.x, m, k, k, 0).unwrap();
                     let mut y = vec![0u8; m * n];
                     rayon::ThreadPoolBuilder::new()
@@ -386,7 +415,10 @@ fn qgemm_fused_sum_matches_gemm_then_sum() {
                             }
                         })
                         .unwrap();
-                    assert_eq!(y, want, "{run:?} {threads} threads m {m} k {k} n {n} sa {sa}");
+                    assert_eq!(
+                        y, want,
+                        "{run:?} {threads} threads m {m} k {k} n {n} sa {sa}"
+                    );
                 }
             }
         }
@@ -397,9 +429,19 @@ fn qgemm_fused_sum_matches_gemm_then_sum() {
     let ep = QEpilogue::new(w.col_sums(), c.zx, &c.bias, &c.mults, c.zy, c.lo).unwrap();
     let a = QMatRef::new(&c.x, 4, 8, 8, 0).unwrap();
     let st = SumStage {
-        gemm: QParams { scale: 1.0, zero_point: 0 },
-        other: QParams { scale: 1.0, zero_point: 0 },
-        out: RealStage { multiplier: 1.0, zero_point: 0, lo: 0 },
+        gemm: QParams {
+            scale: 1.0,
+            zero_point: 0,
+        },
+        other: QParams {
+            scale: 1.0,
+            zero_point: 0,
+        },
+        out: RealStage {
+            multiplier: 1.0,
+            zero_point: 0,
+            lo: 0,
+        },
     };
     let mut y = vec![0u8; 64];
     assert!(qgemm_sum_with(Isa::Scalar, &a, &w, &ep, &st, &[0; 63], &mut y, 16, 0).is_err());
@@ -408,7 +450,10 @@ fn qgemm_fused_sum_matches_gemm_then_sum() {
 #[test]
 fn qgemm_kernel_names_say_dtype_tile_and_isa() {
     let w = |isa| PackedQWeights::pack_for(isa, &[130u8; 64 * 8], 8, 64, &[128; 8]).unwrap();
-    assert_eq!(kernel_name(Isa::Scalar, &w(Isa::Scalar)), "qgemm_u8i16_i32_6x16_portable");
+    assert_eq!(
+        kernel_name(Isa::Scalar, &w(Isa::Scalar)),
+        "qgemm_u8i16_i32_6x16_portable"
+    );
     // Each level's name when the CPU has it, else the level it falls back to.
     for l in Isa::ALL {
         let name = kernel_name(l, &w(l));
@@ -911,6 +956,76 @@ fn check_conv(cs: &ConvCase) {
     fast.prepare(&consts[..inputs.len()]).unwrap();
     let got = fast.eval(&inputs).unwrap().remove(0);
     assert_eq!(codes(&got), codes(&want), "prepared {cs:?}");
+    check_conv_sum(cs, &args, &inputs, &want, &mut r);
+}
+
+/// The fused Int8ConvSum(Relu) against the reference convolution followed by the reference
+/// Int8Sum/Add(Relu), fast (1 and 2 threads, with and without prepared weights) and in
+/// reference mode, with the convolution as either input of the Sum.
+fn check_conv_sum(
+    cs: &ConvCase,
+    conv_args: &[(&str, ArgValue)],
+    inputs: &[&Tensor],
+    conv_out: &Tensor,
+    r: &mut Rng,
+) {
+    let (_, yq) = codes(conv_out);
+    let oq = qp(0.02 + r.unit_f32() * 0.3, r.zp());
+    let other = qu8(conv_out.shape(), r.some_codes(conv_out.len(), 4), oq);
+    let sum_relu = r.below(2) == 0;
+    let sum_type = ["Int8Sum", "Int8Add"][r.below(2) as usize];
+    let sum_type = format!("{sum_type}{}", if sum_relu { "Relu" } else { "" });
+    let zq = qp(0.05 + r.unit_f32() * 0.5, r.zp());
+    let conv_second = r.below(2) == 1;
+    let sum_args = [
+        ("Y_scale", f(zq.scale)),
+        ("Y_zero_point", i(zq.zero_point as i64)),
+    ];
+    let sum_ref = build_ref(&sum_type, &sum_args, 2, true);
+    let pair = if conv_second {
+        [&other, conv_out]
+    } else {
+        [conv_out, &other]
+    };
+    let want = sum_ref.eval(&pair).unwrap().remove(0);
+    let mut args: Vec<(&str, ArgValue)> = conv_args.to_vec();
+    args.push(("conv_relu", i(i64::from(cs.relu))));
+    args.push(("sum_type", s(&sum_type)));
+    args.push(("sum_conv_input", i(i64::from(conv_second))));
+    args.push(("sum_Y_scale", f(zq.scale)));
+    args.push(("sum_Y_zero_point", i(zq.zero_point as i64)));
+    let fused_type = if sum_relu {
+        "Int8ConvSumRelu"
+    } else {
+        "Int8ConvSum"
+    };
+    let mut all: Vec<&Tensor> = inputs.to_vec();
+    all.push(&other);
+    let _ = yq;
+    for reference in [true, false] {
+        let mut op = build_ref(fused_type, &args, all.len(), reference);
+        assert_eq!(
+            op.infer(&all.iter().map(|t| t.info()).collect::<Vec<_>>())
+                .unwrap()[0],
+            want.info()
+        );
+        let got = eval_threads(op.as_ref(), &all).unwrap();
+        assert_eq!(
+            codes(&got),
+            codes(&want),
+            "fused, reference {reference}: {cs:?}"
+        );
+        let mut consts: Vec<Option<&Tensor>> = vec![None, Some(inputs[1])];
+        consts.extend(inputs.get(2).copied().map(Some));
+        consts.push(None);
+        op.prepare(&consts).unwrap();
+        let got = op.eval(&all).unwrap().remove(0);
+        assert_eq!(
+            codes(&got),
+            codes(&want),
+            "fused prepared, reference {reference}: {cs:?}"
+        );
+    }
 }
 
 fn conv_case_strategy() -> impl Strategy<Value = ConvCase> {

@@ -90,7 +90,11 @@ fn layer_class(
     } else {
         "conv"
     };
-    let s = if stride > 1 { format!(" s{stride}") } else { String::new() };
+    let s = if stride > 1 {
+        format!(" s{stride}")
+    } else {
+        String::new()
+    };
     Some((format!("{kind} {kernel}x{kernel}{s}"), macs))
 }
 

@@ -5,6 +5,7 @@
 //! and the parameter store (so folded weights are real tensors).
 
 pub mod fold_bn;
+pub mod fuse_int8_sum;
 pub mod fuse_relu;
 pub mod remove_dropout;
 pub mod util;
@@ -19,11 +20,13 @@ use crate::Result;
 /// A rewrite pass: changes the net and parameters, returns the number of rewrites.
 pub type Pass = fn(&mut NetDef, &mut HashMap<String, Tensor>) -> Result<usize>;
 
-/// The fp32 simplifications applied before running or quantizing, in order.
+/// The simplifications applied before running or quantizing, in order: fp32 rewrites, then
+/// the runtime fusion of Int8 ops (which leaves fp32 nets unchanged).
 pub const FP32_PASSES: &[(&str, Pass)] = &[
     ("remove_dropout", remove_dropout::remove_dropout),
     ("fold_bn", fold_bn::fold_bn),
     ("fuse_relu", fuse_relu::fuse_relu),
+    ("fuse_int8_sum", fuse_int8_sum::fuse_int8_sum),
 ];
 
 /// Runs every fp32 pass in order; returns (pass name, rewrites) for each.

@@ -348,9 +348,9 @@ pub fn batch_separable(model: &Model) -> bool {
         match n.op_type.as_str() {
             "Relu" | "Sigmoid" | "Tanh" | "Clip" | "Dropout" | "Copy" | "Conv" | "ConvRelu"
             | "MaxPool" | "AveragePool" | "LRN" | "SpatialBN" | "ChannelShuffle" | "NCHW2NHWC"
-            | "NHWC2NCHW" | "Sum" | "SumRelu" | "Int8Conv" | "Int8ConvRelu" | "Int8Relu"
-            | "Int8MaxPool" | "Int8AveragePool" | "Int8Quantize" | "Int8Dequantize" | "Int8Sum"
-            | "Int8SumRelu" => true,
+            | "NHWC2NCHW" | "Sum" | "SumRelu" | "Int8Conv" | "Int8ConvRelu" | "Int8ConvSum"
+            | "Int8ConvSumRelu" | "Int8Relu" | "Int8MaxPool" | "Int8AveragePool"
+            | "Int8Quantize" | "Int8Dequantize" | "Int8Sum" | "Int8SumRelu" => true,
             "FC" | "FCTransposed" | "Int8FC" | "Int8FCRelu" => axis_is("axis", 1, &|a| a == 1),
             "Softmax" | "Flatten" | "Int8Flatten" => axis_is("axis", 1, &|a| a >= 1),
             "Concat" | "Int8Concat" => {

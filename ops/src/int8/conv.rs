@@ -43,7 +43,7 @@ use super::{
 };
 use crate::fp32::conv_pool::{ConvPoolGeometry, Order};
 use crate::kernels::qdepthwise::{qdepthwise, DwShape, PackedDepthwise};
-use crate::kernels::qgemm::{qgemm, PackedQWeights, QEpilogue, QLhs, QMatRef};
+use crate::kernels::qgemm::{qgemm, qgemm_sum, PackedQWeights, QEpilogue, QLhs, QMatRef, SumStage};
 use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
 
 /// `Int8Conv` / `Int8ConvRelu` operator.
@@ -315,6 +315,83 @@ impl Op for Int8Conv {
 }
 
 impl Int8Conv {
+    /// The convolution followed by a two-input Sum with `other` (laid out like the output),
+    /// in one output stage, when the fast path has a fused form for this convolution: NHWC,
+    /// one group, not the reference. `Ok(None)` otherwise (the caller then runs the two
+    /// operators). `stage` makes the Sum's stage from the other summand's parameters; `out`
+    /// are the Sum's output parameters.
+    pub fn eval_fused_sum(
+        &self,
+        inputs: &[&Tensor],
+        other: &Tensor,
+        stage: impl Fn(QParams) -> SumStage,
+        out: QParams,
+    ) -> OpResult<Option<Tensor>> {
+        expect_inputs(inputs, 2, 3)?;
+        if self.reference || self.geo.order != Order::Nhwc || self.geo.group != 1 {
+            return Ok(None);
+        }
+        let op = self.op_type.as_str();
+        let b = inputs.get(2).copied();
+        let r = self.resolve(
+            &inputs[0].info(),
+            &inputs[1].info(),
+            b.map(|t| t.info()).as_ref(),
+        )?;
+        let d = r.d;
+        let (x, _) = qu8_tensor(op, "X", inputs[0])?;
+        let (w, _) = qu8_tensor(op, "filter W", inputs[1])?;
+        let (o, oq) = qu8_tensor(op, "summand", other)?;
+        if other.shape() != r.out_shape.as_slice() {
+            return Err(OpError::Shape(format!(
+                "{op}: summand {:?} does not match the output {:?}",
+                other.shape(),
+                r.out_shape
+            )));
+        }
+        let w_scales = channel_w_scales(self.w_scales.as_deref(), r.wq, d.m);
+        let bias = bias_values(op, b, r.xq, &w_scales)?;
+        let st = OutputStage::new(r.xq.scale, &w_scales, self.y, self.relu);
+        let packed_now;
+        let packed = match &self.prepared {
+            Some(p) if p.w_shape == inputs[1].shape() && p.wq == r.wq => &p.weights,
+            _ => {
+                packed_now = pack_weights(w, inputs[1].shape(), self.geo.order, d.g, r.wq)?;
+                &packed_now
+            }
+        };
+        let PackedConv::Gemm(groups) = packed else {
+            return Ok(None);
+        };
+        let [pw] = groups.as_slice() else {
+            return Ok(None);
+        };
+        let zx = r.xq.zero_point;
+        let ep = QEpilogue::new(
+            pw.col_sums(),
+            zx,
+            &bias,
+            &st.multipliers,
+            st.zero_point,
+            st.lo,
+        )?;
+        let sum = stage(oq);
+        let mut y = vec![0u8; d.n * d.oh * d.ow * d.m];
+        if is_direct(&d) {
+            let a = QMatRef::new(x, d.n * d.ih * d.iw, d.c, d.c, 0)?;
+            qgemm_sum(&a, pw, &ep, &sum, o, &mut y, d.m, 0)?;
+        } else {
+            let a = Im2col {
+                x,
+                d,
+                g: 0,
+                zx: zx as u8,
+            };
+            qgemm_sum(&a, pw, &ep, &sum, o, &mut y, d.m, 0)?;
+        }
+        Ok(Some(qu8_from_vec(&r.out_shape, y, out)?))
+    }
+
     /// The scalar reference: one gathered window and one dot product per output.
     #[allow(clippy::too_many_arguments)]
     fn eval_reference(
@@ -443,14 +520,7 @@ fn run_fast(
                 return Err(mismatch());
             }
             let (cg, mg) = (d.cg(), d.mg());
-            let direct = d.kh == 1
-                && d.kw == 1
-                && d.sh == 1
-                && d.sw == 1
-                && d.pt == 0
-                && d.pl == 0
-                && d.oh == d.ih
-                && d.ow == d.iw;
+            let direct = is_direct(d);
             for (g, pw) in groups.iter().enumerate() {
                 let cols = g * mg..(g + 1) * mg;
                 let ep = QEpilogue::new(
@@ -477,6 +547,18 @@ fn run_fast(
             Ok(())
         }
     }
+}
+
+/// True for 1×1, stride-1, unpadded convolutions: the input is the GEMM's A as it is.
+fn is_direct(d: &Dims) -> bool {
+    d.kh == 1
+        && d.kw == 1
+        && d.sh == 1
+        && d.sw == 1
+        && d.pt == 0
+        && d.pl == 0
+        && d.oh == d.ih
+        && d.ow == d.iw
 }
 
 /// The im2col rows of group `g` of an NHWC convolution, gathered one output pixel at a

@@ -68,6 +68,15 @@ impl Int8Sum {
         self.y
     }
 
+    /// The output stage: `1/s_y` (computed once, as `eval` does), `z_y` and the lower clamp.
+    pub fn real_stage(&self) -> RealStage {
+        RealStage {
+            multiplier: 1.0f32 / self.y.scale,
+            zero_point: self.y.zero_point,
+            lo: if self.relu { self.y.zero_point } else { 0 },
+        }
+    }
+
     fn check(&self, inputs: &[TensorInfo]) -> OpResult<Vec<QParams>> {
         let op = self.op_type.as_str();
         let mut qs = Vec::with_capacity(inputs.len());

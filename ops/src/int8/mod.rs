@@ -40,6 +40,7 @@
 //!   results.
 
 pub mod conv;
+pub mod conv_sum;
 pub mod eltwise;
 pub mod fc;
 pub mod pool;
@@ -69,6 +70,8 @@ pub const INT8_OPS: &[&str] = &[
     "Int8Concat",
     "Int8Flatten",
     "Int8Reshape",
+    "Int8ConvSum",
+    "Int8ConvSumRelu",
 ];
 
 /// The engine families that matter for the arithmetic.

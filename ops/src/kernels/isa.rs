@@ -187,7 +187,13 @@ fn amx_permission() -> bool {
         const XFEATURE_XTILEDATA: libc::c_long = 18;
         // SAFETY: a plain system call with integer arguments; it changes only which
         // register state this process may use.
-        let rc = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        };
         rc == 0
     }
     #[cfg(not(target_os = "linux"))]

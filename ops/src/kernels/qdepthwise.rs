@@ -14,7 +14,6 @@
 //! Channels past the last multiple of 16 use the portable code. Rows of the output are split
 //! over rayon; every output is an exact integer sum, so results do not depend on threads.
 
-
 use rayon::prelude::*;
 
 use super::isa::Isa;

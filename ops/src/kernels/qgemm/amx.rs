@@ -294,7 +294,11 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
     debug_assert_eq!(c0 % NR, 0);
     debug_assert_eq!(w.kunits % TR, 0);
     if let Some((_, other)) = sum {
-        assert_eq!(other.len(), out.len(), "fused sum: summand and output sizes differ");
+        assert_eq!(
+            other.len(),
+            out.len(),
+            "fused sum: summand and output sizes differ"
+        );
     }
     let kq = w.kunits;
     let kpad = 4 * kq;
@@ -351,7 +355,8 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
                 a.copy_row(r0 + i, &mut s.row);
                 s.row[w.k..].fill(0);
                 if w.needs_rowsum {
-                    s.rowsums.push(s.row[..w.k].iter().map(|&v| i32::from(v)).sum());
+                    s.rowsums
+                        .push(s.row[..w.k].iter().map(|&v| i32::from(v)).sum());
                 }
                 let (t, r) = (i / TR, i % TR);
                 for (j, chunk) in s.row.chunks_exact(TK).enumerate() {
@@ -367,7 +372,12 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
         // The 32 × 32 blocks in order: panel pairs outside, row tile pairs inside.
         let pairs = (cols.div_ceil(NR)).div_ceil(2);
         let blocks = pairs * tiles.div_ceil(2);
-        let block_at = |i: usize| (c0 + (i / tiles.div_ceil(2)) * 2 * NR, 2 * (i % tiles.div_ceil(2)));
+        let block_at = |i: usize| {
+            (
+                c0 + (i / tiles.div_ceil(2)) * 2 * NR,
+                2 * (i % tiles.div_ceil(2)),
+            )
+        };
         t.configure();
         // Software pipeline: the tile products of block i are issued before the (vector)
         // output stage of block i − 1 runs from its stored copy, so the two overlap.
@@ -398,7 +408,16 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
             }
             if i > 0 {
                 let (pg, pt) = block_at(i - 1);
-                let sb = StageBlock { stage: &stage_all, other, rowsums: &s.rowsums, c0, cols, rows, ldo, ocol };
+                let sb = StageBlock {
+                    stage: &stage_all,
+                    other,
+                    rowsums: &s.rowsums,
+                    c0,
+                    cols,
+                    rows,
+                    ldo,
+                    ocol,
+                };
                 stage_block::<L>(&sb, &cbuf.0[(i - 1) % 2], pg, pt, out);
             }
             let c = &mut cbuf.0[i % 2];
@@ -409,7 +428,16 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
         }
         if blocks > 0 {
             let (pg, pt) = block_at(blocks - 1);
-            let sb = StageBlock { stage: &stage_all, other, rowsums: &s.rowsums, c0, cols, rows, ldo, ocol };
+            let sb = StageBlock {
+                stage: &stage_all,
+                other,
+                rowsums: &s.rowsums,
+                c0,
+                cols,
+                rows,
+                ldo,
+                ocol,
+            };
             stage_block::<L>(&sb, &cbuf.0[(blocks - 1) % 2], pg, pt, out);
         }
         t.release();

@@ -256,8 +256,7 @@ pub(super) unsafe fn outlier_tile(
                             ld(2 * h + 1),
                         )
                     };
-                    *acc =
-                        _mm256_add_epi32(*acc, _mm256_madd_epi16(_mm256_shuffle_epi8(q, m), d));
+                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(_mm256_shuffle_epi8(q, m), d));
                 }
             }
             s
@@ -344,11 +343,7 @@ unsafe fn start<const R: usize>(acc: &[i32], load: bool) -> [[__m256i; 2]; R] {
 /// The CPU must support AVX2 and FMA. (Slice lengths are checked here.)
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn finish<const R: usize>(
-    c: &[[__m256i; 2]; R],
-    acc: &mut [i32],
-    out: Option<OutTile<'_>>,
-) {
+unsafe fn finish<const R: usize>(c: &[[__m256i; 2]; R], acc: &mut [i32], out: Option<OutTile<'_>>) {
     assert!(acc.len() >= R * NR);
     if let Some(o) = &out {
         assert!(o.offsets.len() >= NR && o.mults.len() >= NR);
@@ -375,9 +370,8 @@ unsafe fn finish<const R: usize>(
                 if o.finite {
                     let lo8 = _mm_set1_epi8(o.lo as u8 as i8);
                     for (r, row) in c.iter().enumerate() {
-                        let bytes = requant16_finite::<true>(
-                            row[0], row[1], off0, off1, m0, m1, zp, lo8,
-                        );
+                        let bytes =
+                            requant16_finite::<true>(row[0], row[1], off0, off1, m0, m1, zp, lo8);
                         _mm_storeu_si128(y.add(r * o.ldy) as *mut __m128i, bytes);
                     }
                 } else {

@@ -1,7 +1,7 @@
 //! The portable kernels of the pair and quad layouts (the same integer operations as the
 //! AVX2 ones; the oracle of their tests).
 
-use super::pack::{unpair, pair, OutlierPanel};
+use super::pack::{pair, unpair, OutlierPanel};
 use super::{OutTile, MR, NR, QR};
 use crate::int8::requant::requantize;
 
@@ -38,7 +38,6 @@ pub(super) unsafe fn outlier_tile_scalar(
         }
     }
 }
-
 
 /// Writes row `i` of a pair panel ([`MR`] rows) from its codes.
 pub(super) fn pack_row_scalar(row: &[u8], i: usize, dst: &mut [i32]) {
@@ -122,7 +121,11 @@ pub(super) fn start_scalar<const R: usize>(acc: &[i32], load: bool) -> [[i32; NR
 }
 
 /// Stores a scalar accumulator tile to `acc` or through the output stage.
-pub(super) fn finish_scalar<const R: usize>(t: &[[i32; NR]; R], acc: &mut [i32], out: Option<OutTile<'_>>) {
+pub(super) fn finish_scalar<const R: usize>(
+    t: &[[i32; NR]; R],
+    acc: &mut [i32],
+    out: Option<OutTile<'_>>,
+) {
     match out {
         None => {
             for (r, row) in t.iter().enumerate() {
@@ -164,4 +167,3 @@ pub(super) unsafe fn micro_scalar(
     }
     finish_scalar(&t, acc, out);
 }
-

@@ -62,7 +62,9 @@ mod generic;
 mod pack;
 mod vnni;
 
-use generic::{micro_quads_scalar, micro_scalar, outlier_tile_scalar, pack_quads_scalar, pack_scalar};
+use generic::{
+    micro_quads_scalar, micro_scalar, outlier_tile_scalar, pack_quads_scalar, pack_scalar,
+};
 use pack::OutlierPanel;
 pub use pack::{PackedQWeights, QLayout};
 
@@ -453,7 +455,16 @@ pub fn qgemm_sum_with<L: QLhs + ?Sized>(
 ) -> OpResult<()> {
     check_args(a, w, ep, y, ldy, col0)?;
     check_other(other, y)?;
-    run_split(runner(isa, w.layout), a, w, ep, Some((sum, other)), y, ldy, col0)
+    run_split(
+        runner(isa, w.layout),
+        a,
+        w,
+        ep,
+        Some((sum, other)),
+        y,
+        ldy,
+        col0,
+    )
 }
 
 /// The other summand of a fused sum must be laid out like the output.
@@ -616,8 +627,16 @@ fn run_split<L: QLhs + ?Sized>(
     let row_bytes = w.kunits.max(1) * 4;
     // Row granularity: the register tile.
     let (mr, mc_min, mc_max) = kern.row_tiles();
-    let mr = if matches!(kern, Runner::Classic(_)) && w.layout == QLayout::Quads { QR } else { mr };
-    let mc_min = if matches!(kern, Runner::Classic(_)) { 4 * mr } else { mc_min };
+    let mr = if matches!(kern, Runner::Classic(_)) && w.layout == QLayout::Quads {
+        QR
+    } else {
+        mr
+    };
+    let mc_min = if matches!(kern, Runner::Classic(_)) {
+        4 * mr
+    } else {
+        mc_min
+    };
     let mc_cap = (A_TILE_BUDGET / row_bytes / mr * mr).clamp(mc_min, mc_max);
     // Row tiles of about equal size, their number a multiple of the thread count (at
     // least two per thread when there are several threads).
@@ -756,7 +775,18 @@ unsafe fn run_amx<L: QLhs + ?Sized>(
     // SAFETY: forwarded contract; the AVX-512 lanes' features are enabled here.
     unsafe {
         amx::run_tiles::<amx::Amx, vnni::Avx512, L>(
-            &mut amx::Amx, a, r0, rows, w, c0, cols, ep, sum, out, ldo, ocol,
+            &mut amx::Amx,
+            a,
+            r0,
+            rows,
+            w,
+            c0,
+            cols,
+            ep,
+            sum,
+            out,
+            ldo,
+            ocol,
         )
     }
 }
@@ -924,7 +954,6 @@ fn run_tile_r<const R: usize, L: QLhs + ?Sized>(
     SCRATCH.with(|c| *c.borrow_mut() = s);
 }
 
-
 /// The output tile for channels `col..col + NR` written to `y` at stride `ldy`.
 fn out_tile<'a>(ep: &'a QEpilogue, col: usize, y: &'a mut [u8], ldy: usize) -> OutTile<'a> {
     OutTile {
@@ -967,7 +996,6 @@ fn pack_rows<const R: usize, L: QLhs + ?Sized>(
     // of rows, that every row has `k` codes and that `dst` is large enough.
     unsafe { pack(&rs, k, dst) };
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1257,4 +1285,3 @@ mod tests {
         }
     }
 }
-

@@ -223,7 +223,9 @@ impl PackedQWeights {
         let mut corr = vec![0i32; panels * NR];
         for (c, &z) in zero_points.iter().enumerate() {
             let row = &codes[c * k..(c + 1) * k];
-            let fits = row.iter().all(|&v| (-128..=127).contains(&(i32::from(v) - z)));
+            let fits = row
+                .iter()
+                .all(|&v| (-128..=127).contains(&(i32::from(v) - z)));
             let s = if fits { z } else { 128 };
             corr[c] = s - z;
             col_sums[c] = row
@@ -427,4 +429,3 @@ pub(super) fn fits_i8(codes: &[u8], n: usize, k: usize, zero_points: &[i32]) -> 
             .all(|&v| (-128..=127).contains(&(i32::from(v) - z)))
     })
 }
-

@@ -215,7 +215,9 @@ impl Lanes for Portable {
     unsafe fn dpbusd(acc: [i32; NR], a: [i32; NR], b: [i32; NR]) -> [i32; NR] {
         std::array::from_fn(|l| {
             let (x, w) = (a[l].to_le_bytes(), b[l].to_le_bytes());
-            let d: i32 = (0..4).map(|j| i32::from(x[j]) * i32::from(w[j] as i8)).sum();
+            let d: i32 = (0..4)
+                .map(|j| i32::from(x[j]) * i32::from(w[j] as i8))
+                .sum();
             acc[l].wrapping_add(d)
         })
     }
@@ -255,7 +257,6 @@ impl Lanes for Portable {
             unsafe { *y.add(l) = code };
         }
     }
-
 }
 
 /// The portable micro-kernels, by number of panels.
@@ -319,7 +320,10 @@ mod x86 {
         zp: __m512i,
         lo: __m512i,
     ) -> __m128i {
-        let f = _mm512_min_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(raw), m), _mm512_set1_ps(65536.0));
+        let f = _mm512_min_ps(
+            _mm512_mul_ps(_mm512_cvtepi32_ps(raw), m),
+            _mm512_set1_ps(65536.0),
+        );
         let i = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(f), zp), lo);
         _mm512_cvtusepi32_epi8(i)
     }
@@ -479,7 +483,6 @@ mod x86 {
                 }
             }
         }
-
     }
 
     /// # Safety
@@ -611,7 +614,6 @@ mod x86 {
                 std::ptr::copy_nonoverlapping(tmp.as_ptr(), y, n);
             }
         }
-
     }
 
     /// # Safety
@@ -663,7 +665,11 @@ thread_local! {
 /// `offset + r·ld`) or gathered into a scratch block (row `i` at `i·kpad`).
 pub(super) enum RowSource<'a> {
     /// Rows read in place.
-    InPlace { data: &'a [u8], offset: usize, ld: usize },
+    InPlace {
+        data: &'a [u8],
+        offset: usize,
+        ld: usize,
+    },
     /// Rows gathered into `block`.
     Gathered { block: &'a [u8], kpad: usize },
 }
@@ -737,7 +743,11 @@ pub(super) fn run_vnni<L: QLhs + ?Sized>(
     ocol: usize,
 ) {
     if let Some((_, other)) = sum {
-        assert_eq!(other.len(), out.len(), "fused sum: summand and output sizes differ");
+        assert_eq!(
+            other.len(),
+            out.len(),
+            "fused sum: summand and output sizes differ"
+        );
     }
     debug_assert_eq!(c0 % NR, 0);
     let kq = w.kunits;
@@ -766,9 +776,11 @@ pub(super) fn run_vnni<L: QLhs + ?Sized>(
             let b = w.data[(g0 / NR) * kq * NR..].as_ptr();
             for t0 in (0..rows).step_by(VR) {
                 let trows = VR.min(rows - t0);
-                let ptrs: [*const u8; VR] = std::array::from_fn(|i| src.ptr(r0, t0 + i.min(trows - 1)));
-                let rowsum: [i32; VR] =
-                    std::array::from_fn(|i| s.rowsums.get(t0 + i.min(trows - 1)).copied().unwrap_or(0));
+                let ptrs: [*const u8; VR] =
+                    std::array::from_fn(|i| src.ptr(r0, t0 + i.min(trows - 1)));
+                let rowsum: [i32; VR] = std::array::from_fn(|i| {
+                    s.rowsums.get(t0 + i.min(trows - 1)).copied().unwrap_or(0)
+                });
                 let at = t0 * ldo + ocol + (g0 - c0);
                 let y = &mut out[at..at + (trows - 1) * ldo + gcols];
                 let other = other_base.wrapping_add(at);
