@@ -1,7 +1,7 @@
 //! The fast Int8 element-wise / pooling / (de)quantize / concat paths against the scalar
-//! reference (`NodeSpec::reference = true`), bit for bit, plus the kernels of
-//! `kernels::qeltwise` (AVX2 and portable) against naive loops and hand-worked values
-//! written here.
+//! reference (`NodeSpec::reference = true`), bit for bit, plus every kernel table of
+//! `kernels::qeltwise` this CPU can run (portable, AVX2, AVX-512) against the portable
+//! table, naive loops and hand-worked values written here.
 
 use ops::kernels::isa::Isa;
 use ops::kernels::qeltwise::{self, PoolGeom, PoolScratch, QEltwiseKernels, RealStage};
@@ -95,11 +95,50 @@ fn avx2() -> Option<&'static QEltwiseKernels> {
     k
 }
 
+/// The AVX-512 kernels, or a skip message.
+fn avx512() -> Option<&'static QEltwiseKernels> {
+    let k = qeltwise::kernels_for(Isa::Avx512);
+    if k.is_none() {
+        eprintln!("skipping the AVX-512 kernels: this CPU has no AVX-512 F/BW/VL/DQ/CD");
+    }
+    k
+}
+
+/// The portable kernels (the oracle of the SIMD tables).
+fn portable() -> &'static QEltwiseKernels {
+    qeltwise::kernels_for(Isa::Scalar).unwrap()
+}
+
+/// Every SIMD kernel table this CPU can run.
+fn simd_kernels() -> Vec<&'static QEltwiseKernels> {
+    avx2().into_iter().chain(avx512()).collect()
+}
+
 /// Every kernel table this CPU can run (portable first).
 fn all_kernels() -> Vec<&'static QEltwiseKernels> {
-    let mut v = vec![qeltwise::kernels_for(Isa::Scalar).unwrap()];
-    v.extend(avx2());
+    let mut v = vec![portable()];
+    v.extend(simd_kernels());
     v
+}
+
+/// Runs `f` on `n` outputs that sit between guard elements holding `fill`, checks that the
+/// guards were not written, and returns the outputs.
+fn guarded<T: Copy + PartialEq + std::fmt::Debug>(
+    n: usize,
+    fill: T,
+    f: impl FnOnce(&mut [T]),
+) -> Vec<T> {
+    const GUARD: usize = 67;
+    let mut buf = vec![fill; n + 2 * GUARD];
+    f(&mut buf[GUARD..GUARD + n]);
+    assert!(
+        buf[..GUARD]
+            .iter()
+            .chain(&buf[GUARD + n..])
+            .all(|&v| v == fill),
+        "a kernel wrote outside its {n} outputs"
+    );
+    buf[GUARD..GUARD + n].to_vec()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -453,16 +492,18 @@ fn quantize_matches_naive_with_specials() {
     }
 }
 
+/// requantize(x − z_x, s_x/s_y, z_y, 0) written out: one f32 product, round half to even,
+/// then the zero point in integers and the clamp (`as i64` saturates ±inf).
+fn naive_requant(c: u8, xq: QParams, yq: QParams) -> u8 {
+    let m = xq.scale / yq.scale;
+    let r = ((c as i64 - xq.zero_point as i64) as f32 * m).round_ties_even();
+    let r = if r.is_nan() { 0 } else { r as i64 };
+    r.saturating_add(yq.zero_point as i64).clamp(0, 255) as u8
+}
+
 #[test]
 fn requant_matches_naive() {
-    // requantize(x − z_x, s_x/s_y, z_y, 0) written out: one f32 product, round half to even,
-    // then the zero point in integers and the clamp (`as i64` saturates ±inf).
-    let naive = |c: u8, xq: QParams, yq: QParams| -> u8 {
-        let m = xq.scale / yq.scale;
-        let r = ((c as i32 - xq.zero_point) as f32 * m).round_ties_even();
-        let r = if r.is_nan() { 0 } else { r as i64 };
-        r.saturating_add(yq.zero_point as i64).clamp(0, 255) as u8
-    };
+    let naive = naive_requant;
     let cases = [
         (qp(0.25, 10), qp(0.5, 128)), // m = 0.5: every odd difference is a tie
         (qp(0.0371, 128), qp(0.0213, 0)),
@@ -629,9 +670,8 @@ fn pool_rows_match_naive_windows() {
 }
 
 #[test]
-fn avx2_kernels_equal_portable_on_random_data() {
-    let Some(a) = avx2() else { return };
-    let p = qeltwise::kernels_for(Isa::Scalar).unwrap();
+fn simd_kernels_equal_portable_on_random_data() {
+    let p = portable();
     let mut rng = Rng::new(99);
     for n in [32usize, 47, 96, 129, 4099] {
         let x = rng.u8s(n);
@@ -641,18 +681,392 @@ fn avx2_kernels_equal_portable_on_random_data() {
             zero_point: 128,
             lo: 0,
         };
-        let (mut o1, mut o2) = (vec![0u8; n], vec![0u8; n]);
-        (a.add2)(&x, qp(0.0413, 131), &y, qp(0.0877, 119), &mut o1, st);
-        (p.add2)(&x, qp(0.0413, 131), &y, qp(0.0877, 119), &mut o2, st);
-        assert_eq!(o1, o2);
         let f: Vec<f32> = x
             .iter()
             .zip(&y)
             .map(|(&u, &v)| (u as f32 - v as f32) * 0.0137)
             .collect();
-        (a.quantize)(&f, &mut o1, 1.0 / 0.0091, 77);
-        (p.quantize)(&f, &mut o2, 1.0 / 0.0091, 77);
-        assert_eq!(o1, o2);
+        for k in simd_kernels() {
+            let (mut o1, mut o2) = (vec![0u8; n], vec![0u8; n]);
+            (k.add2)(&x, qp(0.0413, 131), &y, qp(0.0877, 119), &mut o1, st);
+            (p.add2)(&x, qp(0.0413, 131), &y, qp(0.0877, 119), &mut o2, st);
+            assert_eq!(o1, o2, "{:?} add2 n={n}", k.isa);
+            (k.quantize)(&f, &mut o1, 1.0 / 0.0091, 77);
+            (p.quantize)(&f, &mut o2, 1.0 / 0.0091, 77);
+            assert_eq!(o1, o2, "{:?} quantize n={n}", k.isa);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SIMD tables against the portable one (and naive loops) at vector-width edges
+// ---------------------------------------------------------------------------------------
+
+/// Codes with the extremes and the usual zero points over-represented.
+fn edge_codes(rng: &mut Rng, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|_| match rng.below(8) {
+            0 => 0,
+            1 => 255,
+            2 => 128,
+            _ => rng.below(256) as u8,
+        })
+        .collect()
+}
+
+/// Floats for Quantize: NaN, ±inf, huge, zeros, exact ties of `scale` and ordinary values.
+fn edge_floats(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| match rng.below(12) {
+            0 => f32::NAN,
+            1 => f32::INFINITY,
+            2 => f32::NEG_INFINITY,
+            3 => 3.0e38,
+            4 => -3.0e38,
+            5 => -0.0,
+            6 | 7 => (rng.range(-300, 300) as f32 + 0.5) * scale,
+            _ => rng.range(-20000, 20000) as f32 * 0.0137,
+        })
+        .collect()
+}
+
+#[test]
+fn simd_elementwise_kernels_match_at_every_length() {
+    let p = portable();
+    let mut rng = Rng::new(130);
+    let params = [
+        qp(0.5, 0),
+        qp(0.0371, 128),
+        qp(3.0, 255),
+        qp(0.25, 17),
+        qp(0.0413, 255),
+    ];
+    // (multiplier, z_y, lo): plain, fused ReLU (lo = z_y) at zero points 0, 128 and 255.
+    let stages = [
+        (1.0f32 / 0.0731, 0, 0),
+        (2.0, 128, 128),
+        (0.5, 255, 255),
+        (1.0 / 0.013, 128, 0),
+        (1.0, 0, 0),
+        (1.0 / 0.0213, 255, 0),
+    ];
+    let requants = [
+        (qp(0.25, 10), qp(0.5, 128)), // ties
+        (qp(0.0371, 128), qp(0.0213, 0)),
+        (qp(1.0, 255), qp(0.003, 255)),
+        (qp(3.0, 0), qp(0.01, 7)),
+    ];
+    for k in simd_kernels() {
+        for n in 0..=130usize {
+            let data: Vec<Vec<u8>> = (0..4).map(|_| edge_codes(&mut rng, n)).collect();
+            for (si, &(m, zy, lo)) in stages.iter().enumerate() {
+                let st = RealStage {
+                    multiplier: m,
+                    zero_point: zy,
+                    lo,
+                };
+                let (qa, qb) = (params[si % 5], params[(si + 2) % 5]);
+                let got = guarded(n, 0xA5u8, |o| (k.add2)(&data[0], qa, &data[1], qb, o, st));
+                let mut want = vec![0u8; n];
+                (p.add2)(&data[0], qa, &data[1], qb, &mut want, st);
+                assert_eq!(got, want, "{:?} add2 n={n} stage {si}", k.isa);
+                let xs = [(data[0].as_slice(), qa), (data[1].as_slice(), qb)];
+                assert_eq!(want, naive_sum(&xs, m, zy, lo), "portable add2 n={n}");
+                for m_in in 1..=4 {
+                    let xs: Vec<(&[u8], QParams)> = (0..m_in)
+                        .map(|j| (data[j].as_slice(), params[(si + j) % 5]))
+                        .collect();
+                    let got = guarded(n, 0x5Au8, |o| (k.sum_n)(&xs, o, st));
+                    (p.sum_n)(&xs, &mut want, st);
+                    assert_eq!(got, want, "{:?} sum_n m={m_in} n={n} stage {si}", k.isa);
+                    assert_eq!(want, naive_sum(&xs, m, zy, lo), "portable sum_n n={n}");
+                }
+            }
+            for &(scale, z) in &[(0.5f32, 0), (0.0186, 128), (0.25, 255), (0.0173, 3)] {
+                let x = edge_floats(&mut rng, n, scale);
+                let inv = 1.0 / scale;
+                let got = guarded(n, 0xA5u8, |o| (k.quantize)(&x, o, inv, z));
+                let mut want = vec![0u8; n];
+                (p.quantize)(&x, &mut want, inv, z);
+                assert_eq!(got, want, "{:?} quantize n={n} z={z}", k.isa);
+                assert_eq!(want, naive_quantize(&x, inv, z), "portable quantize n={n}");
+            }
+            for &q in &params {
+                let got = guarded(n, -7.25f32, |o| (k.dequantize)(&data[2], o, q));
+                let mut want = vec![0f32; n];
+                (p.dequantize)(&data[2], &mut want, q);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{:?} dequantize n={n}", k.isa);
+                let naive: Vec<f32> = data[2]
+                    .iter()
+                    .map(|&c| q.scale * (c as i32 - q.zero_point) as f32)
+                    .collect();
+                assert_eq!(bits(&want), bits(&naive), "portable dequantize n={n}");
+            }
+            for z in [0u8, 1, 128, 254, 255] {
+                let got = guarded(n, 0xA5u8, |o| (k.relu)(&data[3], o, z));
+                let want: Vec<u8> = data[3].iter().map(|&v| v.max(z)).collect();
+                assert_eq!(got, want, "{:?} relu n={n} z={z}", k.isa);
+            }
+            for &(xq, yq) in &requants {
+                let got = guarded(n, 0xA5u8, |o| (k.requant)(&data[3], xq, o, yq));
+                let mut want = vec![0u8; n];
+                (p.requant)(&data[3], xq, &mut want, yq);
+                assert_eq!(got, want, "{:?} requant n={n} {xq:?} -> {yq:?}", k.isa);
+                let naive: Vec<u8> = data[3].iter().map(|&c| naive_requant(c, xq, yq)).collect();
+                assert_eq!(want, naive, "portable requant n={n}");
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_output_stage_handles_nan_infinities_and_huge_multipliers() {
+    let p = portable();
+    let mut rng = Rng::new(31);
+    let multipliers = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        3.0e38,
+        -3.0e38,
+        1.0e30,
+        1.0e-45, // subnormal
+        0.0,
+        -0.0,
+        -1.0,
+        255.5,
+        1.0e5, // large but bounded values: the AVX-512 Sum may skip its upper clamp
+        -1.0e5,
+    ];
+    // Input scales that make single terms or sums infinite (3e38 · 255) and NaN (∞ − ∞).
+    let inputs = [
+        (qp(3.0e38, 0), qp(3.0e38, 255)),
+        (qp(0.5, 128), qp(1.0e-45, 3)),
+        (qp(f32::MAX, 128), qp(0.25, 0)),
+    ];
+    for k in simd_kernels() {
+        for &m in &multipliers {
+            for &(zy, lo) in &[(0, 0), (128, 0), (128, 128), (255, 255), (255, 0), (3, 3)] {
+                let st = RealStage {
+                    multiplier: m,
+                    zero_point: zy,
+                    lo,
+                };
+                for &(qa, qb) in &inputs {
+                    for n in [1usize, 15, 16, 17, 63, 64, 65, 130] {
+                        let a = edge_codes(&mut rng, n);
+                        let b = edge_codes(&mut rng, n);
+                        let xs = [(a.as_slice(), qa), (b.as_slice(), qb)];
+                        let want = naive_sum(&xs, m, zy, lo);
+                        let mut out = vec![0u8; n];
+                        (p.add2)(&a, qa, &b, qb, &mut out, st);
+                        assert_eq!(out, want, "portable add2 m={m} z={zy} lo={lo}");
+                        (k.add2)(&a, qa, &b, qb, &mut out, st);
+                        assert_eq!(out, want, "{:?} add2 m={m} z={zy} lo={lo} n={n}", k.isa);
+                        (k.sum_n)(&xs, &mut out, st);
+                        assert_eq!(out, want, "{:?} sum_n m={m} z={zy} lo={lo} n={n}", k.isa);
+                    }
+                }
+            }
+        }
+        // Quantize with degenerate inverse scales: x · inv is then ±∞, NaN (0 · ∞, ∞ · 0)
+        // or 0 for every x.
+        for &inv in &[f32::INFINITY, f32::NAN, 0.0, 3.0e38, 1.0e-45, -2.0] {
+            for z in [0, 1, 128, 255] {
+                for n in [1usize, 16, 17, 64, 77] {
+                    let x = edge_floats(&mut rng, n, 0.5);
+                    let mut got = vec![0u8; n];
+                    (k.quantize)(&x, &mut got, inv, z);
+                    let mut want = vec![0u8; n];
+                    (p.quantize)(&x, &mut want, inv, z);
+                    assert_eq!(got, want, "{:?} quantize inv={inv} z={z}", k.isa);
+                    assert_eq!(want, naive_quantize(&x, inv, z));
+                }
+            }
+        }
+        // Requantization with huge, tiny and degenerate multipliers, zero points near the
+        // limits of the vector paths.
+        let requants = [
+            (qp(3.0e38, 0), qp(2.0, 0)),         // m = 1.5e38: clamped products
+            (qp(3.0e38, 255), qp(2.0, 255)),     // and negative ones
+            (qp(1.0e30, 128), qp(1.0e-9, 128)),  // m = inf
+            (qp(1.0e-45, 0), qp(1.0, 0)),        // subnormal m
+            (qp(0.0, 3), qp(0.0, 3)),            // m = NaN
+            (qp(0.5, 128), qp(0.7, 1 << 20)),    // z_y at the vector limit
+            (qp(0.5, 128), qp(0.7, -(1 << 20))), // and its negative
+            (qp(0.5, 128), qp(0.7, (1 << 20) + 1)),
+            (qp(0.5, 1 << 23), qp(0.5, 0)), // z_x at the widening limit
+            (qp(0.5, -(1 << 23)), qp(0.5, 0)),
+            (qp(0.5, (1 << 23) + 1), qp(0.5, 0)),
+        ];
+        for &(xq, yq) in &requants {
+            for n in [1usize, 63, 64, 65, 300] {
+                let x = edge_codes(&mut rng, n);
+                let mut got = vec![0u8; n];
+                (k.requant)(&x, xq, &mut got, yq);
+                let mut want = vec![0u8; n];
+                (p.requant)(&x, xq, &mut want, yq);
+                assert_eq!(got, want, "{:?} requant {xq:?} -> {yq:?} n={n}", k.isa);
+                let naive: Vec<u8> = x.iter().map(|&c| naive_requant(c, xq, yq)).collect();
+                assert_eq!(want, naive);
+            }
+        }
+    }
+}
+
+#[test]
+fn avx512_kernels_equal_portable_outside_valid_parameters() {
+    // Parameters no operator passes (zero points beyond the uint8 range, a negative lower
+    // bound): the AVX-512 table must still agree with the portable kernels (it falls back to
+    // them where its shortcuts stop being exact). The AVX2 table does not promise this: it
+    // clamps at 0 where the portable kernel wraps a negative `lo` around.
+    let p = portable();
+    let mut rng = Rng::new(77);
+    let terms = [
+        qp(0.5, 1 << 23),
+        qp(0.5, -(1 << 23)),
+        qp(0.5, (1 << 23) + 1),
+        qp(0.001, -3_000_000),
+        qp(0.25, 300),
+    ];
+    let Some(k) = avx512() else { return };
+    for n in [0usize, 1, 64, 100] {
+        let a = edge_codes(&mut rng, n);
+        let b = edge_codes(&mut rng, n);
+        for &qa in &terms {
+            for &(zy, lo) in &[(0, 0), (-7, -7), (300, 0), (100, -1)] {
+                let st = RealStage {
+                    multiplier: 0.0731,
+                    zero_point: zy,
+                    lo,
+                };
+                let (mut got, mut want) = (vec![0u8; n], vec![0u8; n]);
+                (k.add2)(&a, qa, &b, qp(0.5, 128), &mut got, st);
+                (p.add2)(&a, qa, &b, qp(0.5, 128), &mut want, st);
+                assert_eq!(got, want, "{:?} add2 {qa:?} z={zy} lo={lo}", k.isa);
+                let xs = [(b.as_slice(), qp(0.5, 128)), (a.as_slice(), qa)];
+                (k.sum_n)(&xs, &mut got, st);
+                (p.sum_n)(&xs, &mut want, st);
+                assert_eq!(got, want, "{:?} sum_n {qa:?} z={zy} lo={lo}", k.isa);
+            }
+        }
+        for z in [-3, 256, 300, -(1 << 23)] {
+            let x = edge_floats(&mut rng, n, 0.5);
+            let (mut got, mut want) = (vec![0u8; n], vec![0u8; n]);
+            (k.quantize)(&x, &mut got, 2.0, z);
+            (p.quantize)(&x, &mut want, 2.0, z);
+            assert_eq!(got, want, "{:?} quantize z={z}", k.isa);
+            let (mut got, mut want) = (vec![0f32; n], vec![0f32; n]);
+            (k.dequantize)(&a, &mut got, qp(0.5, z));
+            (p.dequantize)(&a, &mut want, qp(0.5, z));
+            assert_eq!(got, want, "{:?} dequantize z={z}", k.isa);
+        }
+    }
+}
+
+#[test]
+fn simd_pools_match_for_every_channel_count() {
+    let p = portable();
+    let mut rng = Rng::new(70);
+    // (ih, iw, kernel, stride, pads t/l/b/r); the last one is global.
+    let shapes = [
+        (
+            5usize,
+            6usize,
+            (3usize, 3usize),
+            (2usize, 2usize),
+            (1, 1, 1, 1),
+        ),
+        (3, 3, (2, 2), (1, 1), (0, 0, 0, 0)),
+        (4, 5, (1, 1), (1, 1), (0, 0, 0, 0)),
+        (2, 7, (2, 3), (1, 2), (1, 0, 1, 2)),
+        (4, 3, (4, 3), (1, 1), (0, 0, 0, 0)),
+    ];
+    let params = [
+        (qp(1.0, 0), qp(1.0, 0)), // ties (sums / size)
+        (qp(0.5, 128), qp(0.25, 128)),
+        (qp(0.02, 255), qp(0.7, 255)),
+        (qp(0.0731, 0), qp(0.0213, 0)),
+        (qp(3.0e38, 128), qp(1.0e-30, 0)), // multiplier +inf: NaN at zero sums
+        (qp(1.0e-45, 0), qp(3.0e38, 128)), // multiplier 0
+    ];
+    // One scratch for every shape, so buffers shrink and grow between calls.
+    let mut scratch = PoolScratch::default();
+    for k in simd_kernels() {
+        for c in 1..=70usize {
+            for &(ih, iw, kk, st, pad) in &shapes {
+                let g = geom(c, ih, iw, kk, st, pad);
+                let x = edge_codes(&mut rng, ih * iw * c);
+                let rows = |avg: Option<(QParams, QParams)>, s: &mut PoolScratch| -> Vec<u8> {
+                    (0..g.oh)
+                        .flat_map(|oy| {
+                            guarded(g.ow * c, 0xA5u8, |o| match avg {
+                                None => (k.max_pool_row)(&x, &g, oy, o, s),
+                                Some((xq, yq)) => (k.avg_pool_row)(&x, &g, oy, xq, yq, o, s),
+                            })
+                        })
+                        .collect()
+                };
+                let want = run_rows(p, &x, &g, None);
+                assert_eq!(rows(None, &mut scratch), want, "{:?} max {g:?}", k.isa);
+                assert_eq!(want, naive_pool(&x, &g, None), "portable max {g:?}");
+                for &(xq, yq) in &params {
+                    let avg = Some((xq, yq));
+                    let want = run_rows(p, &x, &g, avg);
+                    assert_eq!(
+                        rows(avg, &mut scratch),
+                        want,
+                        "{:?} avg {g:?} {xq:?} {yq:?}",
+                        k.isa
+                    );
+                    assert_eq!(want, naive_pool(&x, &g, avg), "portable avg {g:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_avg_pool_sums_many_rows_exactly() {
+    // 300 rows of 255: column sums of 76 500 overflow 16 bits, so partial sums must be
+    // widened in time. Global pooling of [300, 2, c] and a 290-row window with stride.
+    let p = portable();
+    for k in simd_kernels() {
+        for c in [1usize, 16, 33, 64, 65] {
+            for (kh, sh) in [(300usize, 1usize), (290, 7)] {
+                let g = geom(c, 300, 2, (kh, 2), (sh, 1), (0, 0, 0, 0));
+                let mut rng = Rng::new(c as u64);
+                for x in [vec![255u8; 600 * c], edge_codes(&mut rng, 600 * c)] {
+                    for &(xq, yq) in &[(qp(1.0, 0), qp(1.0, 0)), (qp(0.5, 128), qp(0.3, 3))] {
+                        let got = run_rows(k, &x, &g, Some((xq, yq)));
+                        let want = run_rows(p, &x, &g, Some((xq, yq)));
+                        assert_eq!(got, want, "{:?} c={c} kh={kh}", k.isa);
+                        assert_eq!(want, naive_pool(&x, &g, Some((xq, yq))));
+                    }
+                    let got = run_rows(k, &x, &g, None);
+                    assert_eq!(got, naive_pool(&x, &g, None), "{:?} max c={c}", k.isa);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn kernels_for_maps_levels_to_tables() {
+    for l in Isa::ALL {
+        let Some(k) = qeltwise::kernels_for(l) else {
+            assert!(!l.supported(), "{l}: supported but no table");
+            continue;
+        };
+        let want = if l.has_avx512() {
+            Isa::Avx512
+        } else if l.has_avx2() {
+            Isa::Avx2
+        } else {
+            Isa::Scalar
+        };
+        assert_eq!(k.isa, want, "table for {l}");
     }
 }
 
