@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use ops::kernels::isa::Isa;
+use ops::kernels::qgemm::{kernel_name, qgemm, PackedQWeights, QEpilogue, QMatRef};
 use ops::{build_op, ArgValue, Args, NodeSpec, QParams, Tensor};
 
 fn codes(n: usize, seed: usize) -> Vec<u8> {
@@ -68,6 +69,35 @@ fn main() {
         "ISA {}, {threads} thread(s), median of {runs} runs",
         Isa::current()
     );
+    // GEMM=MxKxN: the bare GEMM on a cache-resident problem (A read in place), no conv.
+    if let Ok(g) = std::env::var("GEMM") {
+        let d: Vec<usize> = g.split('x').map(|v| v.parse().expect("GEMM=MxKxN")).collect();
+        let (m, k, n) = (d[0], d[1], d[2]);
+        let x = codes(m * k, 5);
+        let wc = codes(n * k, 6);
+        let w = PackedQWeights::pack(&wc, n, k, &vec![128; n]).expect("pack");
+        let ep = QEpilogue::new(w.col_sums(), 3, &vec![0; n], &vec![0.001; n], 0, 0).expect("ep");
+        let a = QMatRef::new(&x, m, k, k, 0).expect("view");
+        let mut y = vec![0u8; m * n];
+        let mut t: Vec<f64> = pool.install(|| {
+            (0..runs + 3)
+                .map(|_| {
+                    let t0 = Instant::now();
+                    qgemm(&a, &w, &ep, &mut y, n, 0).expect("qgemm");
+                    t0.elapsed().as_secs_f64() * 1e3
+                })
+                .skip(3)
+                .collect()
+        });
+        t.sort_by(f64::total_cmp);
+        let ms = t[t.len() / 2];
+        println!(
+            "GEMM {m}x{k}x{n} ({}): {ms:.4} ms, {:.1} GMAC/s",
+            kernel_name(Isa::current(), &w),
+            (m * k * n) as f64 / ms / 1e6
+        );
+        return;
+    }
     let only: Option<usize> = std::env::var("LAYER").ok().and_then(|v| v.parse().ok());
     let mut classes: Vec<(String, f64, u64)> = Vec::new();
     let (mut total_ms, mut total_macs) = (0.0, 0u64);

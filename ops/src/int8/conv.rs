@@ -38,7 +38,7 @@ use rayon::prelude::*;
 use super::requant::OutputStage;
 use super::{
     bias_values, centered_i16, channel_w_scales, check_bias_info, check_dnnlowp_args,
-    check_w_scales_len, constant_weights, dot_i16, qu8_from_vec, qu8_info, qu8_tensor,
+    check_w_scales_len, constant_weights, dot_i16, qu8_from_vec, OutCodes, qu8_info, qu8_tensor,
     read_w_scales, static_output_params, Engine,
 };
 use crate::fp32::conv_pool::{ConvPoolGeometry, Order};
@@ -276,9 +276,10 @@ impl Op for Int8Conv {
             Order::Nhwc => Cow::Borrowed(x),
             Order::Nchw => Cow::Owned(chw_to_hwc(x, d.n, d.c, d.ih * d.iw)),
         };
-        let mut y = vec![0u8; d.n * d.oh * d.ow * d.m];
+        let mut out = OutCodes::new(d.n * d.oh * d.ow * d.m);
+        let y = out.as_mut_slice();
         if self.reference {
-            self.eval_reference(&d, &x_nhwc, r.xq, w, r.wq, &bias, &stage, &mut y);
+            self.eval_reference(&d, &x_nhwc, r.xq, w, r.wq, &bias, &stage, y);
         } else {
             let packed_now;
             let packed = match &self.prepared {
@@ -288,13 +289,15 @@ impl Op for Int8Conv {
                     &packed_now
                 }
             };
-            run_fast(&d, &x_nhwc, r.xq.zero_point, packed, &bias, &stage, &mut y)?;
+            run_fast(&d, &x_nhwc, r.xq.zero_point, packed, &bias, &stage, y)?;
         }
-        let y = match self.geo.order {
-            Order::Nhwc => y,
-            Order::Nchw => hwc_to_chw(&y, d.n, d.m, d.oh * d.ow),
-        };
-        Ok(vec![qu8_from_vec(&r.out_shape, y, self.y)?])
+        match self.geo.order {
+            Order::Nhwc => Ok(vec![out.into_tensor(&r.out_shape, self.y)?]),
+            Order::Nchw => {
+                let y = hwc_to_chw(out.as_mut_slice(), d.n, d.m, d.oh * d.ow);
+                Ok(vec![qu8_from_vec(&r.out_shape, y, self.y)?])
+            }
+        }
     }
 
     fn prepare(&mut self, constants: &[Option<&Tensor>]) -> OpResult<()> {
@@ -376,10 +379,11 @@ impl Int8Conv {
             st.lo,
         )?;
         let sum = stage(oq);
-        let mut y = vec![0u8; d.n * d.oh * d.ow * d.m];
+        let mut out_codes = OutCodes::new(d.n * d.oh * d.ow * d.m);
+        let y = out_codes.as_mut_slice();
         if is_direct(&d) {
             let a = QMatRef::new(x, d.n * d.ih * d.iw, d.c, d.c, 0)?;
-            qgemm_sum(&a, pw, &ep, &sum, o, &mut y, d.m, 0)?;
+            qgemm_sum(&a, pw, &ep, &sum, o, y, d.m, 0)?;
         } else {
             let a = Im2col {
                 x,
@@ -387,9 +391,9 @@ impl Int8Conv {
                 g: 0,
                 zx: zx as u8,
             };
-            qgemm_sum(&a, pw, &ep, &sum, o, &mut y, d.m, 0)?;
+            qgemm_sum(&a, pw, &ep, &sum, o, y, d.m, 0)?;
         }
-        Ok(Some(qu8_from_vec(&r.out_shape, y, out)?))
+        Ok(Some(out_codes.into_tensor(&r.out_shape, out)?))
     }
 
     /// The scalar reference: one gathered window and one dot product per output.

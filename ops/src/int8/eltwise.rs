@@ -20,7 +20,9 @@
 use rayon::prelude::*;
 
 use super::requant::requantize_real;
-use super::{check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine};
+use super::{
+    check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine, OutCodes,
+};
 use crate::kernels::qeltwise::{self, RealStage};
 use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
 
@@ -122,15 +124,16 @@ impl Op for Int8Sum {
             self.y.zero_point,
             if self.relu { self.y.zero_point } else { 0 },
         );
-        let mut y = vec![0u8; xs[0].0.len()];
         if !self.reference {
+            let mut out = OutCodes::new(xs[0].0.len());
+            let y = out.as_mut_slice();
             let st = RealStage {
                 multiplier: inv,
                 zero_point: zy,
                 lo,
             };
             let k = qeltwise::kernels();
-            qeltwise::par_chunks(&mut y, |start, yc| {
+            qeltwise::par_chunks(y, |start, yc| {
                 let r = start..start + yc.len();
                 if let [(a, qa), (b, qb)] = xs.as_slice() {
                     (k.add2)(&a[r.clone()], *qa, &b[r], *qb, yc, st);
@@ -140,8 +143,9 @@ impl Op for Int8Sum {
                     (k.sum_n)(&parts, yc, st);
                 }
             });
-            return Ok(vec![qu8_from_vec(inputs[0].shape(), y, self.y)?]);
+            return Ok(vec![out.into_tensor(inputs[0].shape(), self.y)?]);
         }
+        let mut y = vec![0u8; xs[0].0.len()];
         y.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, yc)| {
             let start = ci * CHUNK;
             for (j, out) in yc.iter_mut().enumerate() {

@@ -181,6 +181,37 @@ pub fn qu8_from_vec(shape: &[usize], v: Vec<u8>, q: QParams) -> OpResult<Tensor>
         .map_err(|_| OpError::Shape(format!("internal: {n} codes do not fill {shape:?}")))
 }
 
+/// An Int8 output buffer whose codes start on a 64-byte boundary, so that the next op's
+/// kernels can read its rows in place with aligned loads (see `kernels::aligned`).
+pub struct OutCodes {
+    v: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl OutCodes {
+    /// `len` zero codes.
+    pub fn new(len: usize) -> Self {
+        let (v, off) = crate::kernels::aligned::aligned_bytes(len);
+        OutCodes { v, off, len }
+    }
+
+    /// The codes.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.v[self.off..self.off + self.len]
+    }
+
+    /// The codes as a tensor of `shape` (which must hold `len` elements), without copying.
+    pub fn into_tensor(self, shape: &[usize], q: QParams) -> OpResult<Tensor> {
+        let n = self.len;
+        ndarray::Array1::from_vec(self.v)
+            .slice_move(ndarray::s![self.off..self.off + n])
+            .into_shape_with_order(ndarray::IxDyn(shape))
+            .map(|a| Tensor::QU8(a, q))
+            .map_err(|_| OpError::Shape(format!("internal: {n} codes do not fill {shape:?}")))
+    }
+}
+
 /// Reads `Y_scale` (float, field `f`) and `Y_zero_point` (int, default 0); `None` when
 /// `Y_scale` is absent.
 pub fn read_y_params(op: &str, args: &Args) -> OpResult<Option<QParams>> {

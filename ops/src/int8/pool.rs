@@ -27,7 +27,9 @@ use rayon::prelude::*;
 
 use super::conv::{chw_to_hwc, hwc_to_chw};
 use super::requant::requantize_real;
-use super::{check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine};
+use super::{
+    check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine, OutCodes,
+};
 use crate::fp32::conv_pool::{ConvPoolGeometry, Order};
 use crate::kernels::qeltwise::{self, PoolGeom, PoolScratch};
 use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
@@ -191,12 +193,13 @@ impl Op for Int8Pool {
             Order::Nhwc => Cow::Borrowed(x),
             Order::Nchw => Cow::Owned(chw_to_hwc(x, d.n, d.c, d.ih * d.iw)),
         };
-        let mut y = vec![0u8; d.n * d.oh * d.ow * d.c];
+        let mut out = OutCodes::new(d.n * d.oh * d.ow * d.c);
+        let y = out.as_mut_slice();
         let g = d.geom();
         let fast = !self.reference
             && (self.avg_y.is_none() || g.max_window_cells() <= qeltwise::AVG_POOL_MAX_CELLS);
         if fast && !y.is_empty() {
-            self.pool_fast(&g, d.n, &x, xq, yq, &mut y)?;
+            self.pool_fast(&g, d.n, &x, xq, yq, y)?;
         } else if !y.is_empty() {
             let image = d.ih * d.iw * d.c;
             y.par_chunks_mut(d.ow * d.c)
@@ -206,11 +209,13 @@ impl Op for Int8Pool {
                     self.pool_row(&d, &x[n * image..(n + 1) * image], row % d.oh, xq, yq, yrow)
                 })?;
         }
-        let y = match self.geo.order {
-            Order::Nhwc => y,
-            Order::Nchw => hwc_to_chw(&y, d.n, d.c, d.oh * d.ow),
-        };
-        Ok(vec![qu8_from_vec(&out_shape, y, yq)?])
+        match self.geo.order {
+            Order::Nhwc => Ok(vec![out.into_tensor(&out_shape, yq)?]),
+            Order::Nchw => {
+                let y = hwc_to_chw(out.as_mut_slice(), d.n, d.c, d.oh * d.ow);
+                Ok(vec![qu8_from_vec(&out_shape, y, yq)?])
+            }
+        }
     }
 }
 

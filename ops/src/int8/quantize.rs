@@ -15,7 +15,9 @@
 use rayon::prelude::*;
 
 use super::requant::{dequantize_u8, quantize_u8};
-use super::{check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine};
+use super::{
+    check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine, OutCodes,
+};
 use crate::kernels::qeltwise;
 use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
 
@@ -76,14 +78,15 @@ impl Op for Int8Quantize {
             .map_err(|e| OpError::DType(format!("{}: X: {e}", self.op_type)))?;
         let inv = 1.0f32 / self.y.scale;
         let z = self.y.zero_point;
-        let mut q = vec![0u8; x.len()];
         if !self.reference {
+            let mut out = OutCodes::new(x.len());
             let k = qeltwise::kernels();
-            qeltwise::par_chunks(&mut q, |start, qc| {
+            qeltwise::par_chunks(out.as_mut_slice(), |start, qc| {
                 (k.quantize)(&x[start..start + qc.len()], qc, inv, z);
             });
-            return Ok(vec![qu8_from_vec(inputs[0].shape(), q, self.y)?]);
+            return Ok(vec![out.into_tensor(inputs[0].shape(), self.y)?]);
         }
+        let mut q = vec![0u8; x.len()];
         q.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(qc, xc)| {

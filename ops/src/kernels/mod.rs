@@ -1,5 +1,6 @@
 //! Compute kernels (GEMM and friends). Operators call these; kernels know nothing of graphs.
 
+pub mod aligned;
 pub mod gemm;
 pub mod isa;
 pub mod packed;

@@ -21,6 +21,7 @@
 use super::pack::PackedQWeights;
 use super::vnni::{Lanes, VStage};
 use super::{QEpilogue, QLhs, SumStage, NR};
+use crate::kernels::aligned::{AVec, ALIGN};
 
 /// Rows (and channels) of one tile.
 pub const TR: usize = 16;
@@ -198,8 +199,8 @@ impl Tiles for Emulated {
 /// Per-thread scratch of the AMX driver.
 #[derive(Default)]
 struct TScratch {
-    block: Vec<u8>,
-    tail: Vec<u8>,
+    block: AVec<u8>,
+    tail: AVec<u8>,
     row: Vec<u8>,
     rowsums: Vec<i32>,
 }
@@ -316,8 +317,14 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
         // (`[tile][k step][16 rows][64]`: every tile load reads 1 KiB of consecutive bytes).
         let mut tail = std::mem::take(&mut s.tail);
         let mut bases: Vec<(*const u8, usize, usize)> = Vec::with_capacity(tiles);
+        // In place only when every tile row starts on a cache line (a 64-byte tile row
+        // that straddles two lines makes each tile load several times slower).
         let in_place = match a.strided() {
-            Some((data, offset, ld)) if offset + (r0 + rows - 1) * ld + kpad <= data.len() => {
+            Some((data, offset, ld))
+                if offset + (r0 + rows - 1) * ld + kpad <= data.len()
+                    && ld % ALIGN == 0
+                    && data[offset + r0 * ld..].as_ptr() as usize % ALIGN == 0 =>
+            {
                 Some((data, offset, ld))
             }
             _ => None,
@@ -337,8 +344,8 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
                 } else {
                     // The last tile would read past the matrix: its valid rows, zero padded.
                     let valid = TR.min(rows - ti * TR);
-                    tail.clear();
                     tail.resize(TR * kpad, 0);
+                    tail.fill(0);
                     for i in 0..valid {
                         let row = &data[first + i * ld..][..kpad];
                         tail[i * kpad..(i + 1) * kpad].copy_from_slice(row);
@@ -347,8 +354,16 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
                 }
             }
         } else {
-            block.clear();
+            // Every byte of the rows is written below; only the padding rows of the last
+            // tile need zeros (no memset of the whole block).
             block.resize(tiles * TR * kpad, 0);
+            for i in rows..tiles * TR {
+                let (t, r) = (i / TR, i % TR);
+                for j in 0..ksteps {
+                    let at = ((t * ksteps + j) * TR + r) * TK;
+                    block[at..at + TK].fill(0);
+                }
+            }
             s.row.resize(kpad, 0);
             s.rowsums.clear();
             for i in 0..rows {

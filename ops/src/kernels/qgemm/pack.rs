@@ -1,6 +1,7 @@
 //! Weight packing of the int8 GEMM: [`PackedQWeights`] in the layouts of [`QLayout`].
 
 use super::NR;
+use crate::kernels::aligned::AVec;
 use crate::kernels::isa::Isa;
 use crate::{OpError, OpResult};
 
@@ -114,7 +115,8 @@ pub struct PackedQWeights {
     pub(super) layout: QLayout,
     /// K units per panel row (pairs, or an even number of quads).
     pub(super) kunits: usize,
-    pub(super) data: Vec<i32>,
+    /// 64-byte aligned (AMX tile rows and zmm loads never straddle cache lines).
+    pub(super) data: AVec<i32>,
     pub(super) col_sums: Vec<i32>,
     /// Quads only: weights kept out of the main part, grouped by panel.
     pub(super) outliers: Vec<Outlier>,
@@ -218,7 +220,7 @@ impl PackedQWeights {
         let align = if layout == QLayout::Tiles { 16 } else { 1 };
         let kq = k.div_ceil(4).next_multiple_of(align).max(align);
         let panels = n.div_ceil(NR);
-        let mut data = vec![0i32; panels * kq * NR];
+        let mut data = AVec::filled(panels * kq * NR, 0i32);
         let mut col_sums = vec![0i32; n];
         let mut corr = vec![0i32; panels * NR];
         for (c, &z) in zero_points.iter().enumerate() {
@@ -258,7 +260,7 @@ impl PackedQWeights {
     pub(super) fn pack_pairs(codes: &[u8], n: usize, k: usize, zero_points: &[i32]) -> Self {
         let kpairs = k.div_ceil(2);
         let panels = n.div_ceil(NR);
-        let mut data = vec![0i32; panels * kpairs * NR];
+        let mut data = AVec::filled(panels * kpairs * NR, 0i32);
         let mut col_sums = vec![0i32; n];
         for (c, (&z, sum)) in zero_points.iter().zip(&mut col_sums).enumerate() {
             let row = &codes[c * k..(c + 1) * k];
@@ -294,7 +296,7 @@ impl PackedQWeights {
     pub(super) fn pack_quads(codes: &[u8], n: usize, k: usize, zero_points: &[i32]) -> Self {
         let kquads = k.div_ceil(8) * 2;
         let panels = n.div_ceil(NR);
-        let mut data = vec![0i32; panels * kquads * NR];
+        let mut data = AVec::filled(panels * kquads * NR, 0i32);
         let mut col_sums = vec![0i32; n];
         let mut outliers = Vec::new();
         let mut lane_outliers = vec![0usize; panels * NR + 1];
