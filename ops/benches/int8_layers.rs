@@ -16,11 +16,12 @@ fn codes(n: usize, seed: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Codes as an Int8 tensor starting on a 64-byte boundary, like the outputs of the Int8 ops.
 fn qu8(shape: &[usize], v: Vec<u8>, scale: f32, zero_point: i32) -> Tensor {
-    Tensor::QU8(
-        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), v).expect("shape"),
-        QParams { scale, zero_point },
-    )
+    let mut out = ops::int8::OutCodes::new(v.len());
+    out.as_mut_slice().copy_from_slice(&v);
+    out.into_tensor(shape, QParams { scale, zero_point })
+        .expect("shape")
 }
 
 /// (C, H, M, kernel, stride, pad) of the 53 ResNet-50 convolutions.
