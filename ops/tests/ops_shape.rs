@@ -327,6 +327,13 @@ fn transpose_and_order_switch() {
     assert_eq!(vals(&nhwc[0]), w);
     let back = run_ok(&*build("NHWC2NCHW", &[], 1, 1), &[&nhwc[0]]);
     assert_eq!(back[0], xt);
+    // Few channels (the one-pass path, up to 8) and just past it, two images.
+    for c in [1usize, 3, 8, 9] {
+        let sh = [2usize, c, 5, 6];
+        let xc = data(sh.iter().product(), 13);
+        let y = run_ok(&*build("NCHW2NHWC", &[], 1, 1), &[&t(&sh, xc.clone())]);
+        assert_eq!(vals(&y[0]), transpose_ref(&xc, &sh, &[0, 2, 3, 1]).1, "C = {c}");
+    }
     // Sizes beyond one 32x32 tile, and a non-f32 type.
     let big = [2usize, 40, 5, 7];
     let xb = data(big.iter().product(), 12);

@@ -42,7 +42,17 @@ fn swap_middle<T: Clone>(
     const TILE: usize = 32;
     let plane = rows * cols * inner;
     let mut out: Vec<T> = Vec::with_capacity(src.len());
-    if inner == 1 {
+    if inner == 1 && rows <= 8 {
+        // Few rows (an image's colour planes into pixels): one pass writing the output in
+        // order, reading `rows` sequential streams.
+        for b in 0..batch {
+            let s = &src[b * plane..(b + 1) * plane];
+            let planes: Vec<&[T]> = s.chunks_exact(cols).collect();
+            for c in 0..cols {
+                out.extend(planes.iter().map(|p| p[c].clone()));
+            }
+        }
+    } else if inner == 1 {
         // The tiled loop writes out of order, so start from a copy of the source (same
         // length) and overwrite every element.
         out.extend_from_slice(src);
