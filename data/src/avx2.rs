@@ -5,15 +5,10 @@
 //! by operation (no fused multiply-add, no reassociation), so both builds give the same
 //! bytes; the tests compare them.
 
-/// True when the running CPU has AVX2, so the `*_avx2` builds may be called.
+/// True when the `*_avx2` builds may be called: the level in use (`ops::kernels::isa::Isa`,
+/// the one switch for every kernel family; `C2Q_ISA=scalar` selects the portable loops) has
+/// AVX2.
 #[inline]
 pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    ops::kernels::isa::Isa::current().has_avx2()
 }

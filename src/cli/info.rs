@@ -99,6 +99,8 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
             "unsupported_ops": unsupported.iter().map(|(t, c)| json!({"type": t, "count": c})).collect::<Vec<_>>(),
             "invalid_ops": invalid,
             "shape_error": shape_error,
+            "isa": ops::kernels::isa::Isa::current().name(),
+            "isa_detected": ops::kernels::isa::Isa::detect().name(),
             "per_op": if a.shapes { Some(per_op) } else { None },
         });
         println!("{}", serde_json::to_string_pretty(&j)?);
@@ -114,6 +116,11 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
         println!("name:        {}", net.name);
     }
     println!("ops:         {}", net.nodes.len());
+    println!(
+        "kernels:     {} (this CPU: {}; C2Q_ISA=scalar|avx2|avxvnni|avx512|avx512vnni|amx caps it)",
+        ops::kernels::isa::Isa::current(),
+        ops::kernels::isa::Isa::detect()
+    );
     for i in &inputs {
         println!(
             "input:       {i}  (shape inference with {:?})",

@@ -17,6 +17,8 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
+use super::isa::Isa;
+
 use rayon::prelude::*;
 
 use super::packed::{gemm_packed, PackedRhs};
@@ -180,21 +182,25 @@ pub fn set_backend_override(backend: Option<Backend>) {
 }
 
 /// The backend used for unpacked operands: the packed kernel when the CPU has AVX2 and
-/// FMA, otherwise `matrixmultiply`. The environment variable
-/// `C2Q_GEMM_BACKEND=matrixmultiply` (or [`set_backend_override`]) forces
-/// `matrixmultiply` and turns weight prepacking and implicit im2col off.
+/// FMA (and [`Isa::current`] allows it: `C2Q_ISA=scalar` does not), otherwise
+/// `matrixmultiply`. The environment variable `C2Q_GEMM_BACKEND=matrixmultiply` (or
+/// [`set_backend_override`]) forces `matrixmultiply` and turns weight prepacking and
+/// implicit im2col off.
 pub fn default_backend() -> Backend {
-    static AUTO: OnceLock<Backend> = OnceLock::new();
+    static FORCED_MM: OnceLock<bool> = OnceLock::new();
     match OVERRIDE.load(Ordering::Relaxed) {
         1 => Backend::MatrixMultiply,
         2 => Backend::Packed(packed_kernel()),
-        _ => *AUTO.get_or_init(|| {
-            let forced = std::env::var("C2Q_GEMM_BACKEND").ok();
-            match (packed_kernel(), forced.as_deref()) {
-                (_, Some("matrixmultiply")) | (Kernel::Scalar, _) => Backend::MatrixMultiply,
-                (k, _) => Backend::Packed(k),
+        _ => {
+            let mm = *FORCED_MM.get_or_init(|| {
+                std::env::var("C2Q_GEMM_BACKEND").is_ok_and(|v| v == "matrixmultiply")
+            });
+            match packed_kernel() {
+                Kernel::Scalar => Backend::MatrixMultiply,
+                _ if mm => Backend::MatrixMultiply,
+                k => Backend::Packed(k),
             }
-        }),
+        }
     }
 }
 
@@ -204,10 +210,13 @@ pub fn prepacking_pays() -> bool {
     matches!(default_backend(), Backend::Packed(k) if k != Kernel::Scalar)
 }
 
-/// The microkernel used for packed operands.
+/// The microkernel used for packed operands, from [`Isa::current`].
 fn packed_kernel() -> Kernel {
-    static K: OnceLock<Kernel> = OnceLock::new();
-    *K.get_or_init(Kernel::detect)
+    if Isa::current().has_avx2() {
+        Kernel::Avx2Fma
+    } else {
+        Kernel::Scalar
+    }
 }
 
 /// Bias added to every element of C before the optional ReLU.

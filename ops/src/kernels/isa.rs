@@ -18,7 +18,12 @@
 //! `avxvnni` sits below `avx512` in the chain but is not implied by it (Zen 4 has
 //! AVX512-VNNI without AVX-VNNI): asking for it on such a CPU gives `avx2`.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
+
+/// [`Isa::force`]'s level as its index in [`Isa::ALL`], or [`NOT_FORCED`].
+static FORCED: AtomicU8 = AtomicU8::new(NOT_FORCED);
+const NOT_FORCED: u8 = u8::MAX;
 
 /// An instruction-set level the kernels are written for (ordered: later levels are faster).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -94,17 +99,29 @@ impl Isa {
         }
     }
 
-    /// The level in use: the highest supported level not above `C2Q_ISA` (when set to a
-    /// level name), else [`Isa::detect`]. An unknown `C2Q_ISA` value is ignored.
+    /// The level in use: the level set by [`Isa::force`] if any, else the highest supported
+    /// level not above `C2Q_ISA` (when set to a level name), else [`Isa::detect`]. An unknown
+    /// `C2Q_ISA` value is ignored.
     pub fn current() -> Isa {
-        static CURRENT: OnceLock<Isa> = OnceLock::new();
-        *CURRENT.get_or_init(|| {
-            let cap = std::env::var("C2Q_ISA")
-                .ok()
-                .and_then(|v| Isa::parse(&v))
-                .unwrap_or(Isa::Amx);
-            Isa::capped(cap)
-        })
+        static FROM_ENV: OnceLock<Isa> = OnceLock::new();
+        match FORCED.load(Ordering::Relaxed) {
+            NOT_FORCED => *FROM_ENV.get_or_init(|| {
+                let cap = std::env::var("C2Q_ISA")
+                    .ok()
+                    .and_then(|v| Isa::parse(&v))
+                    .unwrap_or(Isa::Amx);
+                Isa::capped(cap)
+            }),
+            f => Isa::capped(Isa::ALL[usize::from(f)]),
+        }
+    }
+
+    /// Makes [`Isa::current`] return `Isa::capped(cap)` from now on in this process (`None`
+    /// returns to `C2Q_ISA` / detection), for tests and benchmarks that compare levels in
+    /// one process. Weights are packed for the level current when a model is loaded, so
+    /// load models after forcing.
+    pub fn force(cap: Option<Isa>) {
+        FORCED.store(cap.map_or(NOT_FORCED, |l| l as u8), Ordering::Relaxed);
     }
 
     /// The highest supported level not above `cap`.
@@ -121,12 +138,9 @@ impl Isa {
         })[cap as usize]
     }
 
-    /// Every supported level up to [`Isa::current`] (for tests that compare kernels).
+    /// Every level this CPU supports, lowest first (for tests that compare kernels).
     pub fn available() -> Vec<Isa> {
-        Isa::ALL
-            .into_iter()
-            .filter(|l| *l <= Isa::current() && l.supported())
-            .collect()
+        Isa::ALL.into_iter().filter(|l| l.supported()).collect()
     }
 
     /// The level named `name` (`scalar`, `avx2`, `avxvnni`, `avx512`, `avx512vnni`, `amx`).
@@ -223,5 +237,16 @@ mod tests {
         }
         assert_eq!(Isa::capped(Isa::Scalar), Isa::Scalar);
         assert!(Isa::detect().supported());
+    }
+
+    #[test]
+    fn forcing_overrides_and_resets() {
+        let before = Isa::current();
+        Isa::force(Some(Isa::Scalar));
+        assert_eq!(Isa::current(), Isa::Scalar);
+        Isa::force(Some(Isa::Amx));
+        assert_eq!(Isa::current(), Isa::capped(Isa::Amx));
+        Isa::force(None);
+        assert_eq!(Isa::current(), before);
     }
 }

@@ -29,8 +29,6 @@
 //! one contiguous `[iw, c]` row (max of codes, or exact i32 sums), then each output pixel
 //! reduces its window's columns of that row, vectorized over the channels.
 
-use std::sync::OnceLock;
-
 use rayon::prelude::*;
 
 use super::isa::Isa;
@@ -273,10 +271,9 @@ pub fn kernels_for(isa: Isa) -> Option<&'static QEltwiseKernels> {
     }
 }
 
-/// The kernels of the level in use ([`Isa::current`]), chosen once per process.
+/// The kernels of the level in use ([`Isa::current`]).
 pub fn kernels() -> &'static QEltwiseKernels {
-    static CHOSEN: OnceLock<&'static QEltwiseKernels> = OnceLock::new();
-    CHOSEN.get_or_init(|| kernels_for(Isa::current()).unwrap_or(&SCALAR))
+    kernels_for(Isa::current()).unwrap_or(&SCALAR)
 }
 
 /// Checks the row-kernel slice lengths (internal invariants of the callers).
