@@ -72,7 +72,10 @@ fn main() {
     );
     // GEMM=MxKxN: the bare GEMM on a cache-resident problem (A read in place), no conv.
     if let Ok(g) = std::env::var("GEMM") {
-        let d: Vec<usize> = g.split('x').map(|v| v.parse().expect("GEMM=MxKxN")).collect();
+        let d: Vec<usize> = g
+            .split('x')
+            .map(|v| v.parse().expect("GEMM=MxKxN"))
+            .collect();
         let (m, k, n) = (d[0], d[1], d[2]);
         let x = codes(m * k, 5);
         let wc = codes(n * k, 6);
@@ -146,7 +149,7 @@ fn main() {
     }
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); layers.len()];
     pool.install(|| {
-        let mut time = |l: &(String, String, Box<dyn ops::Op>, Vec<Tensor>, u64)| {
+        let time = |l: &(String, String, Box<dyn ops::Op>, Vec<Tensor>, u64)| {
             let t0 = Instant::now();
             let ins: Vec<&Tensor> = l.3.iter().collect();
             let y = l.2.eval(&ins).expect("eval");

@@ -179,10 +179,6 @@ fn run_gemm_as(run: Run, c: &GemmCase, ldy: usize, col0: usize, lda_extra: usize
         .collect()
 }
 
-fn run_gemm(isa: Isa, c: &GemmCase, ldy: usize, col0: usize) -> Vec<u8> {
-    run_gemm_as(Run::Level(isa), c, ldy, col0, 0)
-}
-
 fn check_gemm(c: &GemmCase) {
     let want = naive_gemm(c);
     for run in all_runs() {

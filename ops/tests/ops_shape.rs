@@ -332,7 +332,11 @@ fn transpose_and_order_switch() {
         let sh = [2usize, c, 5, 6];
         let xc = data(sh.iter().product(), 13);
         let y = run_ok(&*build("NCHW2NHWC", &[], 1, 1), &[&t(&sh, xc.clone())]);
-        assert_eq!(vals(&y[0]), transpose_ref(&xc, &sh, &[0, 2, 3, 1]).1, "C = {c}");
+        assert_eq!(
+            vals(&y[0]),
+            transpose_ref(&xc, &sh, &[0, 2, 3, 1]).1,
+            "C = {c}"
+        );
     }
     // Sizes beyond one 32x32 tile, and a non-f32 type.
     let big = [2usize, 40, 5, 7];

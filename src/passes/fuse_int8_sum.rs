@@ -37,7 +37,7 @@ pub fn fuse_int8_sum(net: &mut NetDef, _params: &mut HashMap<String, Tensor>) ->
         let mut cands: Vec<(usize, usize)> = (0..2)
             .filter_map(|ci| last_writer(net, j, &sum.input[ci]).map(|i| (i, ci)))
             .collect();
-        cands.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        cands.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
         if let Some(&(i, ci)) = cands
             .iter()
             .find(|&&(i, ci)| !removed.contains(&i) && can_fuse(net, i, j, ci))

@@ -38,8 +38,8 @@ use rayon::prelude::*;
 use super::requant::OutputStage;
 use super::{
     bias_values, centered_i16, channel_w_scales, check_bias_info, check_dnnlowp_args,
-    check_w_scales_len, constant_weights, dot_i16, qu8_from_vec, OutCodes, qu8_info, qu8_tensor,
-    read_w_scales, static_output_params, Engine,
+    check_w_scales_len, constant_weights, dot_i16, qu8_from_vec, qu8_info, qu8_tensor,
+    read_w_scales, static_output_params, Engine, OutCodes,
 };
 use crate::fp32::conv_pool::{ConvPoolGeometry, Order};
 use crate::kernels::qdepthwise::{qdepthwise, DwShape, PackedDepthwise};

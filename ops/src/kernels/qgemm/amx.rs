@@ -322,8 +322,8 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
         let in_place = match a.strided() {
             Some((data, offset, ld))
                 if offset + (r0 + rows - 1) * ld + kpad <= data.len()
-                    && ld % ALIGN == 0
-                    && data[offset + r0 * ld..].as_ptr() as usize % ALIGN == 0 =>
+                    && ld.is_multiple_of(ALIGN)
+                    && (data[offset + r0 * ld..].as_ptr() as usize).is_multiple_of(ALIGN) =>
             {
                 Some((data, offset, ld))
             }

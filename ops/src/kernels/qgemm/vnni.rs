@@ -244,6 +244,7 @@ impl Lanes for Portable {
         y: *mut u8,
         n: usize,
     ) {
+        #[allow(clippy::needless_range_loop)] // `l` indexes five arrays and the output
         for l in 0..n {
             let raw = acc[l]
                 .wrapping_add(s.off[l])
