@@ -5,6 +5,7 @@
 //! and the parameter store (so folded weights are real tensors).
 
 pub mod fold_bn;
+pub mod fuse_int8_lut;
 pub mod fuse_int8_sum;
 pub mod fuse_relu;
 pub mod remove_dropout;
@@ -27,6 +28,7 @@ pub const FP32_PASSES: &[(&str, Pass)] = &[
     ("fold_bn", fold_bn::fold_bn),
     ("fuse_relu", fuse_relu::fuse_relu),
     ("fuse_int8_sum", fuse_int8_sum::fuse_int8_sum),
+    ("fuse_int8_lut", fuse_int8_lut::fuse_int8_lut),
 ];
 
 /// Runs every fp32 pass in order; returns (pass name, rewrites) for each.

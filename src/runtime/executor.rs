@@ -349,7 +349,7 @@ pub fn batch_separable(model: &Model) -> bool {
             "Relu" | "Sigmoid" | "Tanh" | "Clip" | "Dropout" | "Copy" | "Conv" | "ConvRelu"
             | "MaxPool" | "AveragePool" | "LRN" | "SpatialBN" | "ChannelShuffle" | "NCHW2NHWC"
             | "NHWC2NCHW" | "Sum" | "SumRelu" | "Int8Conv" | "Int8ConvRelu" | "Int8ConvSum"
-            | "Int8ConvSumRelu" | "Int8Relu" | "Int8MaxPool" | "Int8AveragePool"
+            | "Int8ConvSumRelu" | "Int8Lut" | "Int8Relu" | "Int8MaxPool" | "Int8AveragePool"
             | "Int8Quantize" | "Int8Dequantize" | "Int8Sum" | "Int8SumRelu" => true,
             "FC" | "FCTransposed" | "Int8FC" | "Int8FCRelu" => axis_is("axis", 1, &|a| a == 1),
             "Softmax" | "Flatten" | "Int8Flatten" => axis_is("axis", 1, &|a| a >= 1),

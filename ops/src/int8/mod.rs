@@ -43,6 +43,7 @@ pub mod conv;
 pub mod conv_sum;
 pub mod eltwise;
 pub mod fc;
+pub mod lut;
 pub mod pool;
 pub mod quantize;
 pub mod requant;
@@ -72,6 +73,7 @@ pub const INT8_OPS: &[&str] = &[
     "Int8Reshape",
     "Int8ConvSum",
     "Int8ConvSumRelu",
+    "Int8Lut",
 ];
 
 /// The engine families that matter for the arithmetic.

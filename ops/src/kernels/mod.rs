@@ -3,6 +3,7 @@
 pub mod aligned;
 pub mod gemm;
 pub mod isa;
+pub mod lut;
 pub mod packed;
 pub mod qdepthwise;
 pub mod qeltwise;
