@@ -80,7 +80,8 @@ fn fold_bn_and_fuse_relu_keep_outputs() {
                 ("fold_bn", 1),
                 ("fuse_relu", 1),
                 ("fuse_int8_sum", 0),
-                ("fuse_int8_lut", 0)
+                ("fuse_int8_lut", 0),
+                ("fuse_quantize_layout", 0)
             ]
         );
         assert_eq!(types(&opt), vec!["ConvRelu"]);
@@ -146,7 +147,8 @@ fn shared_weights_and_multiple_readers_are_left_alone() {
             ("fold_bn", 0),
             ("fuse_relu", 0),
             ("fuse_int8_sum", 0),
-            ("fuse_int8_lut", 0)
+            ("fuse_int8_lut", 0),
+            ("fuse_quantize_layout", 0)
         ]
     );
     assert_eq!(types(&opt), types(&model));
@@ -223,7 +225,8 @@ fn resnet50_optimized_matches_fp32() {
             ("fold_bn", 53),
             ("fuse_relu", 49),
             ("fuse_int8_sum", 0),
-            ("fuse_int8_lut", 0)
+            ("fuse_int8_lut", 0),
+            ("fuse_quantize_layout", 0)
         ]
     );
     let count = |t: &str| opt.predict_def.op.iter().filter(|o| o.type_() == t).count();
@@ -450,7 +453,10 @@ fn fuse_int8_lut_keeps_outputs_bit_for_bit() {
         let model = lut_net(&middle, false);
         let want = run(&model, &x, "y");
         let (opt, report) = model.optimized().unwrap();
-        assert_eq!(report.last(), Some(&("fuse_int8_lut", 1)), "{middle:?}");
+        assert!(
+            report.contains(&("fuse_int8_lut", 1)),
+            "{middle:?} {report:?}"
+        );
         assert_eq!(
             types(&opt),
             ["Int8Quantize", "Int8Conv", "Int8Lut", "Int8Dequantize"]
@@ -479,8 +485,55 @@ fn fuse_int8_lut_leaves_other_chains_alone() {
         let model = lut_net(&middle, extra);
         let want = run(&model, &x, "y");
         let (opt, report) = model.optimized().unwrap();
-        assert_eq!(report.last(), Some(&("fuse_int8_lut", 0)), "{middle:?}");
+        assert!(
+            report.contains(&("fuse_int8_lut", 0)),
+            "{middle:?} {report:?}"
+        );
         assert!(!types(&opt).contains(&"Int8Lut".to_string()));
         assert_eq!(run(&opt, &x, "y"), want);
+    }
+}
+
+#[test]
+fn fuse_quantize_layout_keeps_outputs_bit_for_bit() {
+    use c2q::graph::builder::op_def;
+    // NCHW f32 image → NCHW2NHWC → Int8Quantize → 1x1 Int8Conv → dequantize, at 1 and 3
+    // channels (the one-pass transpose) and 11 (the tiled one).
+    for c in [1usize, 3, 11] {
+        let mut b = NetBuilder::new("qlayout");
+        b.input("data").init_op(op_def(
+            "Int8GivenTensorFill",
+            &[],
+            &["w"],
+            vec![
+                ("shape", Arg::Ints(vec![5, 1, 1, c as i64])),
+                ("values", Arg::B(u8s(5 * c, 2))),
+                ("Y_scale", Arg::F(0.02)),
+                ("Y_zero_point", Arg::I(128)),
+            ],
+        ));
+        let q = |s: f32, z: i64| vec![("Y_scale", Arg::F(s)), ("Y_zero_point", Arg::I(z))];
+        let mut conv = q(0.05, 100);
+        conv.push(("kernel", Arg::I(1)));
+        conv.push(("order", Arg::S("NHWC".into())));
+        b.op("NCHW2NHWC", &["data"], &["d_nhwc"], vec![])
+            .op("Int8Quantize", &["d_nhwc"], &["xq"], q(0.013, 120))
+            .op("Int8Conv", &["xq", "w"], &["c"], conv)
+            .op("Int8Dequantize", &["c"], &["y"], vec![])
+            .output("y");
+        let (i, p) = b.build();
+        let model = Model::from_nets(i, p).unwrap();
+        let x = Tensor::from_f32(&[2, c, 4, 5], vals(2 * c * 20, 7));
+        let want = run(&model, &x, "y");
+        let (opt, report) = model.optimized().unwrap();
+        assert!(report.contains(&("fuse_quantize_layout", 1)), "{report:?}");
+        assert_eq!(
+            types(&opt),
+            ["Int8QuantizeNchw2Nhwc", "Int8Conv", "Int8Dequantize"]
+        );
+        assert_eq!(run(&opt, &x, "y"), want, "C = {c}");
+        let mut r = model.optimized().unwrap().0;
+        r.set_reference(true);
+        assert_eq!(run(&r, &x, "y"), want, "reference, C = {c}");
     }
 }

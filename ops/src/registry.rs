@@ -67,6 +67,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Int8ConvSum",
     "Int8ConvSumRelu",
     "Int8Lut",
+    "Int8QuantizeNchw2Nhwc",
 ];
 
 /// Builds the operator for a node, or `Ok(None)` when the op type is unknown (the graph
@@ -96,7 +97,9 @@ pub fn build_op(spec: &NodeSpec) -> OpResult<Option<Box<dyn Op>>> {
         "Copy" => b(Copy::from_spec(spec)),
         "Dropout" => b(Dropout::from_spec(spec)),
         "LRN" => b(Lrn::from_spec(spec)),
-        "Int8Quantize" => b(int8::quantize::Int8Quantize::from_spec(spec)),
+        "Int8Quantize" | "Int8QuantizeNchw2Nhwc" => {
+            b(int8::quantize::Int8Quantize::from_spec(spec))
+        }
         "Int8Dequantize" => b(int8::quantize::Int8Dequantize::from_spec(spec)),
         "Int8Conv" | "Int8ConvRelu" => b(int8::conv::Int8Conv::from_spec(spec)),
         "Int8ConvSum" | "Int8ConvSumRelu" => b(int8::conv_sum::Int8ConvSum::from_spec(spec)),

@@ -7,6 +7,7 @@
 pub mod fold_bn;
 pub mod fuse_int8_lut;
 pub mod fuse_int8_sum;
+pub mod fuse_quantize_layout;
 pub mod fuse_relu;
 pub mod remove_dropout;
 pub mod util;
@@ -29,6 +30,7 @@ pub const FP32_PASSES: &[(&str, Pass)] = &[
     ("fuse_relu", fuse_relu::fuse_relu),
     ("fuse_int8_sum", fuse_int8_sum::fuse_int8_sum),
     ("fuse_int8_lut", fuse_int8_lut::fuse_int8_lut),
+    ("fuse_quantize_layout", fuse_quantize_layout::fuse_quantize_layout),
 ];
 
 /// Runs every fp32 pass in order; returns (pass name, rewrites) for each.

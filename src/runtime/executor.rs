@@ -298,8 +298,13 @@ impl<'m> Executor<'m> {
 /// to sleep, and each op's parallel loop must then wake them again. On virtual machines a
 /// wake-up can take a sizeable part of a millisecond, during which the awake thread has
 /// already taken most of the op's work: measured on 2 threads at batch 1, spinning saves 4% on
-/// ResNet-50 int8, 4% on SqueezeNet int8 and 7% on SqueezeNet fp32 (medians). Spinning workers take new work at once (the same choice as the spinning thread
-/// pools of other inference runtimes); they give their core back when the run ends.
+/// ResNet-50 int8, 4% on SqueezeNet int8 and 7% on SqueezeNet fp32 (medians). Spinning
+/// workers take new work at once (the same choice as the spinning thread pools of other
+/// inference runtimes).
+///
+/// A worker spins only while work keeps coming: after [`SPIN_IDLE`] without a job it goes
+/// back to rayon's pool, which lets it sleep until the next job (a core that another
+/// process needs is not burnt on polling), and it gives its core back when the run ends.
 fn with_spinning_workers<R: Send>(body: impl FnOnce() -> R + Send) -> R {
     if rayon::current_num_threads() < 2 {
         return body();
@@ -311,9 +316,17 @@ fn with_spinning_workers<R: Send>(body: impl FnOnce() -> R + Send) -> R {
             if Some(ctx.index()) == me {
                 return;
             }
+            let mut last_job = std::time::Instant::now();
+            let mut polls = 0u32;
             while !done.load(Ordering::Acquire) {
-                if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                    std::hint::spin_loop();
+                if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                    last_job = std::time::Instant::now();
+                    continue;
+                }
+                std::hint::spin_loop();
+                polls = polls.wrapping_add(1);
+                if polls % 64 == 0 && last_job.elapsed() > SPIN_IDLE {
+                    return;
                 }
             }
         });
@@ -322,6 +335,11 @@ fn with_spinning_workers<R: Send>(body: impl FnOnce() -> R + Send) -> R {
         r
     })
 }
+
+/// How long a spinning worker polls without finding a job before it lets rayon put it to
+/// sleep: longer than the serial gaps between the parallel ops of a run (tens of µs), far
+/// shorter than a scheduler time slice.
+const SPIN_IDLE: std::time::Duration = std::time::Duration::from_micros(300);
 
 /// The batch size of a feed: the first dimension shared by every input (0 if they differ or
 /// one has no dimensions).
@@ -346,11 +364,36 @@ pub fn batch_separable(model: &Model) -> bool {
             args.int_or(name, default).is_ok_and(ok)
         };
         match n.op_type.as_str() {
-            "Relu" | "Sigmoid" | "Tanh" | "Clip" | "Dropout" | "Copy" | "Conv" | "ConvRelu"
-            | "MaxPool" | "AveragePool" | "LRN" | "SpatialBN" | "ChannelShuffle" | "NCHW2NHWC"
-            | "NHWC2NCHW" | "Sum" | "SumRelu" | "Int8Conv" | "Int8ConvRelu" | "Int8ConvSum"
-            | "Int8ConvSumRelu" | "Int8Lut" | "Int8Relu" | "Int8MaxPool" | "Int8AveragePool"
-            | "Int8Quantize" | "Int8Dequantize" | "Int8Sum" | "Int8SumRelu" => true,
+            "Relu"
+            | "Sigmoid"
+            | "Tanh"
+            | "Clip"
+            | "Dropout"
+            | "Copy"
+            | "Conv"
+            | "ConvRelu"
+            | "MaxPool"
+            | "AveragePool"
+            | "LRN"
+            | "SpatialBN"
+            | "ChannelShuffle"
+            | "NCHW2NHWC"
+            | "NHWC2NCHW"
+            | "Sum"
+            | "SumRelu"
+            | "Int8Conv"
+            | "Int8ConvRelu"
+            | "Int8ConvSum"
+            | "Int8ConvSumRelu"
+            | "Int8Lut"
+            | "Int8QuantizeNchw2Nhwc"
+            | "Int8Relu"
+            | "Int8MaxPool"
+            | "Int8AveragePool"
+            | "Int8Quantize"
+            | "Int8Dequantize"
+            | "Int8Sum"
+            | "Int8SumRelu" => true,
             "FC" | "FCTransposed" | "Int8FC" | "Int8FCRelu" => axis_is("axis", 1, &|a| a == 1),
             "Softmax" | "Flatten" | "Int8Flatten" => axis_is("axis", 1, &|a| a >= 1),
             "Concat" | "Int8Concat" => {

@@ -74,6 +74,7 @@ pub const INT8_OPS: &[&str] = &[
     "Int8ConvSum",
     "Int8ConvSumRelu",
     "Int8Lut",
+    "Int8QuantizeNchw2Nhwc",
 ];
 
 /// The engine families that matter for the arithmetic.

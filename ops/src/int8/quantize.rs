@@ -25,11 +25,19 @@ use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tens
 const CHUNK: usize = 1 << 14;
 
 /// `Int8Quantize`: f32 X → Int8 Y with the static `Y_scale` / `Y_zero_point`.
+///
+/// `Int8QuantizeNchw2Nhwc` (a c2q runtime fusion of NCHW2NHWC → Int8Quantize made by the pass
+/// `fuse_quantize_layout`, never written to a model file) takes X as `[N, C, rest..]` and
+/// writes Y as `[N, rest.., C]`: each channel plane is quantized in place order, then the
+/// codes are interleaved (a quarter of the bytes the f32 transpose moves). Quantization is
+/// element-wise, so the bytes equal the two ops'.
 #[derive(Debug)]
 pub struct Int8Quantize {
     op_type: String,
     y: QParams,
     reference: bool,
+    /// Input NCHW, output NHWC (`Int8QuantizeNchw2Nhwc`).
+    to_nhwc: bool,
 }
 
 impl Int8Quantize {
@@ -43,6 +51,7 @@ impl Int8Quantize {
             op_type: spec.op_type.clone(),
             y: static_output_params(spec, false)?,
             reference: spec.reference,
+            to_nhwc: spec.op_type == "Int8QuantizeNchw2Nhwc",
         })
     }
 
@@ -67,7 +76,7 @@ impl Op for Int8Quantize {
         }
         Ok(vec![TensorInfo::new(
             DType::QU8(self.y),
-            inputs[0].shape.clone(),
+            self.out_shape(&inputs[0].shape)?,
         )])
     }
 
@@ -78,6 +87,9 @@ impl Op for Int8Quantize {
             .map_err(|e| OpError::DType(format!("{}: X: {e}", self.op_type)))?;
         let inv = 1.0f32 / self.y.scale;
         let z = self.y.zero_point;
+        if self.to_nhwc {
+            return self.eval_to_nhwc(inputs[0].shape(), x, inv, z);
+        }
         if !self.reference {
             let mut out = OutCodes::new(x.len());
             let k = qeltwise::kernels();
@@ -95,6 +107,57 @@ impl Op for Int8Quantize {
                 }
             });
         Ok(vec![qu8_from_vec(inputs[0].shape(), q, self.y)?])
+    }
+}
+
+impl Int8Quantize {
+    /// The output shape for input shape `s` (`[N, rest.., C]` for the NCHW → NHWC form).
+    fn out_shape(&self, s: &[usize]) -> OpResult<Vec<usize>> {
+        if !self.to_nhwc {
+            return Ok(s.to_vec());
+        }
+        if s.len() < 3 {
+            return Err(OpError::Shape(format!(
+                "{}: X {s:?} needs [N, C, spatial..] (3 or more dims)",
+                self.op_type
+            )));
+        }
+        let mut o = vec![s[0]];
+        o.extend(&s[2..]);
+        o.push(s[1]);
+        Ok(o)
+    }
+
+    /// `Int8QuantizeNchw2Nhwc`: per image, the channel planes are quantized (the element-wise
+    /// kernel, or the scalar definition for the reference), then interleaved into pixels.
+    fn eval_to_nhwc(&self, shape: &[usize], x: &[f32], inv: f32, z: i32) -> OpResult<Vec<Tensor>> {
+        let out_shape = self.out_shape(shape)?;
+        let c = shape[1];
+        let hw: usize = shape[2..].iter().product();
+        let mut planes = vec![0u8; x.len()];
+        if self.reference {
+            for (o, &v) in planes.iter_mut().zip(x) {
+                *o = quantize_u8(v, inv, z);
+            }
+        } else {
+            let k = qeltwise::kernels();
+            qeltwise::par_chunks(&mut planes, |start, qc| {
+                (k.quantize)(&x[start..start + qc.len()], qc, inv, z);
+            });
+        }
+        let mut out = OutCodes::new(x.len());
+        let y = out.as_mut_slice();
+        if c > 0 && hw > 0 {
+            for (img, dst) in planes.chunks_exact(c * hw).zip(y.chunks_exact_mut(c * hw)) {
+                let src: Vec<&[u8]> = img.chunks_exact(hw).collect();
+                for (p, px) in dst.chunks_exact_mut(c).enumerate() {
+                    for (v, plane) in px.iter_mut().zip(&src) {
+                        *v = plane[p];
+                    }
+                }
+            }
+        }
+        Ok(vec![out.into_tensor(&out_shape, self.y)?])
     }
 }
 
