@@ -325,7 +325,7 @@ fn with_spinning_workers<R: Send>(body: impl FnOnce() -> R + Send) -> R {
                 }
                 std::hint::spin_loop();
                 polls = polls.wrapping_add(1);
-                if polls % 64 == 0 && last_job.elapsed() > SPIN_IDLE {
+                if polls.is_multiple_of(64) && last_job.elapsed() > SPIN_IDLE {
                     return;
                 }
             }
