@@ -216,12 +216,13 @@ struct CBuf([[[i32; TR * TR]; 4]; 2]);
 /// What the output stage of a block needs from its call.
 struct StageBlock<'a> {
     stage: &'a VStage<'a>,
+    /// Per tile of A: its first output row (relative to the call) and its valid rows.
+    tiles: &'a [(usize, usize)],
     /// The other summand of a fused sum (laid out like the output), else empty.
     other: &'a [u8],
     rowsums: &'a [i32],
     c0: usize,
     cols: usize,
-    rows: usize,
     ldo: usize,
     ocol: usize,
 }
@@ -248,12 +249,11 @@ unsafe fn stage_block<L: Lanes>(
         unsafe {
             let st = L::stage(b.stage, gc);
             for h in 0..2 {
-                let t0 = (tp + h) * TR;
-                if t0 >= b.rows {
+                let Some(&(t0, valid)) = b.tiles.get(tp + h) else {
                     continue;
-                }
+                };
                 let c = &c[2 * h + v];
-                for r in 0..TR.min(b.rows - t0) {
+                for r in 0..valid {
                     let acc = L::load_b(c[r * TR..].as_ptr());
                     let rs = if has_corr { b.rowsums[t0 + r] } else { 0 };
                     let at = (t0 + r) * b.ldo + b.ocol + (gc - b.c0);
@@ -310,13 +310,17 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
     let mut s = TSCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let mut block = std::mem::take(&mut s.block);
     let mut cbuf = CBuf([[[0; TR * TR]; 4]; 2]);
-    let tiles = rows.div_ceil(TR);
     {
-        // Each 16-row tile of A as (base, row stride, step between 64-byte k slices): rows
-        // read in place (stride `ld`, step 64), or gathered into `block` as whole tiles
-        // (`[tile][k step][16 rows][64]`: every tile load reads 1 KiB of consecutive bytes).
+        // Each 16-row tile of A as (base, row stride), its output rows (first, valid), and
+        // one byte offset per 64-byte k step, shared by all tiles: rows read in place
+        // (offsets 64·j), gathered into `block` as whole tiles (`[tile][k step][16][64]`,
+        // offsets 1024·j: every tile load reads 1 KiB of consecutive bytes), or read from a
+        // convolution's padded input as implicit im2col rows (one tile = up to 16 pixels of
+        // one output row; offsets = each tap's displacement, see `ImplicitA`).
         let mut tail = std::mem::take(&mut s.tail);
-        let mut bases: Vec<(*const u8, usize, usize)> = Vec::with_capacity(tiles);
+        let mut bases: Vec<(*const u8, usize)> = Vec::new();
+        let mut tile_rows: Vec<(usize, usize)> = Vec::new();
+        let mut koff: Vec<usize> = Vec::with_capacity(ksteps);
         // In place only when every tile row starts on a cache line (a 64-byte tile row
         // that straddles two lines makes each tile load several times slower).
         let in_place = match a.strided() {
@@ -329,7 +333,27 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
             }
             _ => None,
         };
-        if let Some((data, offset, ld)) = in_place {
+        let implicit = a.implicit().filter(|im| im.fits(kpad, r0 + rows));
+        if let Some(im) = &implicit {
+            koff.extend((0..ksteps).map(|j| im.k_offset(j * TK)));
+            let mut p = r0;
+            while p < r0 + rows {
+                let (base, stride, len) = im.tile(p, (r0 + rows - p).min(TR));
+                bases.push((base, stride));
+                tile_rows.push((p - r0, len));
+                p += len;
+            }
+            if w.needs_rowsum {
+                s.row.resize(kpad, 0);
+                s.rowsums.clear();
+                for i in 0..rows {
+                    a.copy_row(r0 + i, &mut s.row);
+                    s.rowsums
+                        .push(s.row[..w.k].iter().map(|&v| i32::from(v)).sum());
+                }
+            }
+        } else if let Some((data, offset, ld)) = in_place {
+            koff.extend((0..ksteps).map(|j| j * TK));
             if w.needs_rowsum {
                 s.rowsums.clear();
                 for i in 0..rows {
@@ -337,23 +361,26 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
                     s.rowsums.push(row.iter().map(|&v| i32::from(v)).sum());
                 }
             }
-            for ti in 0..tiles {
+            for ti in 0..rows.div_ceil(TR) {
                 let first = offset + (r0 + ti * TR) * ld;
+                let valid = TR.min(rows - ti * TR);
+                tile_rows.push((ti * TR, valid));
                 if first + (TR - 1) * ld + kpad <= data.len() {
-                    bases.push((data[first..].as_ptr(), ld, TK));
+                    bases.push((data[first..].as_ptr(), ld));
                 } else {
                     // The last tile would read past the matrix: its valid rows, zero padded.
-                    let valid = TR.min(rows - ti * TR);
                     tail.resize(TR * kpad, 0);
                     tail.fill(0);
                     for i in 0..valid {
                         let row = &data[first + i * ld..][..kpad];
                         tail[i * kpad..(i + 1) * kpad].copy_from_slice(row);
                     }
-                    bases.push((tail.as_ptr(), kpad, TK));
+                    bases.push((tail.as_ptr(), kpad));
                 }
             }
         } else {
+            let tiles = rows.div_ceil(TR);
+            koff.extend((0..ksteps).map(|j| j * TR * TK));
             // Every byte of the rows is written below; only the padding rows of the last
             // tile need zeros (no memset of the whole block).
             block.resize(tiles * TR * kpad, 0);
@@ -380,9 +407,11 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
                 }
             }
             for ti in 0..tiles {
-                bases.push((block[ti * ksteps * TR * TK..].as_ptr(), TK, TR * TK));
+                bases.push((block[ti * ksteps * TR * TK..].as_ptr(), TK));
+                tile_rows.push((ti * TR, TR.min(rows - ti * TR)));
             }
         }
+        let tiles = bases.len();
         let panel = |p: usize| w.data[p * kq * NR..].as_ptr() as *const u8;
         // The 32 × 32 blocks in order: panel pairs outside, row tile pairs inside.
         let pairs = (cols.div_ceil(NR)).div_ceil(2);
@@ -401,23 +430,23 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
             let p0 = g0 / NR;
             let p1 = if g0 + NR < c0 + cols { p0 + 1 } else { p0 };
             let (b0, b1) = (panel(p0), panel(p1));
-            let (a0, s0, j0) = bases[tp];
-            let (a1, s1, j1) = bases[(tp + 1).min(tiles - 1)];
+            let (a0, s0) = bases[tp];
+            let (a1, s1) = bases[(tp + 1).min(tiles - 1)];
             t.zero::<0>();
             t.zero::<1>();
             t.zero::<2>();
             t.zero::<3>();
-            for j in 0..ksteps {
+            for (j, &ko) in koff.iter().enumerate() {
                 // The weights are read once per panel pair and usually come from memory:
                 // fetch two k steps ahead.
                 t.prefetch_tile(b0.wrapping_add((j + PF) * TR * TK));
                 t.prefetch_tile(b1.wrapping_add((j + PF) * TR * TK));
-                t.load::<4>(a0.add(j * j0), s0);
+                t.load::<4>(a0.add(ko), s0);
                 t.load::<6>(b0.add(j * TR * TK), TK);
                 t.dpbusd::<0, 4, 6>();
                 t.load::<7>(b1.add(j * TR * TK), TK);
                 t.dpbusd::<1, 4, 7>();
-                t.load::<5>(a1.add(j * j1), s1);
+                t.load::<5>(a1.add(ko), s1);
                 t.dpbusd::<2, 5, 6>();
                 t.dpbusd::<3, 5, 7>();
             }
@@ -427,9 +456,9 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
                     stage: &stage_all,
                     other,
                     rowsums: &s.rowsums,
+                    tiles: &tile_rows,
                     c0,
                     cols,
-                    rows,
                     ldo,
                     ocol,
                 };
@@ -447,9 +476,9 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
                 stage: &stage_all,
                 other,
                 rowsums: &s.rowsums,
+                tiles: &tile_rows,
                 c0,
                 cols,
-                rows,
                 ldo,
                 ocol,
             };

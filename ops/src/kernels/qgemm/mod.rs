@@ -68,6 +68,12 @@ use generic::{
 use pack::OutlierPanel;
 pub use pack::{PackedQWeights, QLayout};
 
+/// True when [`qgemm`] runs weights `w` on AMX tiles at the current level (then an
+/// [`ImplicitA`] source saves the im2col copy).
+pub fn runs_on_tiles(w: &PackedQWeights) -> bool {
+    matches!(runner(Isa::current(), w.layout), Runner::Amx)
+}
+
 /// Rows of the register tile (output pixels / FC rows) of the pair kernel.
 pub const MR: usize = 6;
 /// Rows of the register tile of the quad kernel.
@@ -241,11 +247,94 @@ pub trait QLhs: Sync {
     fn strided(&self) -> Option<(&[u8], usize, usize)> {
         None
     }
+    /// The rows as implicit im2col rows of a padded convolution input, when the source is
+    /// one (the AMX driver then loads tiles straight from the input, see [`ImplicitA`]).
+    fn implicit(&self) -> Option<ImplicitA<'_>> {
+        None
+    }
     /// Writes the `depth` codes of row `r` to `dst[..depth]`.
     fn copy_row(&self, r: usize, dst: &mut [u8]) {
         let mut tmp = vec![0u8; self.depth()];
         let got = self.row(r, &mut tmp);
         dst[..got.len()].copy_from_slice(got);
+    }
+}
+
+/// A 2-D convolution's input seen as implicit im2col rows: the NHWC input copied into a
+/// buffer `[n][ihp][iwp][c]` padded (with the input zero point) so that every tap of every
+/// output pixel lies inside it. Row `p` (output pixel `(img, oy, ox)`) at k index
+/// `(ky·kW + kx)·c + ci` is the code at padded position `(img, oy·sh + ky·dh, ox·sw + kx·dw,
+/// ci)`. With `c` a multiple of 64, every 64-byte k step lies in one tap, so a tile of up to
+/// 16 pixels of one output row at one k step is 16 rows `sw·c` bytes apart: one tile load,
+/// no im2col copy.
+#[derive(Debug, Clone, Copy)]
+pub struct ImplicitA<'a> {
+    /// The padded input, then slack so that tile loads never pass its end.
+    pub data: &'a [u8],
+    /// Images.
+    pub n: usize,
+    /// Padded input height and width.
+    pub ihp: usize,
+    /// Padded input width.
+    pub iwp: usize,
+    /// Channels.
+    pub c: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+    /// Strides (height, width).
+    pub stride: (usize, usize),
+    /// Dilations (height, width).
+    pub dilation: (usize, usize),
+    /// Kernel (height, width).
+    pub kernel: (usize, usize),
+}
+
+impl ImplicitA<'_> {
+    /// True when the AMX driver can read rows `..rows_end` this way with K padded to `kpad`:
+    /// channels a multiple of 64 (so K needs no padding), an aligned start, and every tile
+    /// load (16 rows from the last pixel, the farthest tap) inside `data`.
+    pub(crate) fn fits(&self, kpad: usize, rows_end: usize) -> bool {
+        let (kh, kw) = self.kernel;
+        if self.c == 0
+            || !self.c.is_multiple_of(64)
+            || kh * kw * self.c != kpad
+            || rows_end == 0
+            || rows_end > self.n * self.oh * self.ow
+            || !(self.data.as_ptr() as usize).is_multiple_of(64)
+        {
+            return false;
+        }
+        let last = self.pixel_offset(rows_end - 1);
+        let far = self.k_offset(kpad - 64) + 64;
+        last + (amx::TR - 1) * self.stride.1 * self.c + far <= self.data.len()
+    }
+
+    /// Byte offset, from a pixel's first tap, of k index `k` (a multiple of 64).
+    pub(crate) fn k_offset(&self, k: usize) -> usize {
+        let tap = k / self.c;
+        let (ky, kx) = (tap / self.kernel.1, tap % self.kernel.1);
+        (ky * self.dilation.0 * self.iwp + kx * self.dilation.1) * self.c + k % self.c
+    }
+
+    /// Byte offset of output pixel `p`'s first tap.
+    fn pixel_offset(&self, p: usize) -> usize {
+        let (img, pix) = (p / (self.oh * self.ow), p % (self.oh * self.ow));
+        let (oy, ox) = (pix / self.ow, pix % self.ow);
+        ((img * self.ihp + oy * self.stride.0) * self.iwp + ox * self.stride.1) * self.c
+    }
+
+    /// The tile starting at output pixel `p`: at most `max` pixels, all in `p`'s output
+    /// row. Returns its first tap's address, the row stride and the pixel count.
+    pub(crate) fn tile(&self, p: usize, max: usize) -> (*const u8, usize, usize) {
+        let ox = p % (self.oh * self.ow) % self.ow;
+        let len = max.min(self.ow - ox);
+        (
+            self.data[self.pixel_offset(p)..].as_ptr(),
+            self.stride.1 * self.c,
+            len,
+        )
     }
 }
 
