@@ -3,7 +3,9 @@
 //! weight scales (`W_scales`) against hand-worked values.
 
 use ops::kernels::isa::Isa;
-use ops::kernels::qdepthwise::{qdepthwise_with, DwShape, PackedDepthwise};
+use ops::kernels::qdepthwise::{
+    kernel_name as dw_kernel_name, qdepthwise, qdepthwise_with, DwShape, PackedDepthwise,
+};
 use ops::kernels::qeltwise::RealStage;
 use ops::kernels::qgemm::{
     effective_isa, kernel_name, qgemm_sum_with, qgemm_tiles_emulated, qgemm_with, PackedQWeights,
@@ -747,7 +749,7 @@ fn qdepthwise_non_finite_multipliers_match_naive() {
     let want = naive_depthwise(&x, 17, &sh, &wc, &zw, &bias, &mults, 5, 0);
     let pw = PackedDepthwise::pack(&wc, c, 9, &zw).unwrap();
     let ep = QEpilogue::new(pw.col_sums(), 17, &bias, &mults, 5, 0).unwrap();
-    for isa in [Isa::Scalar, Isa::Avx2] {
+    for isa in Isa::available() {
         let mut y = vec![0u8; want.len()];
         qdepthwise_with(isa, &x, 17, &sh, &pw, &ep, &mut y).unwrap();
         assert_eq!(y, want, "{isa:?}");
@@ -829,7 +831,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
     fn qdepthwise_matches_naive(
-        n in 1usize..3, c in 1usize..40, k in prop::sample::select(vec![1usize, 2, 3, 5]),
+        n in 1usize..3, c in 1usize..71, k in prop::sample::select(vec![1usize, 2, 3, 5]),
         stride in 1usize..3, dil in 1usize..3, pad in 0usize..3, extra in 0usize..6,
         seed in any::<u64>(), relu: bool
     ) {
@@ -856,12 +858,303 @@ proptest! {
         let want = naive_depthwise(&x, zx, &sh, &wc, &zw, &bias, &mults, zy, lo);
         let pw = PackedDepthwise::pack(&wc, c, k * k, &zw).unwrap();
         let ep = QEpilogue::new(pw.col_sums(), zx, &bias, &mults, zy, lo).unwrap();
-        for isa in [Isa::Scalar, Isa::Avx2] {
+        for isa in Isa::available() {
             let mut y = vec![0u8; want.len()];
             qdepthwise_with(isa, &x, zx, &sh, &pw, &ep, &mut y).unwrap();
             prop_assert_eq!(&y, &want, "{:?} {:?}", isa, sh);
         }
     }
+}
+
+/// A depthwise geometry with padding `(top, left, bottom, right)`; the output size follows.
+#[allow(clippy::too_many_arguments)]
+fn dw_shape(
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: (usize, usize),
+    stride: (usize, usize),
+    dil: (usize, usize),
+    pad: (usize, usize, usize, usize),
+) -> DwShape {
+    let out = |len: usize, pa: usize, pb: usize, k: usize, s: usize, d: usize| {
+        (len + pa + pb - ((k - 1) * d + 1)) / s + 1
+    };
+    DwShape {
+        n,
+        h,
+        w,
+        c,
+        oh: out(h, pad.0, pad.2, k.0, stride.0, dil.0),
+        ow: out(w, pad.1, pad.3, k.1, stride.1, dil.1),
+        kh: k.0,
+        kw: k.1,
+        stride_h: stride.0,
+        stride_w: stride.1,
+        dil_h: dil.0,
+        dil_w: dil.1,
+        pad_t: pad.0,
+        pad_l: pad.1,
+    }
+}
+
+/// Data of one depthwise check: codes, zero points, bias, multipliers, output parameters.
+struct DwData {
+    x: Vec<u8>,
+    zx: i32,
+    wc: Vec<u8>,
+    zw: Vec<i32>,
+    bias: Vec<i32>,
+    mults: Vec<f32>,
+    zy: i32,
+    lo: i32,
+}
+
+impl DwData {
+    /// Random codes (weights only 0 and 255 when `extreme`), one weight zero point for all
+    /// channels, small multipliers and biases.
+    fn new(sh: &DwShape, zx: i32, zw: i32, extreme: bool, relu: bool, seed: u64) -> DwData {
+        let mut r = Rng::new(seed);
+        let c = sh.c;
+        let zy = r.zp();
+        DwData {
+            x: r.codes(sh.n * sh.h * sh.w * c, false),
+            zx,
+            wc: r.codes(c * sh.kh * sh.kw, extreme),
+            zw: vec![zw; c],
+            bias: (0..c).map(|_| r.below(40_001) as i32 - 20_000).collect(),
+            mults: (0..c).map(|_| 1e-4 + r.unit_f32() * 0.01).collect(),
+            zy,
+            lo: if relu { zy } else { 0 },
+        }
+    }
+}
+
+/// Every available level's depthwise kernel against the naive loop (output buffers filled
+/// with 0 and with 255 first, so an unwritten code shows); returns the kernels used.
+fn check_depthwise(sh: &DwShape, d: &DwData, what: &str) -> Vec<&'static str> {
+    let want = naive_depthwise(&d.x, d.zx, sh, &d.wc, &d.zw, &d.bias, &d.mults, d.zy, d.lo);
+    let pw = PackedDepthwise::pack(&d.wc, sh.c, sh.kh * sh.kw, &d.zw).unwrap();
+    let ep = QEpilogue::new(pw.col_sums(), d.zx, &d.bias, &d.mults, d.zy, d.lo).unwrap();
+    let mut names = Vec::new();
+    for isa in Isa::available() {
+        for fill in [0u8, 255] {
+            let mut y = vec![fill; want.len()];
+            qdepthwise_with(isa, &d.x, d.zx, sh, &pw, &ep, &mut y).unwrap();
+            if let Some(i) = y.iter().zip(&want).position(|(a, b)| a != b) {
+                let c = sh.c;
+                let (pix, ch) = (i / c, i % c);
+                panic!(
+                    "{isa} ({}) {what} {sh:?}: pixel {pix} ({}, {}) channel {ch}: got {} want {}",
+                    dw_kernel_name(isa, &pw),
+                    pix / sh.ow % sh.oh,
+                    pix % sh.ow,
+                    y[i],
+                    want[i]
+                );
+            }
+        }
+        names.push(dw_kernel_name(isa, &pw));
+    }
+    names
+}
+
+/// Every channel count from 1 to 70 and 96, 144, 960 (full and partial vector blocks, 1,
+/// 2 or 4 pixels per zmm), 3×3 with stride 1 and 2 over odd widths with padding on every
+/// side, weight zero points 0 (centred weights up to 255: the i16 kernels), 128 (they fit
+/// i8: `vpdpbusd` where there is VNNI) and 255, input zero points 0/128/255, extreme
+/// weights and a fused ReLU in turn.
+#[test]
+fn qdepthwise_channel_sweep_matches_naive() {
+    let zps = [0, 128, 255];
+    let mut names = std::collections::BTreeSet::new();
+    let channels: Vec<usize> = (1..=70).chain([96, 144, 960]).collect();
+    for (i, &c) in channels.iter().enumerate() {
+        for stride in [1, 2] {
+            let w = if c > 100 { 11 } else { 19 };
+            let sh = dw_shape(1, 5, w, c, (3, 3), (stride, stride), (1, 1), (1, 1, 1, 1));
+            let zx = zps[i % 3];
+            let zw = zps[(i / 3 + stride) % 3];
+            let d = DwData::new(
+                &sh,
+                zx,
+                zw,
+                i % 4 == 1,
+                i % 5 == 2,
+                (c * 10 + stride) as u64,
+            );
+            names.extend(check_depthwise(&sh, &d, &format!("zx {zx} zw {zw}")));
+        }
+    }
+    if Isa::available().contains(&Isa::Avx512Vnni) {
+        assert!(names.contains("dw_u8s8_64c_avx512vnni"), "{names:?}");
+        assert!(names.contains("dw_i16_64c_avx512vnni"), "{names:?}");
+        assert!(names.contains("dw_i16_64c_avx512"), "{names:?}");
+    }
+}
+
+/// Kernel shapes, strides, dilations, uneven padding (including none and more than the
+/// kernel needs on the bottom/right), batch 2 and rows shorter than one tile.
+#[test]
+fn qdepthwise_geometries_match_naive() {
+    let mut seed = 1000;
+    #[allow(clippy::type_complexity)]
+    let cases: &[(
+        (usize, usize),
+        (usize, usize),
+        (usize, usize),
+        (usize, usize, usize, usize),
+    )] = &[
+        ((3, 3), (1, 1), (1, 1), (0, 0, 0, 0)),
+        ((3, 3), (2, 2), (1, 1), (0, 1, 1, 0)),
+        ((3, 3), (2, 2), (1, 1), (1, 0, 0, 1)),
+        ((3, 3), (1, 2), (1, 1), (2, 1, 2, 2)),
+        ((3, 3), (1, 1), (2, 2), (2, 2, 2, 2)),
+        ((3, 3), (3, 1), (1, 3), (1, 3, 0, 1)),
+        ((5, 5), (1, 1), (1, 1), (2, 2, 2, 2)),
+        ((5, 5), (2, 2), (1, 1), (2, 1, 2, 1)),
+        ((7, 7), (1, 1), (1, 1), (3, 3, 3, 3)),
+        ((1, 1), (1, 1), (1, 1), (0, 0, 0, 0)),
+        ((1, 1), (2, 2), (1, 1), (1, 1, 1, 1)),
+        ((2, 2), (1, 1), (1, 1), (1, 0, 0, 1)),
+        ((3, 1), (1, 1), (1, 1), (1, 0, 1, 0)),
+        ((1, 3), (1, 1), (1, 1), (0, 1, 0, 1)),
+        ((5, 3), (2, 1), (1, 2), (2, 2, 2, 2)),
+        ((3, 5), (1, 1), (1, 1), (1, 2, 1, 2)),
+    ];
+    // An empty image: every output reads only padding.
+    let sh = dw_shape(1, 0, 0, 70, (3, 3), (1, 1), (1, 1), (2, 2, 2, 2));
+    assert_eq!((sh.oh, sh.ow), (2, 2));
+    check_depthwise(
+        &sh,
+        &DwData::new(&sh, 9, 128, false, false, 1),
+        "empty image",
+    );
+    for &(k, stride, dil, pad) in cases {
+        for (c, h, w) in [(8, 9, 13), (32, 7, 10), (64, 6, 9), (144, 5, 7), (77, 4, 3)] {
+            for n in [1, 2] {
+                let sh = dw_shape(n, h, w, c, k, stride, dil, pad);
+                for zw in [128, 3] {
+                    seed += 1;
+                    let d = DwData::new(
+                        &sh,
+                        (seed % 256) as i32,
+                        zw,
+                        seed % 3 == 0,
+                        seed % 2 == 0,
+                        seed,
+                    );
+                    check_depthwise(&sh, &d, &format!("zw {zw}"));
+                }
+            }
+        }
+    }
+}
+
+/// Rows long enough to be cut into several strips of columns (with 1, 2 and 4 pixels per
+/// zmm), strides 1 and 2, dilation 2 and a 5-wide kernel: every strip boundary and the
+/// short last strip.
+#[test]
+fn qdepthwise_wide_rows_match_naive() {
+    let mut seed = 7000;
+    for c in [1, 16, 17, 32, 40, 64, 80, 144] {
+        for (k, stride, dil, pad) in [
+            ((3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+            ((3, 3), (2, 2), (1, 1), (1, 1, 0, 0)),
+            ((3, 3), (1, 1), (2, 2), (2, 2, 2, 2)),
+            ((3, 5), (1, 1), (1, 1), (1, 2, 1, 2)),
+        ] {
+            for w in [97, 230] {
+                seed += 1;
+                let sh = dw_shape(1, 3, w, c, k, stride, dil, pad);
+                let zw = if seed % 2 == 0 { 128 } else { 17 };
+                let d = DwData::new(&sh, 251, zw, false, seed % 3 == 0, seed);
+                check_depthwise(&sh, &d, &format!("w {w} zw {zw}"));
+            }
+        }
+    }
+}
+
+/// Non-finite, huge and zero multipliers, and biases near the i32 limits (the sums wrap), on
+/// every block kind: the AVX-512 output stage in its clamped and NaN-safe forms.
+#[test]
+fn qdepthwise_extreme_stages_match_naive() {
+    let odd = [
+        f32::INFINITY,
+        f32::NAN,
+        0.0,
+        f32::MAX,
+        1e30,
+        0.01,
+        1.0,
+        -0.0,
+        f32::NEG_INFINITY,
+        -1e30,
+        -f32::MAX,
+        -1.0,
+        3e-3,
+    ];
+    let finite: Vec<f32> = odd.iter().copied().filter(|m| m.is_finite()).collect();
+    for (i, c) in [1usize, 7, 16, 17, 32, 33, 48, 63, 64, 65, 96, 144]
+        .into_iter()
+        .enumerate()
+    {
+        for (j, list) in [&odd[..], &finite[..]].into_iter().enumerate() {
+            for zw in [128, 0] {
+                let sh = dw_shape(1, 6, 9, c, (3, 3), (1 + j, 1 + j), (1, 1), (1, 1, 1, 1));
+                let mut d = DwData::new(
+                    &sh,
+                    200,
+                    zw,
+                    (i + j) % 2 == 0,
+                    i % 3 == 0,
+                    (i * 7 + j) as u64,
+                );
+                d.mults = (0..c).map(|ch| list[(ch + i) % list.len()]).collect();
+                for (ch, b) in d.bias.iter_mut().enumerate() {
+                    *b = match ch % 4 {
+                        0 => i32::MAX - 100,
+                        1 => i32::MIN + 100,
+                        2 => 0,
+                        _ => *b,
+                    };
+                }
+                if j == 0 {
+                    // Input at the zero point in one pixel: raw = bias only, so 0 · ∞ is NaN.
+                    d.x[..c].fill(200);
+                }
+                check_depthwise(&sh, &d, &format!("multipliers {j} zw {zw}"));
+            }
+        }
+    }
+}
+
+/// The kernels give the same codes on one thread as on two, batch 2, and through
+/// `qdepthwise` (the current level).
+#[test]
+fn qdepthwise_threads_and_forced_level_agree() {
+    let sh = dw_shape(2, 17, 23, 96, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1));
+    let d = DwData::new(&sh, 7, 128, false, true, 5);
+    let want = naive_depthwise(&d.x, d.zx, &sh, &d.wc, &d.zw, &d.bias, &d.mults, d.zy, d.lo);
+    let pw = PackedDepthwise::pack(&d.wc, sh.c, 9, &d.zw).unwrap();
+    let ep = QEpilogue::new(pw.col_sums(), d.zx, &d.bias, &d.mults, d.zy, d.lo).unwrap();
+    for isa in Isa::available() {
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut y = vec![0u8; want.len()];
+            pool.install(|| qdepthwise_with(isa, &d.x, d.zx, &sh, &pw, &ep, &mut y))
+                .unwrap();
+            assert_eq!(y, want, "{isa} {threads} threads");
+        }
+    }
+    // `Isa::current()` (not forced here: other tests of this binary run concurrently).
+    let mut y = vec![0u8; want.len()];
+    qdepthwise(&d.x, d.zx, &sh, &pw, &ep, &mut y).unwrap();
+    assert_eq!(y, want, "current level");
 }
 
 // ---------------------------------------------------------------------------------------
