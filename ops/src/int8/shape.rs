@@ -138,9 +138,21 @@ impl Int8Concat {
                 first[axis + 1..].iter().product(),
             )
         };
-        // Inputs whose parameters differ from the output's are requantized on the way.
+        // Inputs whose parameters differ from the output's are requantized on the way. The
+        // requantization maps each code on its own, so it is a 256-entry table per input,
+        // computed once with the element-wise kernel and applied to every row segment.
         let requant = crate::kernels::qeltwise::kernels().requant;
-        let moved: Vec<bool> = xs.iter().map(|(_, q)| *q != yq).collect();
+        let tables: Vec<Option<[u8; 256]>> = xs
+            .iter()
+            .map(|(_, q)| {
+                (*q != yq).then(|| {
+                    let codes: [u8; 256] = std::array::from_fn(|v| v as u8);
+                    let mut t = [0u8; 256];
+                    requant(&codes, *q, &mut t, yq);
+                    t
+                })
+            })
+            .collect();
         let row_out: usize = sizes.iter().sum::<usize>() * inner;
         let mut y = vec![0u8; outer * row_out];
         if !y.is_empty() {
@@ -151,14 +163,13 @@ impl Int8Concat {
                     for (r, orow) in block.chunks_exact_mut(row_out).enumerate() {
                         let o = t * rows_per_task + r;
                         let mut off = 0;
-                        for (((codes, q), &size), &mv) in xs.iter().zip(&sizes).zip(&moved) {
+                        for (((codes, _), &size), table) in xs.iter().zip(&sizes).zip(&tables) {
                             let len = size * inner;
                             let src = &codes[o * len..(o + 1) * len];
                             let dst = &mut orow[off..off + len];
-                            if mv {
-                                requant(src, *q, dst, yq);
-                            } else {
-                                dst.copy_from_slice(src);
+                            match table {
+                                Some(t) => crate::kernels::lut::map(src, t, dst),
+                                None => dst.copy_from_slice(src),
                             }
                             off += len;
                         }
