@@ -77,7 +77,9 @@ fn main() {
             .map(|v| v.parse().expect("GEMM=MxKxN"))
             .collect();
         let (m, k, n) = (d[0], d[1], d[2]);
-        let x = codes(m * k, 5);
+        // A as an Int8 op's output would be: 64-byte aligned (the kernels read it in place).
+        let mut x = ops::kernels::aligned::AVec::filled(m * k, 0u8);
+        x.copy_from_slice(&codes(m * k, 5));
         let wc = codes(n * k, 6);
         let w = PackedQWeights::pack(&wc, n, k, &vec![128; n]).expect("pack");
         let ep = QEpilogue::new(w.col_sums(), 3, &vec![0; n], &vec![0.001; n], 0, 0).expect("ep");

@@ -19,7 +19,7 @@
 //! tile or panel) repeat a valid tile; their results are not stored.
 
 use super::pack::PackedQWeights;
-use super::vnni::{Lanes, VStage};
+use super::vnni::{stage_mode, Lanes, VStage, MODE_CORR, MODE_SUM};
 use super::{QEpilogue, QLhs, SumStage, NR};
 use crate::kernels::aligned::{AVec, ALIGN};
 
@@ -216,6 +216,8 @@ struct CBuf([[[i32; TR * TR]; 4]; 2]);
 /// What the output stage of a block needs from its call.
 struct StageBlock<'a> {
     stage: &'a VStage<'a>,
+    /// The stage's mode bits (`vnni::stage_mode`).
+    mode: u8,
     /// Per tile of A: its first output row (relative to the call) and its valid rows.
     tiles: &'a [(usize, usize)],
     /// The other summand of a fused sum (laid out like the output), else empty.
@@ -240,30 +242,76 @@ unsafe fn stage_block<L: Lanes>(
     tp: usize,
     out: &mut [u8],
 ) {
-    let has_corr = !b.stage.corr.is_empty();
+    // SAFETY: forwarded contract.
+    unsafe {
+        match b.mode {
+            0 => stage_block_m::<L, 0>(b, c, g0, tp, out),
+            1 => stage_block_m::<L, 1>(b, c, g0, tp, out),
+            2 => stage_block_m::<L, 2>(b, c, g0, tp, out),
+            3 => stage_block_m::<L, 3>(b, c, g0, tp, out),
+            4 => stage_block_m::<L, 4>(b, c, g0, tp, out),
+            5 => stage_block_m::<L, 5>(b, c, g0, tp, out),
+            6 => stage_block_m::<L, 6>(b, c, g0, tp, out),
+            _ => stage_block_m::<L, 7>(b, c, g0, tp, out),
+        }
+    }
+}
+
+/// [`stage_block`] for stage mode `M` (see `vnni::Lanes::requant_store`).
+///
+/// # Safety
+/// `L`'s CPU features must be present.
+#[inline(always)]
+unsafe fn stage_block_m<L: Lanes, const M: u8>(
+    b: &StageBlock<'_>,
+    c: &[[i32; TR * TR]; 4],
+    g0: usize,
+    tp: usize,
+    out: &mut [u8],
+) {
     let two_panels = g0 + NR < b.c0 + b.cols;
+    let sum = M & MODE_SUM != 0;
     for v in 0..1 + usize::from(two_panels) {
         let gc = g0 + v * NR;
         let n = NR.min(b.c0 + b.cols - gc);
-        // SAFETY: `L`'s features are present (caller); every store stays in `out` (sliced).
-        unsafe {
-            let st = L::stage(b.stage, gc);
-            for h in 0..2 {
-                let Some(&(t0, valid)) = b.tiles.get(tp + h) else {
-                    continue;
+        let col = b.ocol + (gc - b.c0);
+        for h in 0..2 {
+            let Some(&(t0, valid)) = b.tiles.get(tp + h) else {
+                continue;
+            };
+            if valid == 0 {
+                continue;
+            }
+            // One bounds check per tile: rows t0.. t0+valid of `out` (and of the summand)
+            // at columns col..col+n.
+            let last = (t0 + valid - 1) * b.ldo + col + n;
+            assert!(last <= out.len() && (!sum || last <= b.other.len()));
+            let c = &c[2 * h + v];
+            // SAFETY: `L`'s features are present (caller); row r's `n` codes at
+            // (t0 + r)·ldo + col lie below `last`, checked above for `out` and the summand.
+            unsafe {
+                let st = L::stage(b.stage, gc);
+                let y0 = out.as_mut_ptr().add(t0 * b.ldo + col);
+                let o0 = if sum {
+                    b.other.as_ptr().add(t0 * b.ldo + col)
+                } else {
+                    std::ptr::null()
                 };
-                let c = &c[2 * h + v];
                 for r in 0..valid {
                     let acc = L::load_b(c[r * TR..].as_ptr());
-                    let rs = if has_corr { b.rowsums[t0 + r] } else { 0 };
-                    let at = (t0 + r) * b.ldo + b.ocol + (gc - b.c0);
-                    let y = &mut out[at..at + n];
-                    let o = if b.other.is_empty() {
-                        std::ptr::null()
+                    let rs = if M & MODE_CORR != 0 {
+                        b.rowsums[t0 + r]
                     } else {
-                        b.other[at..at + n].as_ptr()
+                        0
                     };
-                    L::requant_store(acc, &st, has_corr, rs, o, y.as_mut_ptr(), n);
+                    L::requant_store::<M>(
+                        acc,
+                        &st,
+                        rs,
+                        o0.wrapping_add(r * b.ldo),
+                        y0.add(r * b.ldo),
+                        n,
+                    );
                 }
             }
         }
@@ -454,6 +502,7 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
                 let (pg, pt) = block_at(i - 1);
                 let sb = StageBlock {
                     stage: &stage_all,
+                    mode: stage_mode(&stage_all),
                     other,
                     rowsums: &s.rowsums,
                     tiles: &tile_rows,
@@ -474,6 +523,7 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
             let (pg, pt) = block_at(blocks - 1);
             let sb = StageBlock {
                 stage: &stage_all,
+                mode: stage_mode(&stage_all),
                 other,
                 rowsums: &s.rowsums,
                 tiles: &tile_rows,

@@ -89,16 +89,31 @@ pub(super) trait Lanes {
     unsafe fn stage(st: &VStage<'_>, c: usize) -> Self::S;
     /// Applies the stage to one row's accumulators (row codes summing to `rowsum`) and
     /// stores the first `n` (1 to 16) output codes at `y`; with a fused sum in the stage,
-    /// the codes are then added to the `n` codes at `other` (see [`SumStage`]).
-    unsafe fn requant_store(
+    /// the codes are then added to the `n` codes at `other` (see [`SumStage`]). `M` says
+    /// which optional steps the stage has (bits of [`MODE_CORR`], [`MODE_NAN`],
+    /// [`MODE_SUM`]), so that each combination compiles without run-time tests.
+    unsafe fn requant_store<const M: u8>(
         acc: Self::V,
         s: &Self::S,
-        has_corr: bool,
         rowsum: i32,
         other: *const u8,
         y: *mut u8,
         n: usize,
     );
+}
+
+/// Stage mode bit: add the row-sum correction.
+pub(super) const MODE_CORR: u8 = 1;
+/// Stage mode bit: some multiplier is not finite (the NaN-safe conversion).
+pub(super) const MODE_NAN: u8 = 2;
+/// Stage mode bit: a fused sum follows.
+pub(super) const MODE_SUM: u8 = 4;
+
+/// The mode bits of a stage.
+pub(super) fn stage_mode(st: &VStage<'_>) -> u8 {
+    (if st.corr.is_empty() { 0 } else { MODE_CORR })
+        | (if st.finite { 0 } else { MODE_NAN })
+        | (if st.sum.is_some() { MODE_SUM } else { 0 })
 }
 
 /// Arguments of one micro-kernel call.
@@ -155,16 +170,39 @@ pub(super) unsafe fn micro<L: Lanes, const NB: usize>(m: &MicroArgs<'_>) {
             }
             bp = bp.add(NR);
         }
-        let has_corr = !m.stage.corr.is_empty();
+        let mode = stage_mode(&m.stage);
+        match mode {
+            0 => epilogue::<L, NB, 0>(m, &acc),
+            1 => epilogue::<L, NB, 1>(m, &acc),
+            2 => epilogue::<L, NB, 2>(m, &acc),
+            3 => epilogue::<L, NB, 3>(m, &acc),
+            4 => epilogue::<L, NB, 4>(m, &acc),
+            5 => epilogue::<L, NB, 5>(m, &acc),
+            6 => epilogue::<L, NB, 6>(m, &acc),
+            _ => epilogue::<L, NB, 7>(m, &acc),
+        }
+    }
+}
+
+/// The output stage of a micro-kernel's tile, stage mode `M`.
+///
+/// # Safety
+/// As [`micro`].
+#[inline(always)]
+unsafe fn epilogue<L: Lanes, const NB: usize, const M: u8>(
+    m: &MicroArgs<'_>,
+    acc: &[[L::V; NB]; VR],
+) {
+    // SAFETY: the caller guarantees the output and summand pointers (see `micro`).
+    unsafe {
         for (p, panel) in (0..NB).zip((0..m.chans).step_by(NR)) {
             let n = (m.chans - panel).min(NR);
             let s = L::stage(&m.stage, panel);
             for (r, row) in acc.iter().enumerate().take(m.rows) {
                 let at = r * m.ldy + panel;
-                L::requant_store(
+                L::requant_store::<M>(
                     row[p],
                     &s,
-                    has_corr,
                     m.rowsum[r],
                     m.other.wrapping_add(at),
                     m.y.add(at),
@@ -235,10 +273,9 @@ impl Lanes for Portable {
     }
 
     #[inline(always)]
-    unsafe fn requant_store(
+    unsafe fn requant_store<const M: u8>(
         acc: [i32; NR],
         s: &PortableStage,
-        _has_corr: bool,
         rowsum: i32,
         other: *const u8,
         y: *mut u8,
@@ -280,7 +317,9 @@ pub(super) use x86::{Avx512, AVX512, AVXVNNI};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{micro, Lanes, MicroArgs, MicroFn, SumStage, VStage, NR, VNB};
+    use super::{
+        micro, Lanes, MicroArgs, MicroFn, SumStage, VStage, MODE_CORR, MODE_NAN, MODE_SUM, NR, VNB,
+    };
     use std::arch::x86_64::*;
 
     /// The DNNLOWP output stage on 16 lanes, returned as 16 codes: `clamp(lrint(f32(raw) ·
@@ -340,7 +379,6 @@ mod x86 {
         corr: __m512i,
         zp: __m512i,
         lo: __m512i,
-        finite: bool,
         sum: Option<ZSum>,
     }
 
@@ -445,17 +483,15 @@ mod x86 {
                     },
                     zp: _mm512_set1_epi32(st.zero_point),
                     lo: _mm512_set1_epi32(st.lo),
-                    finite: st.finite,
                     sum: st.sum.as_ref().map(|x| ZSum::new(x)),
                 }
             }
         }
 
         #[inline(always)]
-        unsafe fn requant_store(
+        unsafe fn requant_store<const M: u8>(
             acc: __m512i,
             s: &ZStage,
-            has_corr: bool,
             rowsum: i32,
             other: *const u8,
             y: *mut u8,
@@ -465,17 +501,19 @@ mod x86 {
             // readable bytes at `other` (caller).
             unsafe {
                 let mut raw = _mm512_add_epi32(acc, s.off);
-                if has_corr {
+                if M & MODE_CORR != 0 {
                     let c = _mm512_mullo_epi32(s.corr, _mm512_set1_epi32(rowsum));
                     raw = _mm512_add_epi32(raw, c);
                 }
-                let mut bytes = if s.finite {
+                let mut bytes = if M & MODE_NAN == 0 {
                     requant16_finite(raw, s.mult, s.zp, s.lo)
                 } else {
                     requant16(raw, s.mult, s.zp, s.lo)
                 };
-                if let Some(z) = &s.sum {
-                    bytes = sum16(_mm512_cvtepu8_epi32(bytes), z, other, n);
+                if M & MODE_SUM != 0 {
+                    if let Some(z) = &s.sum {
+                        bytes = sum16(_mm512_cvtepu8_epi32(bytes), z, other, n);
+                    }
                 }
                 if n == NR {
                     _mm_storeu_si128(y as *mut __m128i, bytes);
@@ -580,10 +618,9 @@ mod x86 {
         }
 
         #[inline(always)]
-        unsafe fn requant_store(
+        unsafe fn requant_store<const M: u8>(
             acc: [__m256i; 2],
             s: &YStage,
-            has_corr: bool,
             rowsum: i32,
             other: *const u8,
             y: *mut u8,
@@ -595,7 +632,7 @@ mod x86 {
                 let mut v = [_mm256_setzero_si256(); 2];
                 for h in 0..2 {
                     let mut raw = _mm256_add_epi32(acc[h], s.off[h]);
-                    if has_corr {
+                    if M & MODE_CORR != 0 {
                         let c = _mm256_mullo_epi32(s.corr[h], _mm256_set1_epi32(rowsum));
                         raw = _mm256_add_epi32(raw, c);
                     }
