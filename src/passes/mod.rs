@@ -30,7 +30,10 @@ pub const FP32_PASSES: &[(&str, Pass)] = &[
     ("fuse_relu", fuse_relu::fuse_relu),
     ("fuse_int8_sum", fuse_int8_sum::fuse_int8_sum),
     ("fuse_int8_lut", fuse_int8_lut::fuse_int8_lut),
-    ("fuse_quantize_layout", fuse_quantize_layout::fuse_quantize_layout),
+    (
+        "fuse_quantize_layout",
+        fuse_quantize_layout::fuse_quantize_layout,
+    ),
 ];
 
 /// Runs every fp32 pass in order; returns (pass name, rewrites) for each.
