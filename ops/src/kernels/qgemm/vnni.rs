@@ -333,6 +333,21 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(crate) unsafe fn requant16(raw: __m512i, m: __m512, zp: __m512i, lo: __m512i) -> __m128i {
+        _mm512_cvtepi32_epi8(requant16_i32(raw, m, zp, lo))
+    }
+
+    /// [`requant16`] before the narrowing: the codes as i32 lanes in [lo, 255].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(crate) unsafe fn requant16_i32(
+        raw: __m512i,
+        m: __m512,
+        zp: __m512i,
+        lo: __m512i,
+    ) -> __m512i {
         let f = _mm512_mul_ps(_mm512_cvtepi32_ps(raw), m);
         let ord = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(f, f);
         let f = _mm512_maskz_mov_ps(ord, f);
@@ -341,8 +356,27 @@ mod x86 {
             _mm512_set1_ps(65536.0),
         );
         let i = _mm512_add_epi32(_mm512_cvtps_epi32(f), zp);
-        let i = _mm512_min_epi32(_mm512_max_epi32(i, lo), _mm512_set1_epi32(255));
-        _mm512_cvtepi32_epi8(i)
+        _mm512_min_epi32(_mm512_max_epi32(i, lo), _mm512_set1_epi32(255))
+    }
+
+    /// [`requant16_finite`] before the narrowing: the codes as i32 lanes in [lo, 255].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(crate) unsafe fn requant16_finite_i32(
+        raw: __m512i,
+        m: __m512,
+        zp: __m512i,
+        lo: __m512i,
+    ) -> __m512i {
+        let f = _mm512_min_ps(
+            _mm512_mul_ps(_mm512_cvtepi32_ps(raw), m),
+            _mm512_set1_ps(65536.0),
+        );
+        let i = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(f), zp), lo);
+        _mm512_min_epi32(i, _mm512_set1_epi32(255))
     }
 
     /// [`requant16`] for a finite multiplier: the product is never NaN, so only the upper
@@ -505,16 +539,19 @@ mod x86 {
                     let c = _mm512_mullo_epi32(s.corr, _mm512_set1_epi32(rowsum));
                     raw = _mm512_add_epi32(raw, c);
                 }
-                let mut bytes = if M & MODE_NAN == 0 {
-                    requant16_finite(raw, s.mult, s.zp, s.lo)
-                } else {
-                    requant16(raw, s.mult, s.zp, s.lo)
-                };
-                if M & MODE_SUM != 0 {
-                    if let Some(z) = &s.sum {
-                        bytes = sum16(_mm512_cvtepu8_epi32(bytes), z, other, n);
+                let bytes = match (M & MODE_SUM != 0, &s.sum) {
+                    (true, Some(z)) => {
+                        // The codes stay in i32 lanes for the fused sum.
+                        let a = if M & MODE_NAN == 0 {
+                            requant16_finite_i32(raw, s.mult, s.zp, s.lo)
+                        } else {
+                            requant16_i32(raw, s.mult, s.zp, s.lo)
+                        };
+                        sum16(a, z, other, n)
                     }
-                }
+                    _ if M & MODE_NAN == 0 => requant16_finite(raw, s.mult, s.zp, s.lo),
+                    _ => requant16(raw, s.mult, s.zp, s.lo),
+                };
                 if n == NR {
                     _mm_storeu_si128(y as *mut __m128i, bytes);
                 } else {
