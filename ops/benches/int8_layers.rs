@@ -104,15 +104,22 @@ fn main() {
         );
         return;
     }
-    let only: Option<usize> = std::env::var("LAYER").ok().and_then(|v| v.parse().ok());
+    // LAYER=i: that layer only; LAYER=a-b: layers a to b (inclusive).
+    let only: Option<(usize, usize)> = std::env::var("LAYER").ok().and_then(|v| {
+        let mut it = v.splitn(2, '-').map(|x| x.parse::<usize>().ok());
+        let a = it.next()??;
+        Some((a, it.next().flatten().unwrap_or(a)))
+    });
     let mut classes: Vec<(String, f64, u64)> = Vec::new();
     let (mut total_ms, mut total_macs) = (0.0, 0u64);
     // With SEQ=1 every run executes all layers in order (as in the net: each layer's weights
     // come from memory after the others evicted them); otherwise each layer repeats alone.
     let seq = std::env::var_os("SEQ").is_some();
     let mut layers = Vec::new();
+    let share = std::env::var_os("SHARE").is_some();
+    let mut xs: Vec<(Vec<Vec<usize>>, Vec<Tensor>)> = Vec::new();
     for (i, (c, h, m, k, s, p)) in resnet50_convs().into_iter().enumerate() {
-        if only.is_some_and(|l| l != i) {
+        if only.is_some_and(|(a, b)| i < a || i > b) {
             continue;
         }
         let mut args = Args::new();
@@ -147,13 +154,23 @@ fn main() {
         let macs = (o * o * m * k * k * c) as u64;
         let class = format!("{k}x{k}{}", if s > 1 { " s2" } else { "" });
         let label = format!("{i:>2} {class:<7} {h:>3}x{h:<3} {c:>4}->{m:<4}");
-        layers.push((label, class, op, x, macs));
+        // SHARE=1: layers whose inputs have the same shapes read the same tensors (the
+        // activations' cache footprint of a net that reuses its buffers).
+        let key: Vec<Vec<usize>> = x.iter().map(|t| t.shape().to_vec()).collect();
+        let xi = match xs.iter().position(|(k, _)| *k == key) {
+            Some(i) if share => i,
+            _ => {
+                xs.push((key, x));
+                xs.len() - 1
+            }
+        };
+        layers.push((label, class, op, xi, macs));
     }
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); layers.len()];
     pool.install(|| {
-        let time = |l: &(String, String, Box<dyn ops::Op>, Vec<Tensor>, u64)| {
+        let time = |l: &(String, String, Box<dyn ops::Op>, usize, u64)| {
             let t0 = Instant::now();
-            let ins: Vec<&Tensor> = l.3.iter().collect();
+            let ins: Vec<&Tensor> = xs[l.3].1.iter().collect();
             let y = l.2.eval(&ins).expect("eval");
             std::hint::black_box(y);
             t0.elapsed().as_secs_f64() * 1e3

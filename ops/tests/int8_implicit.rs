@@ -44,15 +44,17 @@ struct Padded {
     hp: usize,
     wp: usize,
     zx: u8,
+    /// The window form: K = kH·64, kernel row ky's kW·C codes first in k step ky.
+    window: bool,
 }
 
 impl Padded {
-    fn new(x: &[u8], g: Geo, zx: u8) -> Self {
+    fn new(x: &[u8], g: Geo, zx: u8, window: bool) -> Self {
         let (oh, ow) = g.out();
         let hp = (oh - 1) * g.stride.0 + (g.k.0 - 1) * g.dil.0 + 1;
         let wp = (ow - 1) * g.stride.1 + (g.k.1 - 1) * g.dil.1 + 1;
         let mut buf = AVec::filled(
-            g.n * hp * wp * g.c + (16 * g.stride.1 + g.k.1 * g.dil.1 + 1) * g.c + 64,
+            g.n * hp * wp * g.c + (16 * g.stride.1 + g.k.1 * g.dil.1 + 1) * g.c + 128,
             zx,
         );
         for img in 0..g.n {
@@ -68,7 +70,14 @@ impl Padded {
                 }
             }
         }
-        Padded { buf, g, hp, wp, zx }
+        Padded {
+            buf,
+            g,
+            hp,
+            wp,
+            zx,
+            window,
+        }
     }
 
     /// Input code at (img, y, x, ch) with padding, from the unpadded input.
@@ -87,7 +96,11 @@ impl QLhs for Padded {
         self.g.n * oh * ow
     }
     fn depth(&self) -> usize {
-        self.g.k.0 * self.g.k.1 * self.g.c
+        if self.window {
+            self.g.k.0 * 64
+        } else {
+            self.g.k.0 * self.g.k.1 * self.g.c
+        }
     }
     fn row<'s>(&'s self, r: usize, scratch: &'s mut [u8]) -> &'s [u8] {
         let (oh, ow) = self.g.out();
@@ -95,6 +108,10 @@ impl QLhs for Padded {
         let (img, oy, ox) = (r / (oh * ow), r % (oh * ow) / ow, r % ow);
         let mut at = 0;
         for ky in 0..g.k.0 {
+            if self.window {
+                // Codes past the kernel row meet zero weights: any value will do.
+                scratch[at..at + 64].fill(0xA5);
+            }
             for kx in 0..g.k.1 {
                 let (py, px) = (
                     oy * g.stride.0 + ky * g.dil.0,
@@ -103,6 +120,9 @@ impl QLhs for Padded {
                 let src = ((img * self.hp + py) * self.wp + px) * g.c;
                 scratch[at..at + g.c].copy_from_slice(&self.buf[src..src + g.c]);
                 at += g.c;
+            }
+            if self.window {
+                at = (ky + 1) * 64;
             }
         }
         let _ = self.zx;
@@ -121,6 +141,7 @@ impl QLhs for Padded {
             stride: self.g.stride,
             dilation: self.g.dil,
             kernel: self.g.k,
+            window: self.window,
         })
     }
 }
@@ -181,7 +202,41 @@ fn emulated_amx_on_implicit_rows_matches_a_naive_convolution() {
         let bias: Vec<i32> = (0..m).map(|_| r.below(2001) as i32 - 1000).collect();
         let mults: Vec<f32> = (0..m).map(|_| 1e-4 + r.unit_f32() * 2e-3).collect();
         let (zy, lo) = (r.zp(), 0);
-        // The naive convolution with padding taps at z_x.
+        let want = naive_conv(g, &x, zx, &wc, &zw, &bias, &mults, zy, lo, m);
+        let a = Padded::new(&x, *g, zx, false);
+        let w = PackedQWeights::pack_with(&wc, m, k, &zw, QLayout::Tiles).unwrap();
+        let ep = QEpilogue::new(w.col_sums(), zx as i32, &bias, &mults, zy, lo).unwrap();
+        let _ = (oh, ow);
+        for threads in [1, 2] {
+            let mut y = vec![0u8; want.len()];
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| qgemm_tiles_emulated(&a, &w, &ep, None, &mut y, m, 0))
+                .unwrap();
+            assert_eq!(y, want, "{g:?}, {threads} threads");
+        }
+    }
+}
+
+/// The naive convolution with padding taps at z_x and the DNNLOWP output stage.
+#[allow(clippy::too_many_arguments)]
+fn naive_conv(
+    g: &Geo,
+    x: &[u8],
+    zx: u8,
+    wc: &[u8],
+    zw: &[i32],
+    bias: &[i32],
+    mults: &[f32],
+    zy: i32,
+    lo: i32,
+    m: usize,
+) -> Vec<u8> {
+    let (oh, ow) = g.out();
+    let k = g.k.0 * g.k.1 * g.c;
+    {
         let mut want = vec![0u8; g.n * oh * ow * m];
         for img in 0..g.n {
             for oy in 0..oh {
@@ -196,7 +251,7 @@ fn emulated_amx_on_implicit_rows_matches_a_naive_convolution() {
                                 let xx =
                                     (ox * g.stride.1 + kx * g.dil.1) as isize - g.pad.1 as isize;
                                 for ch in 0..g.c {
-                                    let v = Padded::naive_tap(&x, g, zx, img, y, xx, ch) as i64;
+                                    let v = Padded::naive_tap(x, g, zx, img, y, xx, ch) as i64;
                                     acc += (v - zx as i64) * (wc[j * k + t] as i64 - zw[j] as i64);
                                     t += 1;
                                 }
@@ -209,8 +264,68 @@ fn emulated_amx_on_implicit_rows_matches_a_naive_convolution() {
                 }
             }
         }
-        let a = Padded::new(&x, *g, zx);
-        let w = PackedQWeights::pack_with(&wc, m, k, &zw, QLayout::Tiles).unwrap();
+        want
+    }
+}
+
+/// The window form (few channels: each kernel row's kW·C codes in one 64-byte k step, the
+/// rest of the step meeting zero weights) on emulated tiles against the naive convolution:
+/// an image net's first layer (C = 3, 7×7 s2 and 3×3 s2), 16 channels, odd kernels with
+/// height dilation, per-channel weight zero points whose centred weights fit i8.
+#[test]
+fn emulated_amx_on_window_rows_matches_a_naive_convolution() {
+    let geo = |n, c, h, w, k, stride, dil, pad| Geo {
+        n,
+        c,
+        h,
+        w,
+        k,
+        stride,
+        dil,
+        pad,
+    };
+    let geos = [
+        geo(1, 3, 21, 40, (7, 7), (2, 2), (1, 1), (3, 3)),
+        geo(2, 3, 9, 35, (3, 3), (2, 2), (1, 1), (1, 1)),
+        geo(1, 16, 5, 18, (3, 3), (1, 1), (1, 1), (1, 1)),
+        geo(1, 5, 7, 20, (2, 4), (1, 1), (2, 1), (1, 2)),
+    ];
+    for (gi, g) in geos.iter().enumerate() {
+        let mut r = Rng::new(140 + gi as u64);
+        let m = 19 + 13 * gi;
+        let zx = r.zp() as u8;
+        let x = r.some_codes(g.n * g.h * g.w * g.c, 5);
+        let (kh, row) = (g.k.0, g.k.1 * g.c);
+        let k = kh * row;
+        let zw: Vec<i32> = (0..m).map(|j| [128, 100, 150][j % 3]).collect();
+        // Centred weights in [−128, 127] (no row-sum correction), extremes included.
+        let wc: Vec<u8> = (0..m * k)
+            .map(|t| {
+                let z = zw[t / k];
+                let v = match r.below(8) {
+                    0 => z - 128,
+                    1 => z + 127,
+                    _ => z + r.below(101) as i32 - 50,
+                };
+                v.clamp(0, 255) as u8
+            })
+            .collect();
+        let bias: Vec<i32> = (0..m).map(|_| r.below(2001) as i32 - 1000).collect();
+        let mults: Vec<f32> = (0..m).map(|_| 1e-4 + r.unit_f32() * 2e-3).collect();
+        let (zy, lo) = (r.zp(), if gi % 2 == 0 { 0 } else { 10 });
+        let want = naive_conv(g, &x, zx, &wc, &zw, &bias, &mults, zy, lo, m);
+        // The weights widened to K = kH·64 (code z_w, weight 0, past each kernel row).
+        let mut wide = vec![0u8; m * kh * 64];
+        for j in 0..m {
+            wide[j * kh * 64..(j + 1) * kh * 64].fill(zw[j] as u8);
+            for ky in 0..kh {
+                wide[j * kh * 64 + ky * 64..][..row]
+                    .copy_from_slice(&wc[j * k + ky * row..][..row]);
+            }
+        }
+        let a = Padded::new(&x, *g, zx, true);
+        let w = PackedQWeights::pack_with(&wide, m, kh * 64, &zw, QLayout::Tiles).unwrap();
+        assert!(!w.needs_rowsum());
         let ep = QEpilogue::new(w.col_sums(), zx as i32, &bias, &mults, zy, lo).unwrap();
         for threads in [1, 2] {
             let mut y = vec![0u8; want.len()];
@@ -229,22 +344,34 @@ fn emulated_amx_on_implicit_rows_matches_a_naive_convolution() {
 /// path: fast (1 and 2 threads) against the reference.
 #[test]
 fn conv_with_implicit_rows_equals_reference() {
-    let cases: [(usize, usize, usize, usize, usize, usize, usize); 5] = [
+    let cases: [(usize, usize, usize, usize, usize, usize, usize); 9] = [
         // (n, c, h, w, k, stride, pad)
         (1, 64, 9, 20, 3, 1, 1),
         (2, 64, 8, 33, 3, 2, 1),
         (1, 128, 5, 16, 3, 1, 0),
         (1, 64, 6, 18, 5, 1, 2),
         (1, 192, 4, 17, 3, 1, 1),
+        // Few channels: the window form on AMX CPUs (an image net's first layers).
+        (1, 3, 20, 41, 7, 2, 3),
+        (2, 3, 9, 36, 3, 2, 1),
+        (1, 16, 6, 19, 3, 1, 1),
+        (1, 4, 5, 17, 5, 1, 2),
     ];
     for (ci, &(n, c, h, w, k, st, p)) in cases.iter().enumerate() {
         let mut r = Rng::new(90 + ci as u64);
         let m = 24 + 8 * ci;
         let xq = qp(0.03, r.zp());
-        let wq = qp(0.005, 128);
+        // Case 6: a weight zero point other than 128, centred weights still within i8.
+        let wq = qp(0.005, if ci == 6 { 120 } else { 128 });
         let yq = qp(0.2, r.zp());
         let x = qu8(&[n, h, w, c], r.some_codes(n * h * w * c, 4), xq);
-        let wt = qu8(&[m, k, k, c], r.codes(m * k * k * c, ci == 1), wq);
+        let wc: Vec<u8> = r.codes(m * k * k * c, ci == 1);
+        let wc = if ci == 6 {
+            wc.into_iter().map(|v| v.min(247)).collect()
+        } else {
+            wc
+        };
+        let wt = qu8(&[m, k, k, c], wc, wq);
         let b = qi32(
             &[m],
             (0..m).map(|_| r.below(4001) as i32 - 2000).collect(),

@@ -18,6 +18,10 @@ struct OpTimer<'a> {
     by_type: Vec<(String, f64, usize)>,
     /// (class, ms, multiply-accumulates) of the convolutions and FCs.
     by_class: Vec<(String, f64, u64)>,
+    /// (op index in the run, type and output, ms, multiply-accumulates) per executed op.
+    by_node: Vec<(String, f64, u64)>,
+    /// Ops seen in the current run.
+    pos: usize,
     params: &'a HashMap<String, Tensor>,
 }
 
@@ -33,7 +37,16 @@ impl Observer for OpTimer<'_> {
             }
             None => self.by_type.push((node.op_type.clone(), ms, 1)),
         }
-        if let Some((class, macs)) = layer_class(node, outputs, self.params) {
+        let class = layer_class(node, outputs, self.params);
+        if self.by_node.len() <= self.pos {
+            let out = node.outputs.first().map_or("", |o| o.as_str());
+            let label = format!("{:>3} {} -> {out}", self.pos, node.op_type);
+            self.by_node
+                .push((label, 0.0, class.as_ref().map_or(0, |c| c.1)));
+        }
+        self.by_node[self.pos].1 += ms;
+        self.pos += 1;
+        if let Some((class, macs)) = class {
             match self.by_class.iter_mut().find(|(c, _, _)| *c == class) {
                 Some(e) => {
                     e.1 += ms;
@@ -125,6 +138,9 @@ pub struct BenchArgs {
     /// Also print where the time goes: total time per op type over the timed runs.
     #[arg(long)]
     pub profile: bool,
+    /// With --profile, also the time of every op in execution order.
+    #[arg(long)]
+    pub profile_ops: bool,
     /// Machine-readable output (one JSON line).
     #[arg(long)]
     pub json: bool,
@@ -180,11 +196,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             last: Instant::now(),
             by_type: Vec::new(),
             by_class: Vec::new(),
+            by_node: Vec::new(),
+            pos: 0,
             params: &model.params,
         };
         for _ in 0..a.runs {
             // The input copy is made before the clock starts (it is not the first op's time).
             let f = feed();
+            timer.pos = 0;
             timer.last = Instant::now();
             exec.run_observed(f, Some(&mut timer))?;
         }
@@ -198,6 +217,18 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 100.0 * ms / total,
                 n / a.runs
             );
+        }
+        if a.profile_ops {
+            eprintln!("per op, in execution order (mean per run):");
+            for (label, ms, macs) in &timer.by_node {
+                let ms = ms / a.runs as f64;
+                if *macs > 0 {
+                    let g = *macs as f64 / ms / 1e6;
+                    eprintln!("  {label:<52} {ms:>8.3} ms {g:>8.1} GMAC/s");
+                } else {
+                    eprintln!("  {label:<52} {ms:>8.3} ms");
+                }
+            }
         }
         if !timer.by_class.is_empty() {
             timer.by_class.sort_by(|x, y| y.1.total_cmp(&x.1));

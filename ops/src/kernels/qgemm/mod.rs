@@ -267,6 +267,12 @@ pub trait QLhs: Sync {
 /// ci)`. With `c` a multiple of 64, every 64-byte k step lies in one tap, so a tile of up to
 /// 16 pixels of one output row at one k step is 16 rows `sw·c` bytes apart: one tile load,
 /// no im2col copy.
+///
+/// With `window` (small channel counts: `kW·c ≤ 64`, no width dilation) k step `ky` is
+/// instead the 64 bytes from the first tap of kernel row `ky`: its `kW·c` codes, then
+/// whatever follows in the padded row, which the weights (packed with K = `kH·64`, zero past
+/// each row's `kW·c`) multiply by zero. The first convolution of an image net (C = 3) then
+/// runs without any gather, at the cost of the zero products.
 #[derive(Debug, Clone, Copy)]
 pub struct ImplicitA<'a> {
     /// The padded input, then slack so that tile loads never pass its end.
@@ -289,17 +295,23 @@ pub struct ImplicitA<'a> {
     pub dilation: (usize, usize),
     /// Kernel (height, width).
     pub kernel: (usize, usize),
+    /// One 64-byte k step per kernel row (see above).
+    pub window: bool,
 }
 
 impl ImplicitA<'_> {
     /// True when the AMX driver can read rows `..rows_end` this way with K padded to `kpad`:
-    /// channels a multiple of 64 (so K needs no padding), an aligned start, and every tile
+    /// channels a multiple of 64 (so K needs no padding) or the window form, an aligned start, and every tile
     /// load (16 rows from the last pixel, the farthest tap) inside `data`.
     pub(crate) fn fits(&self, kpad: usize, rows_end: usize) -> bool {
         let (kh, kw) = self.kernel;
+        let shape_ok = if self.window {
+            kw * self.c <= 64 && self.dilation.1 == 1 && kh * 64 == kpad
+        } else {
+            self.c.is_multiple_of(64) && kh * kw * self.c == kpad
+        };
         if self.c == 0
-            || !self.c.is_multiple_of(64)
-            || kh * kw * self.c != kpad
+            || !shape_ok
             || rows_end == 0
             || rows_end > self.n * self.oh * self.ow
             || !(self.data.as_ptr() as usize).is_multiple_of(64)
@@ -313,6 +325,9 @@ impl ImplicitA<'_> {
 
     /// Byte offset, from a pixel's first tap, of k index `k` (a multiple of 64).
     pub(crate) fn k_offset(&self, k: usize) -> usize {
+        if self.window {
+            return k / 64 * self.dilation.0 * self.iwp * self.c;
+        }
         let tap = k / self.c;
         let (ky, kx) = (tap / self.kernel.1, tap % self.kernel.1);
         (ky * self.dilation.0 * self.iwp + kx * self.dilation.1) * self.c + k % self.c

@@ -369,6 +369,12 @@ impl PackedQWeights {
         self.k
     }
 
+    /// True when the VNNI/tile kernels add a row-sum correction (some channel's centred
+    /// weights do not fit i8, see [`QLayout::Vnni`]).
+    pub fn needs_rowsum(&self) -> bool {
+        self.needs_rowsum
+    }
+
     /// The layout the weights were packed in.
     pub fn layout(&self) -> QLayout {
         self.layout

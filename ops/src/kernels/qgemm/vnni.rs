@@ -100,6 +100,44 @@ pub(super) trait Lanes {
         y: *mut u8,
         n: usize,
     );
+
+    /// [`requant_store`](Lanes::requant_store) on a block of 2 rows × 32 channels, all
+    /// valid: `acc[2·r + v]` holds row `r`, channels `16·v..16·v + 16` (stage `s[v]`); row
+    /// `r` is stored at `y + r·ld` (and its summand read at `other + r·ld`). The default is
+    /// four 16-lane calls; lanes with a cheaper whole-block form override it.
+    #[inline(always)]
+    unsafe fn requant_store_2x32<const M: u8>(
+        acc: [Self::V; 4],
+        s: [&Self::S; 2],
+        rowsum: [i32; 2],
+        other: *const u8,
+        y: *mut u8,
+        ld: usize,
+    ) {
+        // SAFETY: forwarded contract (32 codes per row at `y` and, with a sum, at `other`).
+        unsafe { store_2x32_each::<Self, M>(acc, s, rowsum, other, y, ld) }
+    }
+}
+
+/// [`Lanes::requant_store_2x32`] as four [`Lanes::requant_store`] calls.
+///
+/// # Safety
+/// As [`Lanes::requant_store_2x32`].
+#[inline(always)]
+unsafe fn store_2x32_each<L: Lanes + ?Sized, const M: u8>(
+    acc: [L::V; 4],
+    s: [&L::S; 2],
+    rowsum: [i32; 2],
+    other: *const u8,
+    y: *mut u8,
+    ld: usize,
+) {
+    for (i, &a) in acc.iter().enumerate() {
+        let (r, v) = (i / 2, i % 2);
+        let at = r * ld + v * NR;
+        // SAFETY: 16 codes at `y + at` (and `other + at`) by the caller's contract.
+        unsafe { L::requant_store::<M>(a, s[v], rowsum[r], other.wrapping_add(at), y.add(at), NR) };
+    }
 }
 
 /// Stage mode bit: add the row-sum correction.
@@ -318,7 +356,8 @@ pub(super) use x86::{Avx512, AVX512, AVXVNNI};
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{
-        micro, Lanes, MicroArgs, MicroFn, SumStage, VStage, MODE_CORR, MODE_NAN, MODE_SUM, NR, VNB,
+        micro, store_2x32_each, Lanes, MicroArgs, MicroFn, SumStage, VStage, MODE_CORR, MODE_NAN,
+        MODE_SUM, NR, VNB,
     };
     use std::arch::x86_64::*;
 
@@ -413,6 +452,8 @@ mod x86 {
         corr: __m512i,
         zp: __m512i,
         lo: __m512i,
+        /// The lower clamp of the stage's codes (of the fused sum's, with one) in every byte.
+        lo8: __m512i,
         sum: Option<ZSum>,
     }
 
@@ -426,16 +467,26 @@ mod x86 {
         inv: __m512,
         zy: __m512,
         lo: __m512,
+        /// The GEMM codes' zero point is the stage's: `a − z_a` is the rounded product
+        /// clamped to `[lo_a, hi_a]` = `[lo − z, 255 − z]`, computed in f32 (see
+        /// [`Avx512::requant_store_2x32`]).
+        direct: bool,
+        lo_a: __m512,
+        hi_a: __m512,
     }
 
     impl ZSum {
         /// # Safety
         /// The CPU must support AVX-512 F.
         #[inline(always)]
-        unsafe fn new(s: &SumStage) -> ZSum {
+        unsafe fn new(s: &SumStage, st: &VStage<'_>) -> ZSum {
+            let z = st.zero_point;
             // SAFETY: AVX-512 present (caller).
             unsafe {
                 ZSum {
+                    direct: s.gemm.zero_point == z,
+                    lo_a: _mm512_set1_ps((st.lo.max(0) - z) as f32),
+                    hi_a: _mm512_set1_ps((255 - z) as f32),
                     sa: _mm512_set1_ps(s.gemm.scale),
                     za: _mm512_set1_epi32(s.gemm.zero_point),
                     sb: _mm512_set1_ps(s.other.scale),
@@ -517,7 +568,10 @@ mod x86 {
                     },
                     zp: _mm512_set1_epi32(st.zero_point),
                     lo: _mm512_set1_epi32(st.lo),
-                    sum: st.sum.as_ref().map(|x| ZSum::new(x)),
+                    lo8: _mm512_set1_epi8(
+                        st.sum.as_ref().map_or(st.lo, |x| x.out.lo).clamp(0, 255) as u8 as i8,
+                    ),
+                    sum: st.sum.as_ref().map(|x| ZSum::new(x, st)),
                 }
             }
         }
@@ -557,6 +611,87 @@ mod x86 {
                 } else {
                     _mm_mask_storeu_epi8(y as *mut i8, (1u16 << n) - 1, bytes);
                 }
+            }
+        }
+
+        /// The block form for finite multipliers: the four vectors of codes stay unclamped
+        /// i32 until two signed (i32 → i16) and one unsigned (i16 → u8) saturating packs
+        /// clamp them to [0, 255] together, a dword permutation puts each row's 32 codes in
+        /// order and one byte max applies the lower clamp (`lo` ≥ 0 for every stage, and a
+        /// value below 0 saturates to 0 as the 16-lane form's unsigned narrowing does):
+        /// 5 shuffles and a max per 64 codes instead of a clamp and a 2-shuffle narrowing
+        /// per 16. With a fused sum whose GEMM zero point is the stage's, `a − z_a` is taken
+        /// in f32 (round the product to an integer, clamp to [`lo − z`, `255 − z`]: the same
+        /// value as the integer path's round, add z, clamp, subtract z, convert), and the
+        /// sum's own clamp becomes `min(255, v)` before the conversion (which keeps values
+        /// of 2^31 and more from turning negative) plus the packs and the byte max: a NaN
+        /// converts to i32::MIN and ends at `lo`, as the scalar path's NaN → 0 → `lo`.
+        #[inline(always)]
+        unsafe fn requant_store_2x32<const M: u8>(
+            acc: [__m512i; 4],
+            s: [&ZStage; 2],
+            rowsum: [i32; 2],
+            other: *const u8,
+            y: *mut u8,
+            ld: usize,
+        ) {
+            let sum = if M & MODE_SUM != 0 {
+                s[0].sum.zip(s[1].sum)
+            } else {
+                None
+            };
+            if M & MODE_NAN != 0
+                || (M & MODE_SUM != 0 && !sum.is_some_and(|(a, b)| a.direct && b.direct))
+            {
+                // SAFETY: forwarded contract.
+                unsafe { store_2x32_each::<Self, M>(acc, s, rowsum, other, y, ld) };
+                return;
+            }
+            // SAFETY: AVX-512 present; 32 writable codes at `y` and `y + ld` and, with a
+            // fused sum, 32 readable ones at `other` and `other + ld` (caller).
+            unsafe {
+                let mut q = [_mm512_setzero_si512(); 4];
+                for (i, qi) in q.iter_mut().enumerate() {
+                    let (r, v) = (i / 2, i % 2);
+                    let st = s[v];
+                    let mut raw = _mm512_add_epi32(acc[i], st.off);
+                    if M & MODE_CORR != 0 {
+                        let c = _mm512_mullo_epi32(st.corr, _mm512_set1_epi32(rowsum[r]));
+                        raw = _mm512_add_epi32(raw, c);
+                    }
+                    let f = _mm512_mul_ps(_mm512_cvtepi32_ps(raw), st.mult);
+                    *qi = match sum {
+                        Some((z0, z1)) => {
+                            let z = if v == 0 { z0 } else { z1 };
+                            let a = _mm512_roundscale_ps::<
+                                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+                            >(f);
+                            let a = _mm512_min_ps(_mm512_max_ps(a, z.lo_a), z.hi_a);
+                            let ta = _mm512_mul_ps(z.sa, a);
+                            let b = _mm_loadu_si128(other.add(r * ld + v * NR) as *const __m128i);
+                            let b = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), z.zb);
+                            let tb = _mm512_mul_ps(z.sb, _mm512_cvtepi32_ps(b));
+                            let w =
+                                _mm512_add_ps(_mm512_mul_ps(_mm512_add_ps(ta, tb), z.inv), z.zy);
+                            // 255 first: `min_ps` returns its second operand for a NaN, which
+                            // must go on to the conversion (→ i32::MIN → `lo`).
+                            _mm512_cvtps_epi32(_mm512_min_ps(_mm512_set1_ps(255.0), w))
+                        }
+                        None => _mm512_add_epi32(
+                            _mm512_cvtps_epi32(_mm512_min_ps(f, _mm512_set1_ps(65536.0))),
+                            st.zp,
+                        ),
+                    };
+                }
+                // Per 128-bit lane k: dwords (q0 chunk k, q1 chunk k, q2 chunk k, q3 chunk k).
+                let p = _mm512_packus_epi16(
+                    _mm512_packs_epi32(q[0], q[1]),
+                    _mm512_packs_epi32(q[2], q[3]),
+                );
+                let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+                let p = _mm512_max_epu8(_mm512_permutexvar_epi32(idx, p), s[0].lo8);
+                _mm256_storeu_si256(y as *mut __m256i, _mm512_castsi512_si256(p));
+                _mm256_storeu_si256(y.add(ld) as *mut __m256i, _mm512_extracti64x4_epi64::<1>(p));
             }
         }
     }
