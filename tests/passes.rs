@@ -81,6 +81,7 @@ fn fold_bn_and_fuse_relu_keep_outputs() {
                 ("fuse_relu", 1),
                 ("fuse_int8_sum", 0),
                 ("fuse_int8_lut", 0),
+                ("fuse_conv_lut", 0),
                 ("fuse_quantize_layout", 0)
             ]
         );
@@ -148,6 +149,7 @@ fn shared_weights_and_multiple_readers_are_left_alone() {
             ("fuse_relu", 0),
             ("fuse_int8_sum", 0),
             ("fuse_int8_lut", 0),
+            ("fuse_conv_lut", 0),
             ("fuse_quantize_layout", 0)
         ]
     );
@@ -226,6 +228,7 @@ fn resnet50_optimized_matches_fp32() {
             ("fuse_relu", 49),
             ("fuse_int8_sum", 0),
             ("fuse_int8_lut", 0),
+            ("fuse_conv_lut", 0),
             ("fuse_quantize_layout", 0)
         ]
     );
@@ -402,7 +405,7 @@ fn fuse_int8_sum_leaves_shared_and_reordered_values_alone() {
 
 /// quantize → 1x1 Int8Conv (NHWC) → dequantize → `middle` (fp32 ops, in order, each
 /// `(type, args)`) → quantize → dequantize.
-fn lut_net(middle: &[(&str, Vec<(&str, Arg)>)], extra_reader: bool) -> Model {
+fn lut_net(middle: &[(&str, Vec<(&str, Arg)>)], extra_reader: bool, conv_reader: bool) -> Model {
     use c2q::graph::builder::op_def;
     let mut b = NetBuilder::new("lut");
     b.input("data");
@@ -435,6 +438,10 @@ fn lut_net(middle: &[(&str, Vec<(&str, Arg)>)], extra_reader: bool) -> Model {
     if extra_reader {
         b.op("Relu", &["f1"], &["side"], vec![]).output("side");
     }
+    if conv_reader {
+        b.op("Int8Dequantize", &["c"], &["side2"], vec![])
+            .output("side2");
+    }
     b.output("y");
     let (i, p) = b.build();
     Model::from_nets(i, p).unwrap()
@@ -450,18 +457,37 @@ fn fuse_int8_lut_keeps_outputs_bit_for_bit() {
         vec![("Relu", vec![]), clip(0.0, 0.3)],
         vec![],
     ] {
-        let model = lut_net(&middle, false);
+        let model = lut_net(&middle, false, false);
         let want = run(&model, &x, "y");
         let (opt, report) = model.optimized().unwrap();
         assert!(
-            report.contains(&("fuse_int8_lut", 1)),
+            report.contains(&("fuse_int8_lut", 1)) && report.contains(&("fuse_conv_lut", 1)),
             "{middle:?} {report:?}"
         );
+        // The Int8Lut then moves into the convolution (fuse_conv_lut).
         assert_eq!(
             types(&opt),
-            ["Int8Quantize", "Int8Conv", "Int8Lut", "Int8Dequantize"]
+            ["Int8Quantize", "Int8ConvLut", "Int8Dequantize"]
         );
         assert_eq!(run(&opt, &x, "y"), want, "{middle:?}");
+        // With a second reader of the convolution's codes the Int8Lut stays apart, and both
+        // outputs keep their values.
+        let model = lut_net(&middle, false, true);
+        let side = run(&model, &x, "side2");
+        let (opt, report) = model.optimized().unwrap();
+        assert!(report.contains(&("fuse_conv_lut", 0)), "{report:?}");
+        assert_eq!(
+            types(&opt),
+            [
+                "Int8Quantize",
+                "Int8Conv",
+                "Int8Lut",
+                "Int8Dequantize",
+                "Int8Dequantize"
+            ]
+        );
+        assert_eq!(run(&opt, &x, "y"), want, "{middle:?}");
+        assert_eq!(run(&opt, &x, "side2"), side, "{middle:?}");
         let mut r = model.optimized().unwrap().0;
         r.set_reference(true);
         assert_eq!(run(&r, &x, "y"), want, "reference {middle:?}");
@@ -482,7 +508,7 @@ fn fuse_int8_lut_leaves_other_chains_alone() {
         (vec![("Sigmoid", vec![])], false),
         (vec![relu.clone(), relu.clone()], true),
     ] {
-        let model = lut_net(&middle, extra);
+        let model = lut_net(&middle, extra, false);
         let want = run(&model, &x, "y");
         let (opt, report) = model.optimized().unwrap();
         assert!(

@@ -67,6 +67,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Int8ConvSum",
     "Int8ConvSumRelu",
     "Int8Lut",
+    "Int8ConvLut",
     "Int8QuantizeNchw2Nhwc",
 ];
 
@@ -104,6 +105,7 @@ pub fn build_op(spec: &NodeSpec) -> OpResult<Option<Box<dyn Op>>> {
         "Int8Conv" | "Int8ConvRelu" => b(int8::conv::Int8Conv::from_spec(spec)),
         "Int8ConvSum" | "Int8ConvSumRelu" => b(int8::conv_sum::Int8ConvSum::from_spec(spec)),
         "Int8Lut" => b(int8::lut::Int8Lut::from_spec(spec)),
+        "Int8ConvLut" => b(int8::conv_lut::Int8ConvLut::from_spec(spec)),
         "Int8FC" | "Int8FCRelu" => b(int8::fc::Int8Fc::from_spec(spec)),
         "Int8Sum" | "Int8SumRelu" | "Int8Add" | "Int8AddRelu" => {
             b(int8::eltwise::Int8Sum::from_spec(spec))

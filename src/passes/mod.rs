@@ -5,6 +5,7 @@
 //! and the parameter store (so folded weights are real tensors).
 
 pub mod fold_bn;
+pub mod fuse_conv_lut;
 pub mod fuse_int8_lut;
 pub mod fuse_int8_sum;
 pub mod fuse_quantize_layout;
@@ -30,6 +31,7 @@ pub const FP32_PASSES: &[(&str, Pass)] = &[
     ("fuse_relu", fuse_relu::fuse_relu),
     ("fuse_int8_sum", fuse_int8_sum::fuse_int8_sum),
     ("fuse_int8_lut", fuse_int8_lut::fuse_int8_lut),
+    ("fuse_conv_lut", fuse_conv_lut::fuse_conv_lut),
     (
         "fuse_quantize_layout",
         fuse_quantize_layout::fuse_quantize_layout,

@@ -111,6 +111,16 @@ impl Int8Lut {
         })
     }
 
+    /// Output parameters (the Int8Quantize's).
+    pub fn output_params(&self) -> QParams {
+        self.y
+    }
+
+    /// True when the operator runs the chain itself (the scalar reference).
+    pub fn is_reference(&self) -> bool {
+        self.reference
+    }
+
     /// Runs the chain's operators on `x`.
     fn run_chain(&self, x: &Tensor) -> OpResult<Tensor> {
         let mut t = self.dequant.eval(&[x])?.remove(0);
@@ -121,7 +131,7 @@ impl Int8Lut {
     }
 
     /// The table for input parameters `q`.
-    fn table(&self, q: QParams) -> OpResult<Box<[u8; 256]>> {
+    pub(crate) fn table(&self, q: QParams) -> OpResult<Box<[u8; 256]>> {
         if let Ok(c) = self.cache.lock() {
             if let Some((cq, t)) = c.as_ref() {
                 if *cq == q {

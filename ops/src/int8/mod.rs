@@ -40,6 +40,7 @@
 //!   results.
 
 pub mod conv;
+pub mod conv_lut;
 pub mod conv_sum;
 pub mod eltwise;
 pub mod fc;
@@ -74,6 +75,7 @@ pub const INT8_OPS: &[&str] = &[
     "Int8ConvSum",
     "Int8ConvSumRelu",
     "Int8Lut",
+    "Int8ConvLut",
     "Int8QuantizeNchw2Nhwc",
 ];
 

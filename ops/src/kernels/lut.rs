@@ -19,6 +19,17 @@ pub fn map(x: &[u8], table: &[u8; 256], y: &mut [u8]) {
     map_portable(x, table, y);
 }
 
+/// Maps every code of `y` through `table` in place (through a small stack buffer, 4 KiB
+/// at a time, so that the vector path reads and writes distinct slices).
+pub fn map_in_place(y: &mut [u8], table: &[u8; 256]) {
+    let mut tmp = [0u8; 4096];
+    for piece in y.chunks_mut(tmp.len()) {
+        let t = &mut tmp[..piece.len()];
+        t.copy_from_slice(piece);
+        map(t, table, piece);
+    }
+}
+
 /// The portable loop (the definition).
 pub fn map_portable(x: &[u8], table: &[u8; 256], y: &mut [u8]) {
     for (o, &v) in y.iter_mut().zip(x) {
