@@ -25,10 +25,7 @@ pub fn fuse_conv_lut(net: &mut NetDef, _params: &mut HashMap<String, Tensor>) ->
             continue;
         }
         let x = lut.input[0].clone();
-        let Some(i) = (0..j)
-            .rev()
-            .find(|&i| net.op[i].output.iter().any(|o| *o == x))
-        else {
+        let Some(i) = (0..j).rev().find(|&i| net.op[i].output.contains(&x)) else {
             continue;
         };
         if !removed.contains(&i) && can_fuse(net, i, j) {
