@@ -102,3 +102,53 @@ fn conv_lut_needs_a_conv_type() {
     args.push(("conv_type", s("Int8FC")));
     assert!(try_build_int8("Int8ConvLut", &args, 2, 1, false).is_err());
 }
+
+/// Fast convolutions write every output code: with the spare list full of freed buffers of
+/// 0xFF codes (which `OutCodes::overwritten` hands out without zeroing), outputs still equal
+/// the reference, and a spare buffer is really reused.
+#[test]
+fn conv_outputs_overwrite_recycled_buffers() {
+    use ops::int8::{recycle, OutCodes};
+    let garbage = |n: usize| qu8(&[n], vec![0xFF; n], qp(1.0, 0));
+    // A buffer of the right size comes back (same allocation), a much larger one does not.
+    let t = garbage(300_000);
+    let Tensor::QU8(a, _) = &t else {
+        unreachable!()
+    };
+    let p = a.as_ptr() as usize;
+    recycle(t);
+    let mut o = OutCodes::overwritten(299_000);
+    let q = o.as_mut_slice().as_ptr() as usize;
+    assert!(q >= p.saturating_sub(64) && q < p + 64, "{p:#x} {q:#x}");
+    for (ci, &(c, h, w, k, m)) in [(64, 40, 40, 1, 96), (3, 60, 61, 7, 64), (32, 30, 30, 3, 48)]
+        .iter()
+        .enumerate()
+    {
+        let mut r = Rng::new(700 + ci as u64);
+        let xq = qp(0.05, r.zp());
+        let wq = qp(0.01, 128);
+        let x = qu8(&[1, h, w, c], r.some_codes(h * w * c, 4), xq);
+        let wt = qu8(&[m, k, k, c], r.codes(m * k * k * c, false), wq);
+        let args: Vec<(&str, ArgValue)> = vec![
+            ("kernel", i(k as i64)),
+            ("pads", ints(&[(k / 2) as i64; 4])),
+            ("order", s("NHWC")),
+            ("Y_scale", f(0.2)),
+            ("Y_zero_point", i(5)),
+        ];
+        let want = build_int8("Int8ConvRelu", &args, 2, 1, true)
+            .eval(&[&x, &wt])
+            .unwrap()
+            .remove(0);
+        let mut fast = build_int8("Int8ConvRelu", &args, 2, 1, false);
+        fast.prepare(&[None, Some(&wt)]).unwrap();
+        for _ in 0..3 {
+            for n in [want.len(), want.len() + 4096, want.len() * 3 / 2] {
+                recycle(garbage(n));
+            }
+            let got = fast.eval(&[&x, &wt]).unwrap().remove(0);
+            assert_eq!(codes(&got), codes(&want), "case {ci}");
+            recycle(got);
+        }
+    }
+}

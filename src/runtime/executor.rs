@@ -269,7 +269,10 @@ impl<'m> Executor<'m> {
                         obs.on_node(node, &refs);
                     }
                     for b in &self.frees[i] {
-                        live.remove(b);
+                        // Large Int8 buffers are reused by later outputs (no zero fill).
+                        if let Some(t) = live.remove(b) {
+                            ops::int8::recycle(t);
+                        }
                     }
                     for (name, t) in node.outputs.iter().zip(outs) {
                         live.insert(name.clone(), t);

@@ -281,7 +281,13 @@ impl Op for Int8Conv {
             Order::Nhwc => Cow::Borrowed(x),
             Order::Nchw => Cow::Owned(chw_to_hwc(x, d.n, d.c, d.ih * d.iw)),
         };
-        let mut out = OutCodes::new(d.n * d.oh * d.ow * d.m);
+        let n_out = d.n * d.oh * d.ow * d.m;
+        // The fast kernels write every output code.
+        let mut out = if self.reference {
+            OutCodes::new(n_out)
+        } else {
+            OutCodes::overwritten(n_out)
+        };
         let y = out.as_mut_slice();
         if self.reference {
             self.eval_reference(&d, &x_nhwc, r.xq, w, r.wq, &bias, &stage, y);
@@ -402,7 +408,8 @@ impl Int8Conv {
             st.lo,
         )?;
         let sum = stage(oq);
-        let mut out_codes = OutCodes::new(d.n * d.oh * d.ow * d.m);
+        // The GEMM writes every output code.
+        let mut out_codes = OutCodes::overwritten(d.n * d.oh * d.ow * d.m);
         let y = out_codes.as_mut_slice();
         if is_direct(&d) {
             let a = QMatRef::new(x, d.n * d.ih * d.iw, d.c, d.c, 0)?;
