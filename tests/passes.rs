@@ -549,17 +549,20 @@ fn fuse_quantize_layout_keeps_outputs_bit_for_bit() {
             .output("y");
         let (i, p) = b.build();
         let model = Model::from_nets(i, p).unwrap();
-        let x = Tensor::from_f32(&[2, c, 4, 5], vals(2 * c * 20, 7));
-        let want = run(&model, &x, "y");
-        let (opt, report) = model.optimized().unwrap();
-        assert!(report.contains(&("fuse_quantize_layout", 1)), "{report:?}");
-        assert_eq!(
-            types(&opt),
-            ["Int8QuantizeNchw2Nhwc", "Int8Conv", "Int8Dequantize"]
-        );
-        assert_eq!(run(&opt, &x, "y"), want, "C = {c}");
-        let mut r = model.optimized().unwrap().0;
-        r.set_reference(true);
-        assert_eq!(run(&r, &x, "y"), want, "reference, C = {c}");
+        // Small images, and ones of several pixel blocks with a partial last block.
+        for (h, w) in [(4, 5), (40, 53)] {
+            let x = Tensor::from_f32(&[2, c, h, w], vals(2 * c * h * w, 7));
+            let want = run(&model, &x, "y");
+            let (opt, report) = model.optimized().unwrap();
+            assert!(report.contains(&("fuse_quantize_layout", 1)), "{report:?}");
+            assert_eq!(
+                types(&opt),
+                ["Int8QuantizeNchw2Nhwc", "Int8Conv", "Int8Dequantize"]
+            );
+            assert_eq!(run(&opt, &x, "y"), want, "C = {c}, {h}x{w}");
+            let mut r = model.optimized().unwrap().0;
+            r.set_reference(true);
+            assert_eq!(run(&r, &x, "y"), want, "reference, C = {c}, {h}x{w}");
+        }
     }
 }
