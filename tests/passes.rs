@@ -464,11 +464,13 @@ fn fuse_int8_lut_keeps_outputs_bit_for_bit() {
             report.contains(&("fuse_int8_lut", 1)) && report.contains(&("fuse_conv_lut", 1)),
             "{middle:?} {report:?}"
         );
-        // The Int8Lut then moves into the convolution (fuse_conv_lut).
+        // The Int8Lut then moves into the convolution (fuse_conv_lut), which still works
+        // image by image (batches split over threads).
         assert_eq!(
             types(&opt),
             ["Int8Quantize", "Int8ConvLut", "Int8Dequantize"]
         );
+        assert!(c2q::runtime::executor::batch_separable(&opt));
         assert_eq!(run(&opt, &x, "y"), want, "{middle:?}");
         // With a second reader of the convolution's codes the Int8Lut stays apart, and both
         // outputs keep their values.

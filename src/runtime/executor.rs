@@ -389,6 +389,7 @@ pub fn batch_separable(model: &Model) -> bool {
             | "Int8ConvSum"
             | "Int8ConvSumRelu"
             | "Int8Lut"
+            | "Int8ConvLut"
             | "Int8QuantizeNchw2Nhwc"
             | "Int8Relu"
             | "Int8MaxPool"
