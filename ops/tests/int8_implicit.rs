@@ -207,16 +207,21 @@ fn emulated_amx_on_implicit_rows_matches_a_naive_convolution() {
         let w = PackedQWeights::pack_with(&wc, m, k, &zw, QLayout::Tiles).unwrap();
         let ep = QEpilogue::new(w.col_sums(), zx as i32, &bias, &mults, zy, lo).unwrap();
         let _ = (oh, ow);
-        for threads in [1, 2] {
-            let mut y = vec![0u8; want.len()];
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| qgemm_tiles_emulated(&a, &w, &ep, None, &mut y, m, 0))
-                .unwrap();
-            assert_eq!(y, want, "{g:?}, {threads} threads");
-        }
+        check_emulated(&a, &w, &ep, &want, m, g);
+    }
+}
+
+/// The emulated AMX driver on `a` at 1 and 2 threads gives `want`.
+fn check_emulated(a: &Padded, w: &PackedQWeights, ep: &QEpilogue, want: &[u8], m: usize, g: &Geo) {
+    for threads in [1, 2] {
+        let mut y = vec![0u8; want.len()];
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| qgemm_tiles_emulated(a, w, ep, None, &mut y, m, 0))
+            .unwrap();
+        assert_eq!(y, want, "{g:?}, {threads} threads");
     }
 }
 
@@ -327,16 +332,7 @@ fn emulated_amx_on_window_rows_matches_a_naive_convolution() {
         let w = PackedQWeights::pack_with(&wide, m, kh * 64, &zw, QLayout::Tiles).unwrap();
         assert!(!w.needs_rowsum());
         let ep = QEpilogue::new(w.col_sums(), zx as i32, &bias, &mults, zy, lo).unwrap();
-        for threads in [1, 2] {
-            let mut y = vec![0u8; want.len()];
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| qgemm_tiles_emulated(&a, &w, &ep, None, &mut y, m, 0))
-                .unwrap();
-            assert_eq!(y, want, "{g:?}, {threads} threads");
-        }
+        check_emulated(&a, &w, &ep, &want, m, g);
     }
 }
 

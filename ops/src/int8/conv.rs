@@ -45,7 +45,7 @@ use crate::fp32::conv_pool::{ConvPoolGeometry, Order};
 use crate::kernels::aligned::AVec;
 use crate::kernels::qdepthwise::{qdepthwise, DwShape, PackedDepthwise};
 use crate::kernels::qgemm::{
-    qgemm, qgemm_sum, runs_on_tiles, ImplicitA, PackedQWeights, QEpilogue, QLhs, QMatRef, SumStage,
+    qgemm, qgemm_sum, runs_on_tiles, ImplicitA, PackedQWeights, QLhs, QMatRef, SumStage,
 };
 use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
 
@@ -399,14 +399,7 @@ impl Int8Conv {
         let window = window.filter(|ww| window_pays(&d, ww));
         let pw = window.unwrap_or(pw);
         let zx = r.xq.zero_point;
-        let ep = QEpilogue::new(
-            pw.col_sums(),
-            zx,
-            &bias,
-            &st.multipliers,
-            st.zero_point,
-            st.lo,
-        )?;
+        let ep = st.epilogue(pw.col_sums(), zx, &bias, 0..d.m)?;
         let sum = stage(oq);
         // The GEMM writes every output code.
         let mut out_codes = OutCodes::overwritten(d.n * d.oh * d.ow * d.m);
@@ -531,14 +524,7 @@ fn run_fast(
             if !(d.g == d.c && d.g == d.m) {
                 return Err(mismatch());
             }
-            let ep = QEpilogue::new(
-                pw.col_sums(),
-                zx,
-                bias,
-                &stage.multipliers,
-                stage.zero_point,
-                stage.lo,
-            )?;
+            let ep = stage.epilogue(pw.col_sums(), zx, bias, 0..d.m)?;
             let shape = DwShape {
                 n: d.n,
                 h: d.ih,
@@ -565,26 +551,12 @@ fn run_fast(
             let direct = is_direct(d);
             if let Some(ww) = window {
                 // One group (`window_pays`): the window form of implicit rows.
-                let ep = QEpilogue::new(
-                    ww.col_sums(),
-                    zx,
-                    bias,
-                    &stage.multipliers,
-                    stage.zero_point,
-                    stage.lo,
-                )?;
+                let ep = stage.epilogue(ww.col_sums(), zx, bias, 0..d.m)?;
                 return qgemm(&PaddedInput::new(x, d, zx as u8, true), ww, &ep, y, d.m, 0);
             }
             for (g, pw) in groups.iter().enumerate() {
                 let cols = g * mg..(g + 1) * mg;
-                let ep = QEpilogue::new(
-                    pw.col_sums(),
-                    zx,
-                    &bias[cols.clone()],
-                    &stage.multipliers[cols],
-                    stage.zero_point,
-                    stage.lo,
-                )?;
+                let ep = stage.epilogue(pw.col_sums(), zx, bias, cols)?;
                 if direct {
                     let a = QMatRef::new(x, d.n * d.ih * d.iw, cg, d.c, g * cg)?;
                     qgemm(&a, pw, &ep, y, d.m, g * mg)?;

@@ -21,7 +21,7 @@ use super::{
     check_dnnlowp_args, check_w_scales_len, constant_weights, dot_i16, qu8_from_vec, qu8_info,
     qu8_tensor, read_w_scales, static_output_params, Engine,
 };
-use crate::kernels::qgemm::{qgemm, PackedQWeights, QEpilogue, QMatRef};
+use crate::kernels::qgemm::{qgemm, PackedQWeights, QMatRef};
 use crate::{expect_inputs, DType, NodeSpec, Op, OpError, OpResult, QParams, Tensor, TensorInfo};
 
 /// `Int8FC` / `Int8FCRelu` operator.
@@ -153,14 +153,7 @@ impl Op for Int8Fc {
                     &packed_now
                 }
             };
-            let ep = QEpilogue::new(
-                packed.col_sums(),
-                r.xq.zero_point,
-                &bias,
-                &stage.multipliers,
-                stage.zero_point,
-                stage.lo,
-            )?;
+            let ep = stage.epilogue(packed.col_sums(), r.xq.zero_point, &bias, 0..n)?;
             let a = QMatRef::new(x, m, k, k, 0)?;
             qgemm(&a, packed, &ep, &mut y, n, 0)?;
         }

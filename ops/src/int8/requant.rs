@@ -18,6 +18,7 @@
 //! [`Q31Multiplier`] implements QNNPACK's fixed-point requantization for reference; the
 //! operators do not use it (they compute with the DNNLOWP float multiplier for every engine).
 
+use crate::kernels::qgemm::QEpilogue;
 use crate::{OpError, OpResult, QParams};
 
 /// Largest uint8 code.
@@ -93,6 +94,32 @@ impl OutputStage {
     #[inline]
     pub fn apply(&self, raw: i32, channel: usize) -> u8 {
         requantize(raw, self.multipliers[channel], self.zero_point, self.lo)
+    }
+
+    /// The fast GEMM's form of this stage for output channels `cols`: weights with column
+    /// sums `col_sums` (of those channels), input zero point `zx`, `bias` of every channel.
+    pub fn epilogue(
+        &self,
+        col_sums: &[i32],
+        zx: i32,
+        bias: &[i32],
+        cols: std::ops::Range<usize>,
+    ) -> OpResult<QEpilogue> {
+        let short = || {
+            OpError::Shape(format!(
+                "output stage: channels {cols:?} of {} biases and {} multipliers",
+                bias.len(),
+                self.multipliers.len()
+            ))
+        };
+        QEpilogue::new(
+            col_sums,
+            zx,
+            bias.get(cols.clone()).ok_or_else(short)?,
+            self.multipliers.get(cols.clone()).ok_or_else(short)?,
+            self.zero_point,
+            self.lo,
+        )
     }
 }
 
