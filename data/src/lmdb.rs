@@ -77,6 +77,76 @@ impl std::fmt::Debug for Lmdb {
     }
 }
 
+/// Checks that the LMDB data file at `file` holds every page its newest meta page uses, so
+/// that a truncated file is an error instead of a fault when a page past its end is read.
+/// The two meta pages are pages 0 and 1; on 64-bit builds each is a 16-byte page header,
+/// then `mm_magic` (u32 0xBEEFC0DE), `mm_version`, the map address and size, two 48-byte
+/// database records (the first one's leading u32 is the page size), `mm_last_pg` (u64,
+/// byte 136 of the page) and `mm_txnid` (u64, byte 144); the meta with the larger
+/// transaction id is the current one, and the file needs `(mm_last_pg + 1) · page size`
+/// bytes. A file that does not start with that magic is left to liblmdb to refuse.
+fn check_size(file: &Path) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const MAGIC: u32 = 0xBEEF_C0DE;
+    let mut f = std::fs::File::open(file).map_err(|e| format!("cannot open: {e}"))?;
+    let len = f
+        .metadata()
+        .map_err(|e| format!("cannot read its size: {e}"))?
+        .len();
+    let mut meta = |at: u64| -> Result<Option<(u64, u64, u32)>, String> {
+        let mut b = [0u8; 152];
+        if at + b.len() as u64 > len {
+            return Ok(None);
+        }
+        f.seek(SeekFrom::Start(at))
+            .and_then(|_| f.read_exact(&mut b))
+            .map_err(|e| format!("cannot read a meta page: {e}"))?;
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u64_at = |o: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[o..o + 8]);
+            u64::from_le_bytes(w)
+        };
+        Ok((u32_at(16) == MAGIC).then(|| (u64_at(136), u64_at(144), u32_at(40))))
+    };
+    let Some((last0, txn0, psize)) = meta(0)? else {
+        // Not an LMDB file we can read the meta of (or shorter than a meta page): liblmdb
+        // refuses those with its own error before mapping pages.
+        if len < 4096 {
+            return Err(format!(
+                "the file has {len} bytes, less than one LMDB page: truncated or not an LMDB database"
+            ));
+        }
+        return Ok(());
+    };
+    if !psize.is_power_of_two() || !(512..=1 << 20).contains(&psize) {
+        return Err(format!(
+            "invalid LMDB page size {psize} in its first meta page"
+        ));
+    }
+    let psize = u64::from(psize);
+    let (last, _) = match meta(psize)? {
+        Some((last1, txn1, _)) if txn1 > txn0 => (last1, txn1),
+        Some(_) => (last0, txn0),
+        None => {
+            return Err(format!(
+                "truncated: the file has {len} bytes, less than its two {psize}-byte meta pages"
+            ))
+        }
+    };
+    let need = last
+        .checked_add(1)
+        .and_then(|p| p.checked_mul(psize))
+        .ok_or_else(|| format!("invalid last page number {last} in its meta page"))?;
+    if len < need {
+        return Err(format!(
+            "truncated: the database uses {need} bytes ({} pages of {psize}), the file has {len}",
+            need / psize
+        ));
+    }
+    Ok(())
+}
+
 /// Resolves a user path to (environment path, sub-dir mode).
 fn resolve(path: &Path) -> DataResult<(PathBuf, bool)> {
     let err = |msg: String| DataError::Lmdb {
@@ -142,6 +212,14 @@ impl Lmdb {
             path: path.to_path_buf(),
             msg,
         };
+        // liblmdb maps the file and trusts its meta page: pages past the end of a truncated
+        // file fault (SIGBUS) on first touch. Check the size first.
+        check_size(&if subdir {
+            env_path.join("data.mdb")
+        } else {
+            env_path.clone()
+        })
+        .map_err(lmdb_err)?;
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
         let mut flags = EnvFlags::READ_ONLY | EnvFlags::NO_LOCK;
         if !subdir {

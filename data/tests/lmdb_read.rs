@@ -252,3 +252,57 @@ fn empty_database() {
     assert_eq!(db.iter().count(), 0);
     assert_eq!(detect_db_format(&db).unwrap(), RecordFormat::Datum);
 }
+
+/// A truncated `data.mdb` (liblmdb would map it and fault with SIGBUS on the first page past
+/// its end) is refused at open with a message that says so and names the file; the full copy
+/// still opens and reads every record. Each truncation in its own folder (this process keeps
+/// one environment per path).
+#[test]
+fn truncated_data_file_is_an_error_not_a_fault() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = tmp.path().join("full");
+    // Values of 3 KB: most records need their own overflow pages.
+    let recs: Vec<(Vec<u8>, Vec<u8>)> = (0..60)
+        .map(|i| (format!("{i:04}").into_bytes(), vec![i as u8; 3000]))
+        .collect();
+    write_records(&full, &recs, false).unwrap();
+    let bytes = std::fs::read(full.join("data.mdb")).unwrap();
+    assert!(bytes.len() > 64 << 10, "{} bytes", bytes.len());
+    let db = Lmdb::open(&full).unwrap();
+    assert_eq!(db.len().unwrap(), 60);
+    let mut n = 0;
+    db.scan(Start::First, |_, v| {
+        assert_eq!(v.len(), 3000);
+        n += 1;
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(n, 60);
+    for (i, keep) in [
+        0,
+        100,
+        4096,
+        8192,
+        12288,
+        bytes.len() / 2,
+        bytes.len() - 4096,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = tmp.path().join(format!("cut{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("data.mdb"), &bytes[..keep]).unwrap();
+        let err = match Lmdb::open(&dir) {
+            Ok(db) => panic!("{keep} bytes opened: {:?} records", db.len()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("truncated") && err.contains(&format!("cut{i}")),
+            "{keep} bytes: {err}"
+        );
+        // The single-file form (the data file named directly) is checked too.
+        let err = Lmdb::open(dir.join("data.mdb")).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{keep} bytes: {err}");
+    }
+}
