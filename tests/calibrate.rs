@@ -120,6 +120,47 @@ fn histograms_match_independent_min_max_and_counts() {
     write_histogram_file(&f, &calib.records).unwrap();
     let back = read_histogram_file(&f).unwrap();
     assert_eq!(back, calib.records);
+    c2q::quant::check_coverage(&model, &back, &f).unwrap();
+    // Written atomically: a second write replaces the file (a new inode from the rename)
+    // instead of truncating it in place, and leaves no temporary file beside it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(&f).unwrap().ino();
+        write_histogram_file(&f, &calib.records).unwrap();
+        assert_ne!(std::fs::metadata(&f).unwrap().ino(), ino);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("h.txt"))
+            .collect();
+        assert_eq!(names, ["h.txt"]);
+    }
+    // An empty file and one cut short are refused for this net, naming the file and a
+    // convolution without a histogram.
+    let text = std::fs::read_to_string(&f).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = dir.path().join("cut.txt");
+    std::fs::write(&cut, lines[..lines.len() / 3].join("\n")).unwrap();
+    let short = read_histogram_file(&cut).unwrap();
+    assert!(!short.is_empty());
+    let err = c2q::quant::check_coverage(&model, &short, &cut)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cut.txt") && err.contains("no histogram for") && err.contains("Conv"),
+        "{err}"
+    );
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let none = read_histogram_file(&empty).unwrap_or_default();
+    let err = c2q::quant::check_coverage(&model, &none, &empty)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("empty.txt") && err.contains("no histograms"),
+        "{err}"
+    );
     let (init2, predict2) = example_net(11);
     let unopt = Model::from_nets(init2, predict2).unwrap();
     let calib_unopt = c2q::quant::calibrate::Calibration {

@@ -112,6 +112,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     let (calibration, skipped) = match &a.load_hist {
         Some(path) => {
             let records = read_histogram_file(path)?;
+            crate::quant::check_coverage(&model, &records, path)?;
             (Calibration { records, images: 0 }, Vec::new())
         }
         None => {

@@ -83,14 +83,58 @@ pub fn histogram_file_text(records: &[HistogramRecord]) -> std::result::Result<S
     Ok(out)
 }
 
-/// Writes records to `path` in the 7 + nbins format.
+/// Writes records to `path` in the 7 + nbins format, atomically (a temporary file beside
+/// it, flushed, then renamed: an interrupted write never leaves a half file).
 pub fn write_histogram_file(path: &Path, records: &[HistogramRecord]) -> Result<()> {
     let file_err = |msg: String| Error::File {
         path: path.to_path_buf(),
         msg,
     };
     let text = histogram_file_text(records).map_err(file_err)?;
-    std::fs::write(path, text).map_err(|e| file_err(format!("cannot write: {e}")))
+    caffe2_proto::io::write_bytes_atomic(path, text.as_bytes())
+        .map_err(|e| file_err(format!("cannot write: {e}")))
+}
+
+/// Checks that histograms read from `path` can quantize `model`: at least one record, and
+/// one for the output of every convolution and FC (a missing range would silently leave that
+/// layer in fp32, as an empty or cut-short file did).
+pub fn check_coverage(
+    model: &crate::Model,
+    records: &[HistogramRecord],
+    path: &Path,
+) -> Result<()> {
+    let file_err = |msg: String| Error::File {
+        path: path.to_path_buf(),
+        msg,
+    };
+    if records.is_empty() {
+        return Err(file_err(
+            "holds no histograms (empty or not a histogram file): calibrate again with --save-hist"
+                .into(),
+        ));
+    }
+    let missing: Vec<String> = model
+        .net
+        .nodes
+        .iter()
+        .filter(|n| {
+            matches!(
+                n.op_type.as_str(),
+                "Conv" | "ConvRelu" | "FC" | "FCRelu" | "FCTransposed"
+            ) && !records
+                .iter()
+                .any(|r| r.op_index == n.index && r.output_index == 0)
+        })
+        .map(|n| format!("op #{} ({} -> {})", n.index, n.op_type, n.outputs[0]))
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(file_err(format!(
+            "has no histogram for {} layer(s) of this net, first {first} (cut short, or saved \
+             for another net): calibrate again with --save-hist",
+            missing.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Reads a histogram file (either format).

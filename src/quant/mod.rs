@@ -25,7 +25,7 @@ pub use choose::{
     choose_from_histogram, choose_from_histogram_with, choose_from_values, ChooseOptions, QuantKind,
 };
 pub use fallback::{quantize_within_loss, FallbackOptions, FallbackResult, FallbackStep};
-pub use hist_file::{read_histogram_file, write_histogram_file, HistogramRecord};
+pub use hist_file::{check_coverage, read_histogram_file, write_histogram_file, HistogramRecord};
 pub use histogram::{DynamicHistogram, Histogram};
 pub use pipeline::{quantize_db, QuantizeConfig, Quantized};
 pub use qparams::{choose_quantization_params, QParamsOptions};
