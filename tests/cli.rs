@@ -210,3 +210,91 @@ fn demo_runs_the_whole_flow() {
     assert!(int8.net.nodes.iter().all(|n| n.is_ready()));
     assert_eq!(int8.net.nodes[1].op_type, "Int8Quantize");
 }
+
+/// Zero or absurd counts are refused by the flag parser with the valid range (exit code 2,
+/// nothing run): a batch of 0 or 100,000, 100,000 threads (which hung `eval`), 0 or 4e9
+/// histogram bins; the largest batch passes the parser.
+#[test]
+fn absurd_counts_are_refused_with_the_valid_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    write_example_model(&model, 3).unwrap();
+    let m = p(&model);
+    for (args, flag, range) in [
+        (
+            vec!["bench", "--model", m, "--batch", "0"],
+            "--batch",
+            "1..=4096",
+        ),
+        (
+            vec!["bench", "--model", m, "--batch", "100000"],
+            "--batch",
+            "1..=4096",
+        ),
+        (
+            vec!["bench", "--model", m, "--threads", "100000"],
+            "--threads",
+            "0..=1024",
+        ),
+        (
+            vec!["eval", "-m", m, "--db", "nowhere", "--threads", "100000"],
+            "--threads",
+            "0..=1024",
+        ),
+        (
+            vec!["eval", "-m", m, "--db", "nowhere", "--batch=abc"],
+            "--batch",
+            "whole number",
+        ),
+        (
+            vec![
+                "calibrate",
+                "--model",
+                m,
+                "--calib-db",
+                "nowhere",
+                "--bins",
+                "0",
+            ],
+            "--bins",
+            "1..=1048576",
+        ),
+        (
+            vec![
+                "calibrate",
+                "--model",
+                m,
+                "--calib-db",
+                "nowhere",
+                "--bins",
+                "4000000000",
+            ],
+            "--bins",
+            "1..=1048576",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_c2q"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag) && err.contains(range), "{args:?}: {err}");
+    }
+    let (ok, _, err) = c2q(&[
+        "bench",
+        "--model",
+        m,
+        "--batch",
+        "4096",
+        "--threads",
+        "1",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--input-shape",
+        "3,8,8",
+    ]);
+    assert!(ok || !err.contains("must be in"), "{err}");
+}

@@ -121,10 +121,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_optimize: bool,
     /// Images per run.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::parse_batch)]
     pub batch: usize,
     /// Worker threads (0 = all cores).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::parse_threads)]
     pub threads: usize,
     /// Timed runs.
     #[arg(long, default_value_t = 20)]

@@ -25,7 +25,7 @@ pub struct CalibrateArgs {
     #[command(flatten)]
     pub sample: SampleArgs,
     /// Bins per histogram.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = super::parse_bins)]
     pub bins: usize,
     /// Write the histograms (Caffe2 histogram-observer text format).
     #[arg(long)]

@@ -24,10 +24,10 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 16)]
     pub images: usize,
     /// Images per batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::parse_batch)]
     pub batch: usize,
     /// Worker threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::parse_threads)]
     pub threads: usize,
     /// Record format; detected when omitted.
     #[arg(long)]

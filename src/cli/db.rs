@@ -26,10 +26,10 @@ pub struct DbBenchArgs {
     /// The LMDB folder (or its data.mdb).
     pub db: PathBuf,
     /// Images per batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::parse_batch)]
     pub batch: usize,
     /// Worker threads for decoding and preprocessing (0 = all cores).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::parse_threads)]
     pub threads: usize,
     /// Read at most this many records.
     #[arg(long)]

@@ -20,13 +20,13 @@ pub struct EvalArgs {
     #[arg(long)]
     pub db: PathBuf,
     /// Images per batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::parse_batch)]
     pub batch: usize,
     /// Evaluate at most this many records (in key order).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Worker threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::parse_threads)]
     pub threads: usize,
     /// Added to every label (1 for nets with a background class 0).
     #[arg(long, default_value_t = 0)]

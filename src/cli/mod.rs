@@ -15,6 +15,40 @@ pub mod quantize;
 pub mod run;
 pub mod sample_args;
 
+/// Most worker threads a command accepts (`0` = all cores).
+pub const MAX_THREADS: usize = 1024;
+/// Largest batch a command accepts (images per batch).
+pub const MAX_BATCH: usize = 4096;
+/// Most histogram bins `calibrate` accepts (Caffe2's default is 2048).
+pub const MAX_BINS: usize = 1 << 20;
+
+/// A whole number in `lo..=hi` for flag values (clap reports the error with the flag).
+fn parse_in(s: &str, lo: usize, hi: usize, what: &str) -> Result<usize, String> {
+    let v: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number"))?;
+    if v < lo || v > hi {
+        return Err(format!("{what} must be in {lo}..={hi}, got {v}"));
+    }
+    Ok(v)
+}
+
+/// `--threads`: 0 (all cores) to [`MAX_THREADS`].
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    parse_in(s, 0, MAX_THREADS, "threads (0 = all cores)")
+}
+
+/// `--batch`: 1 to [`MAX_BATCH`].
+pub fn parse_batch(s: &str) -> Result<usize, String> {
+    parse_in(s, 1, MAX_BATCH, "the batch size")
+}
+
+/// `--bins`: 1 to [`MAX_BINS`].
+pub fn parse_bins(s: &str) -> Result<usize, String> {
+    parse_in(s, 1, MAX_BINS, "the number of bins")
+}
+
 use clap::{Parser, Subcommand};
 
 /// c2q: read, run, calibrate and quantize Caffe2 models on the CPU.

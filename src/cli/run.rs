@@ -35,7 +35,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5)]
     pub top: usize,
     /// Worker threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::parse_threads)]
     pub threads: usize,
     /// Write every external output as a serialized caffe2 TensorProtos (names set).
     #[arg(long)]
