@@ -298,3 +298,29 @@ fn absurd_counts_are_refused_with_the_valid_range() {
     ]);
     assert!(ok || !err.contains("must be in"), "{err}");
 }
+
+/// `c2q info --json | head -c 0`: the reader is gone before c2q prints; it ends quietly with
+/// status 0 instead of panicking on the broken pipe.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    write_example_model(&model, 3).unwrap();
+    for args in [
+        vec!["info", "--model", p(&model), "--json"],
+        vec!["info", "--model", p(&model), "--shapes"],
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_c2q"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end at once: c2q's first write meets a pipe without readers.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+    }
+}
