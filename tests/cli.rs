@@ -324,3 +324,24 @@ fn a_closed_stdout_ends_quietly() {
         assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
     }
 }
+
+/// `run --input` with a TensorProto whose data does not fill its dims says why (the cause
+/// used to be dropped, leaving only "holds no tensor").
+#[test]
+fn a_bad_input_tensor_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    write_example_model(&model, 3).unwrap();
+    let mut t = TensorProto::new();
+    t.dims = vec![1, 3, 32, 32];
+    t.float_data = vec![0.5; 7];
+    t.set_name("data".into());
+    let input = dir.path().join("bad.pb");
+    io::write(&t, &input, Format::Binary).unwrap();
+    let (ok, _, err) = c2q(&["run", "--model", p(&model), "--input", p(&input)]);
+    assert!(!ok);
+    assert!(
+        err.contains("bad.pb") && err.contains("read as one TensorProto") && err.contains('7'),
+        "{err}"
+    );
+}

@@ -48,15 +48,30 @@ pub struct RunArgs {
 /// Reads a tensor file holding one TensorProto or a TensorProtos; returns named tensors.
 pub fn read_tensor_file(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // Why the file is not one good TensorProto, kept for the error if it is no TensorProtos
+    // either (the two messages parse leniently from the same bytes).
+    let mut as_one: Option<String> = None;
     if let Ok((t, _)) = io::parse::<TensorProto>(&bytes, path) {
-        if let Ok(tensor) = tensor_from_proto(&t) {
-            if !tensor.is_empty() {
+        match tensor_from_proto(&t) {
+            Ok(tensor) if !tensor.is_empty() => {
                 return Ok(vec![(t.name().to_string(), tensor)]);
             }
+            Ok(_) => as_one = Some("an empty tensor".into()),
+            Err(e) => as_one = Some(e.to_string()),
         }
     }
-    let (ts, _) = io::parse::<TensorProtos>(&bytes, path)
-        .map_err(|e| anyhow::anyhow!("{e} (expected a TensorProto or TensorProtos)"))?;
+    let why_one = |as_one: &Option<String>| {
+        as_one
+            .as_ref()
+            .map(|e| format!("; read as one TensorProto: {e}"))
+            .unwrap_or_default()
+    };
+    let (ts, _) = io::parse::<TensorProtos>(&bytes, path).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (expected a TensorProto or TensorProtos){}",
+            why_one(&as_one)
+        )
+    })?;
     let mut out = Vec::new();
     for t in &ts.protos {
         let tensor =
@@ -64,7 +79,7 @@ pub fn read_tensor_file(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
         out.push((t.name().to_string(), tensor));
     }
     if out.is_empty() {
-        anyhow::bail!("{}: holds no tensor", path.display());
+        anyhow::bail!("{}: holds no tensor{}", path.display(), why_one(&as_one));
     }
     Ok(out)
 }
