@@ -345,3 +345,19 @@ fn a_bad_input_tensor_says_why() {
         "{err}"
     );
 }
+
+/// A folder or a device as `--predict` is refused at once with one plain reason (the OS
+/// message used to be printed twice, and `/dev/zero` was read for gigabytes).
+#[test]
+fn a_folder_or_device_as_predict_is_refused_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = c2q(&["info", "--predict", p(dir.path())]);
+    assert!(!ok);
+    assert_eq!(err.matches("folder").count(), 1, "{err}");
+    #[cfg(unix)]
+    {
+        let (ok, _, err) = c2q(&["info", "--predict", "/dev/zero"]);
+        assert!(!ok);
+        assert_eq!(err.matches("not a regular file").count(), 1, "{err}");
+    }
+}

@@ -50,14 +50,15 @@ impl std::fmt::Display for Format {
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
     /// The file could not be read or written.
-    #[error("{path}: cannot {action}: {source}")]
+    #[error("{path}: cannot {action}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// What was attempted (`read`, `write`, ...).
         action: &'static str,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (part of the message, not a separate source: reports that print an
+        /// error's chain would say it twice).
+        cause: std::io::Error,
     },
     /// The file holds no data (or, as text, only whitespace and comments).
     #[error(
@@ -240,12 +241,41 @@ fn parse_msg(e: ProtoError) -> String {
 /// Reads a message from a file, detecting the format from its content.
 pub fn read<M: MessageFull>(path: impl AsRef<Path>) -> Result<(M, Format), ProtoError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| ProtoError::Io {
+    let bytes = read_file(path)?;
+    parse(&bytes, path)
+}
+
+/// The most bytes a protobuf message can hold (its length fields are 32-bit signed).
+pub const MAX_MESSAGE_BYTES: u64 = (1 << 31) - 1;
+
+/// Reads a whole model or tensor file: a regular file of at most [`MAX_MESSAGE_BYTES`],
+/// checked before reading (a folder, a device such as `/dev/zero` or a pipe would otherwise
+/// be read without end or fail with a bare OS message).
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ProtoError> {
+    let io_err = |cause| ProtoError::Io {
         path: path.to_path_buf(),
         action: "read",
-        source,
-    })?;
-    parse(&bytes, path)
+        cause,
+    };
+    let refuse = |msg: String| io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if meta.is_dir() {
+        return Err(refuse(
+            "it is a folder, not a file (a model folder goes with --model)".into(),
+        ));
+    }
+    if !meta.is_file() {
+        return Err(refuse(
+            "not a regular file (a device, pipe or socket)".into(),
+        ));
+    }
+    if meta.len() > MAX_MESSAGE_BYTES {
+        return Err(refuse(format!(
+            "{} bytes, more than the {MAX_MESSAGE_BYTES} a protobuf message can hold",
+            meta.len()
+        )));
+    }
+    std::fs::read(path).map_err(io_err)
 }
 
 /// Finds an unset required field, returning its path inside `msg`
@@ -318,10 +348,10 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProtoError> {
     use std::io::Write;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let io_err = |action: &'static str| {
-        move |source| ProtoError::Io {
+        move |cause| ProtoError::Io {
             path: path.to_path_buf(),
             action,
-            source,
+            cause,
         }
     };
     let dir = match path.parent() {

@@ -343,3 +343,30 @@ fn negative_varints_use_ten_bytes_like_cpp() {
     assert_eq!(d.device_type(), -1);
     assert_eq!(d.write_to_bytes().ok().as_deref(), Some(&wire[..]));
 }
+
+/// A folder, a device and a missing file are refused before any reading, each with the
+/// path and one plain reason (`/dev/zero` used to be read for gigabytes).
+#[test]
+fn non_files_are_refused_before_reading() {
+    use caffe2_proto::NetDef;
+    let dir = tempfile::tempdir().unwrap();
+    let err = caffe2_proto::io::read::<NetDef>(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("folder"), "{err}");
+    #[cfg(unix)]
+    {
+        let err = caffe2_proto::io::read::<NetDef>("/dev/zero")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/dev/zero") && err.contains("not a regular file"),
+            "{err}"
+        );
+    }
+    let missing = dir.path().join("nope.pb");
+    let err = caffe2_proto::io::read::<NetDef>(&missing)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope.pb"), "{err}");
+}

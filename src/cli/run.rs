@@ -47,7 +47,7 @@ pub struct RunArgs {
 
 /// Reads a tensor file holding one TensorProto or a TensorProtos; returns named tensors.
 pub fn read_tensor_file(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
-    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let bytes = io::read_file(path)?;
     // Why the file is not one good TensorProto, kept for the error if it is no TensorProtos
     // either (the two messages parse leniently from the same bytes).
     let mut as_one: Option<String> = None;
@@ -93,7 +93,7 @@ pub fn read_synsets(path: &Path) -> anyhow::Result<Vec<String>> {
 
 /// Loads and preprocesses one image as a `[1, 3, crop, crop]` tensor.
 pub fn image_tensor(path: &Path, pre: &data::Preprocess) -> anyhow::Result<Tensor> {
-    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let bytes = io::read_file(path)?;
     let img = data::decode_bgr(&bytes, &path.display().to_string())?;
     let mut buf = vec![0f32; pre.image_len()];
     pre.apply(&img, &mut buf)?;
