@@ -353,7 +353,7 @@ fn a_folder_or_device_as_predict_is_refused_once() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, _, err) = c2q(&["info", "--predict", p(dir.path())]);
     assert!(!ok);
-    assert_eq!(err.matches("folder").count(), 1, "{err}");
+    assert_eq!(err.matches("it is a folder").count(), 1, "{err}");
     #[cfg(unix)]
     {
         let (ok, _, err) = c2q(&["info", "--predict", "/dev/zero"]);
