@@ -10,10 +10,12 @@
 
 use std::collections::HashMap;
 
-use caffe2_proto::{Argument, NetDef};
+use caffe2_proto::NetDef;
 use ops::Tensor;
 
-use super::util::{is_live_output, readers_after, remove_ops};
+use super::util::{
+    is_live_output, last_writer, new_arg_s, push_args_prefixed, readers_after, remove_ops,
+};
 use crate::Result;
 
 /// Fuses every eligible Int8Conv → Int8Lut pair; returns how many were fused.
@@ -24,8 +26,7 @@ pub fn fuse_conv_lut(net: &mut NetDef, _params: &mut HashMap<String, Tensor>) ->
         if lut.type_() != "Int8Lut" || lut.input.len() != 1 || lut.output.len() != 1 {
             continue;
         }
-        let x = lut.input[0].clone();
-        let Some(i) = (0..j).rev().find(|&i| net.op[i].output.contains(&x)) else {
+        let Some(i) = last_writer(net, j, &lut.input[0]) else {
             continue;
         };
         if !removed.contains(&i) && can_fuse(net, i, j) {
@@ -63,15 +64,8 @@ fn can_fuse(net: &NetDef, i: usize, j: usize) -> bool {
 fn fuse(net: &mut NetDef, i: usize, j: usize) {
     let lut = net.op[j].clone();
     let conv = &mut net.op[i];
-    let mut a = Argument::new();
-    a.set_name("conv_type".to_string());
-    a.set_s(conv.type_().as_bytes().to_vec());
-    conv.arg.push(a);
+    conv.arg.push(new_arg_s("conv_type", conv.type_()));
     conv.set_type("Int8ConvLut".to_string());
     conv.output[0] = lut.output[0].clone();
-    for a in &lut.arg {
-        let mut a = a.clone();
-        a.set_name(format!("lut_{}", a.name()));
-        conv.arg.push(a);
-    }
+    push_args_prefixed(conv, &lut, "lut_");
 }

@@ -13,7 +13,7 @@ use caffe2_proto::{Argument, NetDef};
 use ops::int8::lut::LUT_ELEMENTWISE;
 use ops::Tensor;
 
-use super::util::{is_live_output, read_count, remove_ops};
+use super::util::{is_live_output, push_args_prefixed, read_count, remove_ops};
 use crate::Result;
 
 const LAYOUT: &[&str] = &["NCHW2NHWC", "NHWC2NCHW"];
@@ -107,10 +107,6 @@ fn rewrite(net: &mut NetDef, j: usize, chain: &[usize]) {
         .collect();
     q.arg.push(types);
     for (i, op) in elementwise.iter().enumerate() {
-        for a in &op.arg {
-            let mut a = a.clone();
-            a.set_name(format!("e{i}_{}", a.name()));
-            q.arg.push(a);
-        }
+        push_args_prefixed(q, op, &format!("e{i}_"));
     }
 }

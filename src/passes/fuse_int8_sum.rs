@@ -11,10 +11,13 @@
 
 use std::collections::HashMap;
 
-use caffe2_proto::{Argument, NetDef};
+use caffe2_proto::NetDef;
 use ops::Tensor;
 
-use super::util::{arg_i, arg_s, is_live_output, readers_after, remove_ops};
+use super::util::{
+    arg_i, arg_s, is_live_output, last_writer, new_arg_i, new_arg_s, push_args_prefixed,
+    readers_after, remove_ops,
+};
 use crate::Result;
 
 /// The Sum types that can absorb a convolution.
@@ -49,13 +52,6 @@ pub fn fuse_int8_sum(net: &mut NetDef, _params: &mut HashMap<String, Tensor>) ->
     let n = removed.len();
     remove_ops(net, removed);
     Ok(n)
-}
-
-/// The last op before `j` that writes `blob`.
-fn last_writer(net: &NetDef, j: usize, blob: &str) -> Option<usize> {
-    (0..j)
-        .rev()
-        .find(|&i| net.op[i].output.iter().any(|o| o == blob))
 }
 
 /// True when the convolution at `i` can absorb the Sum at `j`, whose input `ci` it writes.
@@ -99,27 +95,8 @@ fn fuse(net: &mut NetDef, i: usize, j: usize, ci: usize) {
     );
     conv.input.push(sum.input[1 - ci].clone());
     conv.output[0] = sum.output[0].clone();
-    let mut push = |a: Argument| conv.arg.push(a);
-    push(arg_int("conv_relu", i64::from(conv_relu)));
-    push(arg_str("sum_type", sum.type_()));
-    push(arg_int("sum_conv_input", ci as i64));
-    for a in &sum.arg {
-        let mut a = a.clone();
-        a.set_name(format!("sum_{}", a.name()));
-        push(a);
-    }
-}
-
-fn arg_int(name: &str, v: i64) -> Argument {
-    let mut a = Argument::new();
-    a.set_name(name.to_string());
-    a.set_i(v);
-    a
-}
-
-fn arg_str(name: &str, v: &str) -> Argument {
-    let mut a = Argument::new();
-    a.set_name(name.to_string());
-    a.set_s(v.as_bytes().to_vec());
-    a
+    conv.arg.push(new_arg_i("conv_relu", i64::from(conv_relu)));
+    conv.arg.push(new_arg_s("sum_type", sum.type_()));
+    conv.arg.push(new_arg_i("sum_conv_input", ci as i64));
+    push_args_prefixed(conv, &sum, "sum_");
 }

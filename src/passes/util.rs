@@ -1,6 +1,7 @@
-//! Helpers shared by the rewrite passes: who reads a blob, argument lookup.
+//! Helpers shared by the rewrite passes: who reads or wrote a blob, argument lookup and
+//! construction.
 
-use caffe2_proto::{NetDef, OperatorDef};
+use caffe2_proto::{Argument, NetDef, OperatorDef};
 
 /// Indices of the ops after `after` that read the value `blob` had when op `after` wrote it:
 /// scanning stops at the first later op that writes `blob` again (that op is included if it
@@ -59,6 +60,39 @@ pub fn arg_s(op: &OperatorDef, name: &str) -> Option<String> {
         .iter()
         .find(|a| a.name() == name && a.has_s())
         .map(|a| String::from_utf8_lossy(a.s()).into_owned())
+}
+
+/// The last op before `j` that writes `blob`.
+pub fn last_writer(net: &NetDef, j: usize, blob: &str) -> Option<usize> {
+    (0..j)
+        .rev()
+        .find(|&i| net.op[i].output.iter().any(|o| o == blob))
+}
+
+/// A new single-integer argument.
+pub fn new_arg_i(name: &str, v: i64) -> Argument {
+    let mut a = Argument::new();
+    a.set_name(name.to_string());
+    a.set_i(v);
+    a
+}
+
+/// A new string argument.
+pub fn new_arg_s(name: &str, v: &str) -> Argument {
+    let mut a = Argument::new();
+    a.set_name(name.to_string());
+    a.set_s(v.as_bytes().to_vec());
+    a
+}
+
+/// Appends the arguments of `from` to `to`, each name with `prefix` in front (how a fused
+/// op carries the arguments of the op it absorbed).
+pub fn push_args_prefixed(to: &mut OperatorDef, from: &OperatorDef, prefix: &str) {
+    for a in &from.arg {
+        let mut a = a.clone();
+        a.set_name(format!("{prefix}{}", a.name()));
+        to.arg.push(a);
+    }
 }
 
 /// Removes the ops at the given indices.
