@@ -292,17 +292,8 @@ impl Op for Int8Conv {
         if self.reference {
             self.eval_reference(&d, &x_nhwc, r.xq, w, r.wq, &bias, &stage, y);
         } else {
-            let packed_now;
-            let (packed, window) = match &self.prepared {
-                Some(p) if p.w_shape == inputs[1].shape() && p.wq == r.wq => {
-                    (&p.weights, p.window.as_ref())
-                }
-                _ => {
-                    packed_now = pack_weights(w, inputs[1].shape(), self.geo.order, d.g, r.wq)?;
-                    (&packed_now, None)
-                }
-            };
-            let window = window.filter(|ww| window_pays(&d, ww));
+            let mut packed_now = None;
+            let (packed, window) = self.packed(w, inputs[1].shape(), &d, r.wq, &mut packed_now)?;
             run_fast(
                 &d,
                 &x_nhwc,
@@ -343,6 +334,29 @@ impl Op for Int8Conv {
 }
 
 impl Int8Conv {
+    /// The packed weights of a call: the prepared ones when they were packed from weights
+    /// of this shape and parameters, else `w` packed now into `now`; with them the window
+    /// form's weights when that form runs this call (`window_pays`).
+    fn packed<'a>(
+        &'a self,
+        w: &[u8],
+        w_shape: &[usize],
+        d: &Dims,
+        wq: QParams,
+        now: &'a mut Option<PackedConv>,
+    ) -> OpResult<(&'a PackedConv, Option<&'a PackedQWeights>)> {
+        match &self.prepared {
+            Some(p) if p.w_shape == w_shape && p.wq == wq => Ok((
+                &p.weights,
+                p.window.as_ref().filter(|ww| window_pays(d, ww)),
+            )),
+            _ => {
+                let packed = pack_weights(w, w_shape, self.geo.order, d.g, wq)?;
+                Ok((now.insert(packed), None))
+            }
+        }
+    }
+
     /// The convolution followed by a two-input Sum with `other` (laid out like the output),
     /// in one output stage, when the fast path has a fused form for this convolution: NHWC,
     /// one group, not the reference. `Ok(None)` otherwise (the caller then runs the two
@@ -380,23 +394,14 @@ impl Int8Conv {
         let w_scales = channel_w_scales(self.w_scales.as_deref(), r.wq, d.m);
         let bias = bias_values(op, b, r.xq, &w_scales)?;
         let st = OutputStage::new(r.xq.scale, &w_scales, self.y, self.relu);
-        let packed_now;
-        let (packed, window) = match &self.prepared {
-            Some(p) if p.w_shape == inputs[1].shape() && p.wq == r.wq => {
-                (&p.weights, p.window.as_ref())
-            }
-            _ => {
-                packed_now = pack_weights(w, inputs[1].shape(), self.geo.order, d.g, r.wq)?;
-                (&packed_now, None)
-            }
-        };
+        let mut packed_now = None;
+        let (packed, window) = self.packed(w, inputs[1].shape(), &d, r.wq, &mut packed_now)?;
         let PackedConv::Gemm(groups) = packed else {
             return Ok(None);
         };
         let [pw] = groups.as_slice() else {
             return Ok(None);
         };
-        let window = window.filter(|ww| window_pays(&d, ww));
         let pw = window.unwrap_or(pw);
         let zx = r.xq.zero_point;
         let ep = st.epilogue(pw.col_sums(), zx, &bias, 0..d.m)?;
@@ -439,10 +444,7 @@ impl Int8Conv {
         y: &mut [u8],
     ) {
         // Weights as (w − z_w) in [M, kH, kW, C/G] order.
-        let w_khwc: Cow<'_, [u8]> = match self.geo.order {
-            Order::Nhwc => Cow::Borrowed(w),
-            Order::Nchw => Cow::Owned(chw_to_hwc(w, d.m, d.cg(), d.kh * d.kw)),
-        };
+        let w_khwc = filter_khwc(w, self.geo.order, d.m, d.cg(), d.kh * d.kw);
         let kk = d.kk();
         let mut wc: Vec<i16> = Vec::with_capacity(d.m * kk);
         for mi in 0..d.m {
@@ -473,17 +475,11 @@ fn pack_weights(
         return Err(bad());
     }
     let m = w_shape[0];
-    let (cg, kh, kw) = match order {
-        Order::Nhwc => (w_shape[3], w_shape[1], w_shape[2]),
-        Order::Nchw => (w_shape[1], w_shape[2], w_shape[3]),
-    };
+    let (cg, kh, kw) = filter_dims(w_shape, order);
     if m == 0 || !m.is_multiple_of(g) || w.len() != m * cg * kh * kw {
         return Err(bad());
     }
-    let w_khwc: Cow<'_, [u8]> = match order {
-        Order::Nhwc => Cow::Borrowed(w),
-        Order::Nchw => Cow::Owned(chw_to_hwc(w, m, cg, kh * kw)),
-    };
+    let w_khwc = filter_khwc(w, order, m, cg, kh * kw);
     let mg = m / g;
     let kk = kh * kw * cg;
     if g > 1 && cg == 1 && mg == 1 {
@@ -500,6 +496,23 @@ fn pack_weights(
         .map(|gi| PackedQWeights::pack(&w_khwc[gi * mg * kk..(gi + 1) * mg * kk], mg, kk, &zps))
         .collect::<OpResult<Vec<_>>>()?;
     Ok(PackedConv::Gemm(groups))
+}
+
+/// `(C/G, kH, kW)` of a 4-D filter shape `[M, ...]` in `order`.
+fn filter_dims(w_shape: &[usize], order: Order) -> (usize, usize, usize) {
+    match order {
+        Order::Nhwc => (w_shape[3], w_shape[1], w_shape[2]),
+        Order::Nchw => (w_shape[1], w_shape[2], w_shape[3]),
+    }
+}
+
+/// Filter `w` of `m` channels, `cg` input channels and `taps` kernel cells, stored in
+/// `order`, in `[M, kH, kW, C/G]` order (borrowed when it already is).
+fn filter_khwc(w: &[u8], order: Order, m: usize, cg: usize, taps: usize) -> Cow<'_, [u8]> {
+    match order {
+        Order::Nhwc => Cow::Borrowed(w),
+        Order::Nchw => Cow::Owned(chw_to_hwc(w, m, cg, taps)),
+    }
 }
 
 /// The fast NHWC convolution into `y` (`[N, H', W', M]`).
@@ -632,17 +645,11 @@ fn pack_window(
         return None;
     }
     let m = w_shape[0];
-    let (c, kh, kw) = match geo.order {
-        Order::Nhwc => (w_shape[3], w_shape[1], w_shape[2]),
-        Order::Nchw => (w_shape[1], w_shape[2], w_shape[3]),
-    };
+    let (c, kh, kw) = filter_dims(w_shape, geo.order);
     if c == 0 || c.is_multiple_of(64) || kw * c > 64 || kh * kw < 2 || w.len() != m * c * kh * kw {
         return None;
     }
-    let w_khwc: Cow<'_, [u8]> = match geo.order {
-        Order::Nhwc => Cow::Borrowed(w),
-        Order::Nchw => Cow::Owned(chw_to_hwc(w, m, c, kh * kw)),
-    };
+    let w_khwc = filter_khwc(w, geo.order, m, c, kh * kw);
     let zw = u8::try_from(wq.zero_point).ok()?;
     let (kk, k2, row) = (kh * kw * c, kh * 64, kw * c);
     let mut wide = vec![zw; m * k2];
