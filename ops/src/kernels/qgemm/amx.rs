@@ -269,39 +269,51 @@ unsafe fn stage_block_m<L: Lanes, const M: u8>(
     tp: usize,
     out: &mut [u8],
 ) {
-    let two_panels = g0 + NR < b.c0 + b.cols;
     let sum = M & MODE_SUM != 0;
-    if g0 + 2 * NR <= b.c0 + b.cols {
-        // Both panels whole: rows in pairs through the 2 × 32 block form.
-        let col = b.ocol + (g0 - b.c0);
-        for h in 0..2 {
-            let Some(&(t0, valid)) = b.tiles.get(tp + h) else {
-                continue;
-            };
-            if valid == 0 {
-                continue;
-            }
-            let last = (t0 + valid - 1) * b.ldo + col + 2 * NR;
-            assert!(last <= out.len() && (!sum || last <= b.other.len()));
-            let (ca, cb) = (&c[2 * h], &c[2 * h + 1]);
-            // SAFETY: `L`'s features are present (caller); row r's 32 codes at
-            // (t0 + r)·ldo + col lie below `last`, checked above for `out` and the summand.
-            unsafe {
-                let st = [L::stage(b.stage, g0), L::stage(b.stage, g0 + NR)];
-                let y0 = out.as_mut_ptr().add(t0 * b.ldo + col);
-                let o0 = if sum {
-                    b.other.as_ptr().add(t0 * b.ldo + col)
+    // Channels of this block (1 to 32) and its output columns.
+    let width = (b.c0 + b.cols - g0).min(2 * NR);
+    let panels = width.div_ceil(NR);
+    let col = b.ocol + (g0 - b.c0);
+    for h in 0..2 {
+        let Some(&(t0, valid)) = b.tiles.get(tp + h) else {
+            continue;
+        };
+        if valid == 0 {
+            continue;
+        }
+        // One bounds check per tile: rows t0..t0+valid of `out` (and of the summand) at
+        // columns col..col+width.
+        let last = (t0 + valid - 1) * b.ldo + col + width;
+        assert!(last <= out.len() && (!sum || last <= b.other.len()));
+        let (ca, cb) = (&c[2 * h], &c[2 * h + 1]);
+        // SAFETY: `L`'s features are present (caller); row r's `width` codes at
+        // (t0 + r)·ldo + col lie below `last`, checked above for `out` and the summand.
+        unsafe {
+            let s0 = L::stage(b.stage, g0);
+            let st = [
+                s0,
+                if panels == 2 {
+                    L::stage(b.stage, g0 + NR)
                 } else {
-                    std::ptr::null()
-                };
-                let rs = |r: usize| {
-                    if M & MODE_CORR != 0 {
-                        b.rowsums[t0 + r]
-                    } else {
-                        0
-                    }
-                };
-                let mut r = 0;
+                    s0
+                },
+            ];
+            let y0 = out.as_mut_ptr().add(t0 * b.ldo + col);
+            let o0 = if sum {
+                b.other.as_ptr().add(t0 * b.ldo + col)
+            } else {
+                std::ptr::null()
+            };
+            let rs = |r: usize| {
+                if M & MODE_CORR != 0 {
+                    b.rowsums[t0 + r]
+                } else {
+                    0
+                }
+            };
+            let mut r = 0;
+            if width == 2 * NR {
+                // Both panels whole: rows in pairs through the 2 × 32 block form.
                 while r + 2 <= valid {
                     let acc = [
                         L::load_b(ca[r * TR..].as_ptr()),
@@ -319,62 +331,18 @@ unsafe fn stage_block_m<L: Lanes, const M: u8>(
                     );
                     r += 2;
                 }
-                if r < valid {
-                    for (v, cv) in [ca, cb].into_iter().enumerate() {
-                        L::requant_store::<M>(
-                            L::load_b(cv[r * TR..].as_ptr()),
-                            &st[v],
-                            rs(r),
-                            o0.wrapping_add(r * b.ldo + v * NR),
-                            y0.add(r * b.ldo + v * NR),
-                            NR,
-                        );
-                    }
-                }
             }
-        }
-        return;
-    }
-    for v in 0..1 + usize::from(two_panels) {
-        let gc = g0 + v * NR;
-        let n = NR.min(b.c0 + b.cols - gc);
-        let col = b.ocol + (gc - b.c0);
-        for h in 0..2 {
-            let Some(&(t0, valid)) = b.tiles.get(tp + h) else {
-                continue;
-            };
-            if valid == 0 {
-                continue;
-            }
-            // One bounds check per tile: rows t0.. t0+valid of `out` (and of the summand)
-            // at columns col..col+n.
-            let last = (t0 + valid - 1) * b.ldo + col + n;
-            assert!(last <= out.len() && (!sum || last <= b.other.len()));
-            let c = &c[2 * h + v];
-            // SAFETY: `L`'s features are present (caller); row r's `n` codes at
-            // (t0 + r)·ldo + col lie below `last`, checked above for `out` and the summand.
-            unsafe {
-                let st = L::stage(b.stage, gc);
-                let y0 = out.as_mut_ptr().add(t0 * b.ldo + col);
-                let o0 = if sum {
-                    b.other.as_ptr().add(t0 * b.ldo + col)
-                } else {
-                    std::ptr::null()
-                };
-                for r in 0..valid {
-                    let acc = L::load_b(c[r * TR..].as_ptr());
-                    let rs = if M & MODE_CORR != 0 {
-                        b.rowsums[t0 + r]
-                    } else {
-                        0
-                    };
+            // The rest (an odd last row, a partial panel) 16 lanes at a time.
+            for r in r..valid {
+                for (v, cv) in [ca, cb].into_iter().enumerate().take(panels) {
+                    let at = r * b.ldo + v * NR;
                     L::requant_store::<M>(
-                        acc,
-                        &st,
-                        rs,
-                        o0.wrapping_add(r * b.ldo),
-                        y0.add(r * b.ldo),
-                        n,
+                        L::load_b(cv[r * TR..].as_ptr()),
+                        &st[v],
+                        rs(r),
+                        o0.wrapping_add(at),
+                        y0.add(at),
+                        NR.min(width - v * NR),
                     );
                 }
             }
