@@ -16,18 +16,8 @@ use ops::kernels::qdepthwise::{kernel_name, qdepthwise_with, DwShape, PackedDept
 use ops::kernels::qgemm::QEpilogue;
 use ops::{build_op, ArgValue, Args, NodeSpec, QParams, Tensor};
 
-fn codes(n: usize, seed: usize) -> Vec<u8> {
-    (0..n)
-        .map(|i| ((i * 7919 + seed * 131) % 251) as u8)
-        .collect()
-}
-
-/// Codes in a buffer starting on a 64-byte boundary, like the outputs of the Int8 ops.
-fn aligned(v: &[u8]) -> ops::int8::OutCodes {
-    let mut out = ops::int8::OutCodes::new(v.len());
-    out.as_mut_slice().copy_from_slice(v);
-    out
-}
+mod bench_util;
+use bench_util::{aligned, codes};
 
 /// (H = W, C, stride) of the 3×3 depthwise layers of MobileNetV2 (input size).
 const LAYERS: [(usize, usize, usize); 10] = [
@@ -62,26 +52,7 @@ fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    // As the `c2q` binary does (`runtime::alloc`): freed buffers stay in the process instead
-    // of being unmapped and faulted in again at every call.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: plain allocator tuning calls before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
-    }
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(51);
-    let threads: usize = std::env::var("THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("pool");
+    let (runs, threads, pool) = bench_util::setup(51);
     let current = Isa::current();
     // One level per distinct depthwise kernel.
     let levels: Vec<Isa> = [Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni]

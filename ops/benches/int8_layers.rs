@@ -10,17 +10,13 @@ use ops::kernels::isa::Isa;
 use ops::kernels::qgemm::{kernel_name, qgemm, PackedQWeights, QEpilogue, QMatRef};
 use ops::{build_op, ArgValue, Args, NodeSpec, QParams, Tensor};
 
-fn codes(n: usize, seed: usize) -> Vec<u8> {
-    (0..n)
-        .map(|i| ((i * 7919 + seed * 131) % 251) as u8)
-        .collect()
-}
+mod bench_util;
+use bench_util::{aligned, codes};
 
 /// Codes as an Int8 tensor starting on a 64-byte boundary, like the outputs of the Int8 ops.
 fn qu8(shape: &[usize], v: Vec<u8>, scale: f32, zero_point: i32) -> Tensor {
-    let mut out = ops::int8::OutCodes::new(v.len());
-    out.as_mut_slice().copy_from_slice(&v);
-    out.into_tensor(shape, QParams { scale, zero_point })
+    aligned(&v)
+        .into_tensor(shape, QParams { scale, zero_point })
         .expect("shape")
 }
 
@@ -46,26 +42,7 @@ fn resnet50_convs() -> Vec<(usize, usize, usize, usize, usize, usize)> {
 }
 
 fn main() {
-    // As the `c2q` binary does (`runtime::alloc`): freed activations stay in the process
-    // instead of being unmapped and faulted in again at every run.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: plain allocator tuning calls before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
-    }
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(15);
-    let threads: usize = std::env::var("THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("pool");
+    let (runs, threads, pool) = bench_util::setup(15);
     println!(
         "ISA {}, {threads} thread(s), median of {runs} runs",
         Isa::current()
