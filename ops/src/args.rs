@@ -60,6 +60,22 @@ impl Args {
         self.items.iter().map(|(n, v)| (n.as_str(), v))
     }
 
+    /// The arguments named `prefix<name>` (as `<name>`) and the others, leaving out the
+    /// names in `skip` (how a fused op's arguments split into those of its parts).
+    pub fn split_prefix(&self, prefix: &str, skip: &[&str]) -> (Args, Args) {
+        let (mut with, mut without) = (Args::new(), Args::new());
+        for (name, v) in self.iter() {
+            if skip.contains(&name) {
+                continue;
+            }
+            match name.strip_prefix(prefix) {
+                Some(n) => with.set(n, v.clone()),
+                None => without.set(name, v.clone()),
+            }
+        }
+        (with, without)
+    }
+
     /// The raw value of an argument.
     pub fn get(&self, name: &str) -> Option<&ArgValue> {
         self.items.iter().find(|(n, _)| n == name).map(|(_, v)| v)

@@ -37,6 +37,15 @@ impl NodeSpec {
         }
     }
 
+    /// The spec of a part of this (fused) op: type, arguments and arity of its own, the
+    /// engine and the reference switch of this one.
+    pub fn part(&self, op_type: &str, args: Args, n_inputs: usize, n_outputs: usize) -> Self {
+        let mut s = NodeSpec::new(op_type, args, n_inputs, n_outputs);
+        s.engine = self.engine.clone();
+        s.reference = self.reference;
+        s
+    }
+
     /// Fails unless the input count is within `[min, max]`.
     pub fn check_inputs(&self, min: usize, max: usize) -> OpResult<()> {
         if self.n_inputs < min || self.n_inputs > max {

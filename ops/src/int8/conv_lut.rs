@@ -14,7 +14,7 @@
 use super::conv::Int8Conv;
 use super::lut::Int8Lut;
 use crate::kernels::qeltwise::par_chunks;
-use crate::{expect_inputs, ArgValue, Args, NodeSpec, Op, OpError, OpResult, Tensor, TensorInfo};
+use crate::{expect_inputs, ArgValue, NodeSpec, Op, OpError, OpResult, Tensor, TensorInfo};
 
 /// The fused operator.
 #[derive(Debug)]
@@ -42,26 +42,11 @@ impl Int8ConvLut {
                 ),
             });
         }
-        let (mut conv_args, mut lut_args) = (Args::new(), Args::new());
-        for (name, v) in spec.args.iter() {
-            if name == "conv_type" {
-                continue;
-            }
-            match name.strip_prefix("lut_") {
-                Some(n) => lut_args.set(n, v.clone()),
-                None => conv_args.set(name, v.clone()),
-            }
-        }
-        let mut conv = NodeSpec::new(&conv_type, conv_args, spec.n_inputs, 1);
-        conv.engine = spec.engine.clone();
-        conv.reference = spec.reference;
-        let mut lut = NodeSpec::new("Int8Lut", lut_args, 1, 1);
-        lut.engine = spec.engine.clone();
-        lut.reference = spec.reference;
+        let (lut_args, conv_args) = spec.args.split_prefix("lut_", &["conv_type"]);
         Ok(Int8ConvLut {
             op_type: spec.op_type.clone(),
-            conv: Int8Conv::from_spec(&conv)?,
-            lut: Int8Lut::from_spec(&lut)?,
+            conv: Int8Conv::from_spec(&spec.part(&conv_type, conv_args, spec.n_inputs, 1))?,
+            lut: Int8Lut::from_spec(&spec.part("Int8Lut", lut_args, 1, 1))?,
         })
     }
 }
@@ -79,21 +64,19 @@ impl Op for Int8ConvLut {
 
     fn eval(&self, inputs: &[&Tensor]) -> OpResult<Vec<Tensor>> {
         expect_inputs(inputs, 2, 3)?;
-        let y = self.conv.eval(inputs)?.remove(0);
-        let Tensor::QU8(mut codes, q) = y else {
-            return self.lut.eval(&[&y]);
-        };
-        if self.lut.is_reference() {
-            return self.lut.eval(&[&Tensor::QU8(codes, q)]);
+        match self.conv.eval(inputs)?.remove(0) {
+            Tensor::QU8(mut codes, q) if !self.lut.is_reference() && codes.is_standard_layout() => {
+                let table = self.lut.table(q)?;
+                if let Some(c) = codes.as_slice_mut() {
+                    par_chunks(c, |_, piece| {
+                        crate::kernels::lut::map_in_place(piece, &table)
+                    });
+                }
+                Ok(vec![Tensor::QU8(codes, self.lut.output_params())])
+            }
+            // The reference (and anything unexpected, for the Int8Lut's own checks).
+            y => self.lut.eval(&[&y]),
         }
-        let table = self.lut.table(q)?;
-        let Some(c) = codes.as_slice_mut() else {
-            return self.lut.eval(&[&Tensor::QU8(codes, q)]);
-        };
-        par_chunks(c, |_, piece| {
-            crate::kernels::lut::map_in_place(piece, &table)
-        });
-        Ok(vec![Tensor::QU8(codes, self.lut.output_params())])
     }
 
     fn prepare(&mut self, constants: &[Option<&Tensor>]) -> OpResult<()> {

@@ -18,7 +18,7 @@
 use super::conv::Int8Conv;
 use super::eltwise::Int8Sum;
 use crate::kernels::qgemm::SumStage;
-use crate::{expect_inputs, ArgValue, Args, NodeSpec, Op, OpError, OpResult, Tensor, TensorInfo};
+use crate::{expect_inputs, ArgValue, NodeSpec, Op, OpError, OpResult, Tensor, TensorInfo};
 
 /// The fused operator.
 #[derive(Debug)]
@@ -96,28 +96,19 @@ fn split_spec(spec: &NodeSpec) -> OpResult<(NodeSpec, NodeSpec, bool)> {
             })
         }
     };
-    let (mut conv_args, mut sum_args) = (Args::new(), Args::new());
-    for (name, v) in spec.args.iter() {
-        match name {
-            "conv_relu" | "sum_type" | "sum_conv_input" => {}
-            _ => match name.strip_prefix("sum_") {
-                Some(n) => sum_args.set(n, v.clone()),
-                None => conv_args.set(name, v.clone()),
-            },
-        }
-    }
+    let (sum_args, conv_args) = spec
+        .args
+        .split_prefix("sum_", &["conv_relu", "sum_type", "sum_conv_input"]);
     let conv_type = if conv_relu {
         "Int8ConvRelu"
     } else {
         "Int8Conv"
     };
-    let mut conv = NodeSpec::new(conv_type, conv_args, spec.n_inputs - 1, 1);
-    conv.engine = spec.engine.clone();
-    conv.reference = spec.reference;
-    let mut sum = NodeSpec::new(&sum_type, sum_args, 2, 1);
-    sum.engine = spec.engine.clone();
-    sum.reference = spec.reference;
-    Ok((conv, sum, conv_second))
+    Ok((
+        spec.part(conv_type, conv_args, spec.n_inputs - 1, 1),
+        spec.part(&sum_type, sum_args, 2, 1),
+        conv_second,
+    ))
 }
 
 impl Op for Int8ConvSum {

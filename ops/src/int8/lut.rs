@@ -58,10 +58,8 @@ impl Int8Lut {
             }
         };
         let sub = |op_type: &str, args: Args| -> OpResult<Box<dyn Op>> {
-            let mut s = NodeSpec::new(op_type, args, 1, 1);
-            s.engine = spec.engine.clone();
-            s.reference = spec.reference;
-            build_op(&s)?.ok_or_else(|| OpError::Unsupported(format!("Int8Lut: {op_type}")))
+            build_op(&spec.part(op_type, args, 1, 1))?
+                .ok_or_else(|| OpError::Unsupported(format!("Int8Lut: {op_type}")))
         };
         let mut chain = Vec::with_capacity(types.len());
         for (i, t) in types.iter().enumerate() {
