@@ -125,9 +125,9 @@ fn check_size(file: &Path) -> Result<(), String> {
         ));
     }
     let psize = u64::from(psize);
-    let (last, _) = match meta(psize)? {
-        Some((last1, txn1, _)) if txn1 > txn0 => (last1, txn1),
-        Some(_) => (last0, txn0),
+    let last = match meta(psize)? {
+        Some((last1, txn1, _)) if txn1 > txn0 => last1,
+        Some(_) => last0,
         None => {
             return Err(format!(
                 "truncated: the file has {len} bytes, less than its two {psize}-byte meta pages"

@@ -18,10 +18,8 @@ struct OpTimer<'a> {
     by_type: Vec<(String, f64, usize)>,
     /// (class, ms, multiply-accumulates) of the convolutions and FCs.
     by_class: Vec<(String, f64, u64)>,
-    /// (op index in the run, type and output, ms, multiply-accumulates) per executed op.
+    /// (label: index, type and first output; ms; multiply-accumulates) per node, by index.
     by_node: Vec<(String, f64, u64)>,
-    /// Ops seen in the current run.
-    pos: usize,
     params: &'a HashMap<String, Tensor>,
 }
 
@@ -38,14 +36,19 @@ impl Observer for OpTimer<'_> {
             None => self.by_type.push((node.op_type.clone(), ms, 1)),
         }
         let class = layer_class(node, outputs, self.params);
-        if self.by_node.len() <= self.pos {
-            let out = node.outputs.first().map_or("", |o| o.as_str());
-            let label = format!("{:>3} {} -> {out}", self.pos, node.op_type);
-            self.by_node
-                .push((label, 0.0, class.as_ref().map_or(0, |c| c.1)));
+        if self.by_node.len() <= node.index {
+            self.by_node.resize(node.index + 1, (String::new(), 0.0, 0));
         }
-        self.by_node[self.pos].1 += ms;
-        self.pos += 1;
+        let entry = &mut self.by_node[node.index];
+        if entry.0.is_empty() {
+            let out = node.outputs.first().map_or("", |o| o.as_str());
+            *entry = (
+                format!("{:>3} {} -> {out}", node.index, node.op_type),
+                0.0,
+                class.as_ref().map_or(0, |c| c.1),
+            );
+        }
+        entry.1 += ms;
         if let Some((class, macs)) = class {
             match self.by_class.iter_mut().find(|(c, _, _)| *c == class) {
                 Some(e) => {
@@ -197,13 +200,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             by_type: Vec::new(),
             by_class: Vec::new(),
             by_node: Vec::new(),
-            pos: 0,
             params: &model.params,
         };
         for _ in 0..a.runs {
             // The input copy is made before the clock starts (it is not the first op's time).
             let f = feed();
-            timer.pos = 0;
             timer.last = Instant::now();
             exec.run_observed(f, Some(&mut timer))?;
         }
