@@ -91,8 +91,13 @@ pub fn write_histogram_file(path: &Path, records: &[HistogramRecord]) -> Result<
         msg,
     };
     let text = histogram_file_text(records).map_err(file_err)?;
-    caffe2_proto::io::write_bytes_atomic(path, text.as_bytes())
-        .map_err(|e| file_err(format!("cannot write: {e}")))
+    caffe2_proto::io::write_bytes_atomic(path, text.as_bytes()).map_err(|e| match e {
+        // The path is in `Error::File` already.
+        caffe2_proto::ProtoError::Io { action, cause, .. } => {
+            file_err(format!("cannot {action}: {cause}"))
+        }
+        other => file_err(other.to_string()),
+    })
 }
 
 /// Checks that histograms read from `path` can quantize `model`: at least one record, and
