@@ -652,6 +652,9 @@ fn max_loss_moves_the_damaged_layer_back_to_fp32() {
         .arg("--out")
         .arg(&out)
         .args(["--scale", "36", "--crop", "32", "--kind", "min_max"])
+        // Per tensor, so that the outlier damages conv3 (`auto` would give it per-channel
+        // weights and repair it).
+        .args(["--weights", "per-tensor"])
         .args(["--max-loss", "0", "--holdout", "15", "--json"])
         .output()
         .unwrap();

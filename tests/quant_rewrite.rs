@@ -7,7 +7,9 @@ use std::collections::HashMap;
 
 use c2q::graph::builder::{Arg, NetBuilder};
 use c2q::quant::qparams::choose_activation_params;
-use c2q::quant::{quantize_model, Int8Model, Outcome, QuantKind, QuantizeOptions};
+use c2q::quant::{
+    quantize_model, Int8Model, Outcome, QuantKind, QuantizeOptions, WeightGranularity,
+};
 use c2q::{Executor, Model, Node, Observer};
 use caffe2_proto::{io, NetDef, OperatorDef};
 use ops::{QParams, Tensor};
@@ -566,7 +568,7 @@ fn shared_bias_gets_one_copy_per_scale_and_per_channel_scales_are_written() {
     assert!((p1.scale / p0.scale - 5.0).abs() < 1e-5);
     load(&q); // loads and validates
 
-    opts.per_channel = true;
+    opts.weights = WeightGranularity::PerChannel;
     let q = quantize_model(&model, &act, &input_q, &opts).unwrap();
     // Symmetric per channel (facts §7.3): range [-a, a] with a = max|w| gives scale
     // t = max(a/128, a/127) = a/127 and zero point 128. Channel 0 holds {1.0, -0.5}: scale
@@ -956,6 +958,7 @@ fn l2_weight_ranges_clip_long_tails_for_lower_total_error() {
         zero_point: 128,
     };
     let (act, input_q, mut opts) = fixed_params(1, q1, &[1, 500]);
+    opts.weights = WeightGranularity::PerTensor;
     // Σ (w − s_m·(q − 128))² over the written codes, computed here from the codes.
     let l2_error = |codes: &[u8], scales: &[f32]| -> f64 {
         w.iter()
@@ -990,9 +993,193 @@ fn l2_weight_ranges_clip_long_tails_for_lower_total_error() {
     let (e_mm, e_l2) = (l2_error(&mm_codes, &mm), l2_error(&l2_codes, &l2));
     assert!(e_l2 < e_mm, "L2 error {e_l2} vs min_max {e_mm}");
     // Per channel: the small channel gets its own, ten-times-finer grid.
-    opts.per_channel = true;
+    opts.weights = WeightGranularity::PerChannel;
     let (pc, pc_codes) = quantized(&opts);
     assert_eq!(pc.len(), 2);
     assert!(pc[1] < pc[0] / 5.0, "{pc:?}");
     assert!(l2_error(&pc_codes, &pc) < e_l2);
+}
+
+/// data -> Conv -> Clip(0, 6) -> Conv: the ReLU6 disappears into the first conv's output
+/// range, and the net computes exactly what the same int8 net computes with the Clip done
+/// in fp32 between an Int8Dequantize and an Int8Quantize.
+#[test]
+fn relu6_is_absorbed_into_the_producer_range_exactly() {
+    let mut b = NetBuilder::new("relu6");
+    b.input("data")
+        .param("w1", &[4, 3, 3, 3], values(108, 11, 1.5))
+        .param("b1", &[4], vec![0.5, -0.2, 1.0, 0.3])
+        .param("w2", &[2, 4, 1, 1], values(8, 12, 0.8))
+        .param("b2", &[2], vec![0.1, -0.1])
+        .op(
+            "Conv",
+            &["data", "w1", "b1"],
+            &["c1"],
+            vec![("kernel", Arg::I(3)), ("pad", Arg::I(1))],
+        )
+        .op(
+            "Clip",
+            &["c1"],
+            &["a1"],
+            vec![("min", Arg::F(0.0)), ("max", Arg::F(6.0))],
+        )
+        .op(
+            "Conv",
+            &["a1", "w2", "b2"],
+            &["c2"],
+            vec![("kernel", Arg::I(1))],
+        )
+        .output("c2");
+    let mut s = setup(&b, &[1, 3, 6, 6]);
+    // The conv output spans well beyond [0, 6] (so the Clip matters) ...
+    let conv_q = s.act[0][0].unwrap();
+    let (lo, hi) = (
+        -conv_q.scale * conv_q.zero_point as f32,
+        conv_q.scale * (255 - conv_q.zero_point) as f32,
+    );
+    assert!(lo < -1.0 && hi > 6.5, "conv output range [{lo}, {hi}]");
+    // ... and the Clip output's own range is what the conv gets.
+    let clip_q = s.act[1][0].unwrap();
+    assert_eq!(clip_q.zero_point, 0);
+    let q = quantize_model(&s.fp32, &s.act, &s.input_q, &s.opts).unwrap();
+    assert_eq!(
+        types(&q.predict),
+        [
+            "NCHW2NHWC",
+            "Int8Quantize",
+            "Int8Conv",
+            "Int8Conv",
+            "Int8Dequantize",
+            "NHWC2NCHW"
+        ]
+    );
+    let conv1 = &q.predict.op[2];
+    assert_eq!(conv1.output, ["a1_int8"]);
+    assert_eq!(arg_f(conv1, "Y_scale"), clip_q.scale);
+    assert_eq!(arg_i(conv1, "Y_zero_point"), 0);
+    assert_eq!(q.predict.op[3].input[0], "a1_int8");
+    assert!(matches!(&q.report[1].outcome, Outcome::Absorbed(n) if n.contains("op #0")));
+    assert!(matches!(&q.report[0].outcome, Outcome::Quantized(n) if n.contains("absorbs Clip #1")));
+    assert_eq!(q.absorbed_count(), 1);
+
+    // The same int8 net with the clip spelled out in fp32.
+    let mut explicit = q.clone();
+    explicit.predict.op[2].output[0] = "c1_int8".into();
+    let engine = conv1.engine().to_string();
+    let mut extra = NetBuilder::new("x");
+    extra
+        .op("Int8Dequantize", &["c1_int8"], &["c1_nhwc"], vec![])
+        .op(
+            "Clip",
+            &["c1_nhwc"],
+            &["a1_nhwc"],
+            vec![("min", Arg::F(0.0)), ("max", Arg::F(6.0))],
+        )
+        .op(
+            "Int8Quantize",
+            &["a1_nhwc"],
+            &["a1_int8"],
+            vec![
+                ("Y_scale", Arg::F(clip_q.scale)),
+                ("Y_zero_point", Arg::I(0)),
+            ],
+        );
+    let (_, extra) = extra.build();
+    for (k, mut op) in extra.op.into_iter().enumerate() {
+        if op.type_().starts_with("Int8") {
+            op.set_engine(engine.clone());
+        }
+        explicit.predict.op.insert(3 + k, op);
+    }
+    let a = run_out(&load(&q), &s.input, "c2");
+    let e = run_out(&load(&explicit), &s.input, "c2");
+    assert_eq!(a, e);
+    // And close to fp32.
+    let f = run_out(&s.fp32, &s.input, "c2");
+    let amp = f.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (x, y) in a.iter().zip(&f) {
+        assert!((x - y).abs() < 0.05 * amp, "{x} vs {y}");
+    }
+
+    // An excluded Clip stays fp32 and the conv keeps its own range.
+    s.opts.exclude_ops = vec!["Clip".into()];
+    let q = quantize_model(&s.fp32, &s.act, &s.input_q, &s.opts).unwrap();
+    assert!(types(&q.predict).contains(&"Clip".to_string()));
+    assert_eq!(q.absorbed_count(), 0);
+    assert_eq!(
+        arg_f(&q.predict.op[2], "Y_scale"),
+        s.act[0][0].unwrap().scale
+    );
+}
+
+#[test]
+fn channel_sqnr_by_hand() {
+    // Scale 1/127, zero point 128. Channel 0 {1, -1} is exact. Channel 1 {0.01, 0.004}:
+    // 1.27 -> 1 and 0.508 -> 1, both 1/127 = 0.0078740; errors 0.0021260 and -0.0038740;
+    // signal 1.16e-4, noise 4.5199e-6 + 1.50079e-5 = 1.95278e-5: 10·log10(5.9402) = 7.738 dB.
+    let w = [1.0f32, -1.0, 0.01, 0.004];
+    let codes = [255u8, 1, 129, 129];
+    let db = c2q::quant::rewrite::channel_sqnr_p10(&w, &codes, &[1.0 / 127.0], 128, 2);
+    assert!((db - 7.738).abs() < 0.005, "{db}");
+    // All-zero channels do not count.
+    let db = c2q::quant::rewrite::channel_sqnr_p10(
+        &[0.0, 0.0, 0.01, 0.004],
+        &codes,
+        &[1.0 / 127.0],
+        128,
+        2,
+    );
+    assert!((db - 7.738).abs() < 0.005, "{db}");
+}
+
+/// `Auto` keeps ordinary layers per tensor and gives a layer with one crushed channel
+/// per-channel scales; per tensor that layer gets a warning naming it and the fix.
+#[test]
+fn auto_weights_go_per_channel_only_where_per_tensor_fails() {
+    let mut w2 = values(16, 22, 1.0);
+    for v in &mut w2[8..] {
+        *v *= 0.003; // output channel 1 of conv2 is 300x smaller than channel 0
+    }
+    let mut b = NetBuilder::new("auto");
+    b.input("data")
+        .param("w1", &[2, 2, 2, 2], values(16, 21, 1.0))
+        .param("b1", &[2], vec![0.0, 0.0])
+        .param("w2", &[2, 2, 2, 2], w2)
+        .param("b2", &[2], vec![0.0, 0.0])
+        .op(
+            "Conv",
+            &["data", "w1", "b1"],
+            &["c1"],
+            vec![("kernel", Arg::I(2))],
+        )
+        .op(
+            "Conv",
+            &["c1", "w2", "b2"],
+            &["c2"],
+            vec![("kernel", Arg::I(2))],
+        )
+        .output("c2");
+    let (init, predict) = b.build();
+    let model = Model::from_nets(init, predict).unwrap();
+    let q1 = QParams {
+        scale: 0.05,
+        zero_point: 128,
+    };
+    let (act, input_q, mut opts) = fixed_params(2, q1, &[1, 2, 4, 4]);
+    assert_eq!(opts.weights, WeightGranularity::Auto);
+    let q = quantize_model(&model, &act, &input_q, &opts).unwrap();
+    let has_scales = |op: &OperatorDef| op.arg.iter().any(|a| a.name() == "W_scales");
+    assert!(!has_scales(&q.predict.op[2]), "conv1 stays per tensor");
+    assert!(has_scales(&q.predict.op[3]), "conv2 goes per channel");
+    assert!(
+        matches!(&q.report[1].outcome, Outcome::Quantized(n) if n.contains("per-channel weights")),
+        "{:?}",
+        q.report[1]
+    );
+    assert!(q.warnings.is_empty(), "{:?}", q.warnings);
+    opts.weights = WeightGranularity::PerTensor;
+    let q = quantize_model(&model, &act, &input_q, &opts).unwrap();
+    assert!(!has_scales(&q.predict.op[3]));
+    assert_eq!(q.warnings.len(), 1, "{:?}", q.warnings);
+    assert!(q.warnings[0].contains("op #1 Conv") && q.warnings[0].contains("per-channel"));
 }

@@ -15,7 +15,7 @@ use crate::eval::{layer_errors_on_db, BlobError};
 use crate::quant::calibrate::{calibrate_db, Calibration, ChosenRange};
 use crate::quant::{
     quantize_model, read_histogram_file, write_histogram_file, Int8Model, Outcome, QuantKind,
-    QuantizeConfig,
+    QuantizeConfig, WeightGranularity,
 };
 use crate::quant::{quantize_within_loss, FallbackOptions, FallbackResult};
 
@@ -49,8 +49,14 @@ pub struct QuantizeArgs {
     /// Symmetric activation ranges (real 0 maps to code 128).
     #[arg(long)]
     pub preserve_sparsity: bool,
-    /// One weight scale per output channel (c2q extension `W_scales`; real Caffe2 ignores it).
-    #[arg(long)]
+    /// Weight scales: auto (default: one per tensor, one per output channel for the layers
+    /// whose per-tensor weight SQNR is below 25 dB), per-tensor (the portable Caffe2 form) or
+    /// per-channel (every Conv/FC). Per-channel scales are a c2q extension (`W_scales`) that
+    /// real Caffe2 ignores.
+    #[arg(long, default_value = "auto", value_parser = WeightGranularity::parse)]
+    pub weights: WeightGranularity,
+    /// Same as `--weights per-channel`.
+    #[arg(long, conflicts_with = "weights")]
     pub per_channel: bool,
     /// Op types kept in fp32, comma separated.
     #[arg(long, value_delimiter = ',')]
@@ -91,6 +97,17 @@ pub struct QuantizeArgs {
     pub pre: PreprocessArgs,
 }
 
+impl QuantizeArgs {
+    /// The weight granularity `--weights`/`--per-channel` ask for.
+    pub fn granularity(&self) -> WeightGranularity {
+        if self.per_channel {
+            WeightGranularity::PerChannel
+        } else {
+            self.weights
+        }
+    }
+}
+
 /// Runs `c2q quantize`.
 pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     Int8Model::check_dir(&a.out, a.overwrite)?;
@@ -102,7 +119,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         skip: if a.max_loss.is_some() { a.holdout } else { 0 },
         kind: a.kind,
         preserve_sparsity: a.preserve_sparsity,
-        per_channel: a.per_channel,
+        weights: a.granularity(),
         weight_kind: a.weight_kind,
         exclude_ops: a.exclude_ops.clone(),
         exclude_nodes: a.exclude_nodes.clone(),
@@ -231,7 +248,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     };
     let report = layer_report(&chosen.table, layers.as_deref());
     let report_json = json!({
-        "kind": a.kind.name(), "preserve_sparsity": a.preserve_sparsity, "per_channel": a.per_channel,
+        "kind": a.kind.name(), "preserve_sparsity": a.preserve_sparsity, "weights": a.granularity().name(),
         "calibration_images": calibration.images, "report_images": layers.as_ref().map(|_| a.report_images),
         "layers": report,
         "fallback": fallback,
@@ -246,15 +263,17 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         .iter()
         .filter_map(|n| match &n.outcome {
             Outcome::KeptFp32(why) => Some((n.index, n.op_type.clone(), why.clone())),
-            Outcome::Quantized(_) => None,
+            Outcome::Quantized(_) | Outcome::Absorbed(_) => None,
         })
         .collect();
     if a.json {
         let j = json!({
             "out": a.out, "images": calibration.images, "seconds": secs, "kind": a.kind.name(),
-            "preserve_sparsity": a.preserve_sparsity, "per_channel": a.per_channel,
+            "preserve_sparsity": a.preserve_sparsity, "weights": a.granularity().name(),
             "weight_kind": a.weight_kind.name(),
             "quantized_ops": int8.quantized_count(),
+            "absorbed_ops": int8.absorbed_count(),
+            "warnings": int8.warnings,
             "int8_ops": int8.predict.op.len(),
             "kept_fp32": kept.iter().map(|(i, t, w)| json!({"index": i, "type": t, "why": w})).collect::<Vec<_>>(),
             "ranges": chosen.table.iter().map(|c| json!({"op_index": c.op_index, "blob": c.blob, "min": c.min, "max": c.max,
@@ -266,9 +285,13 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         println!(
-            "quantized {} of {} ops ({} calibration images, {} range search{}{}) in {:.1} s",
+            "quantized {} of {} ops{} ({} calibration images, {} range search{}{}) in {:.1} s",
             int8.quantized_count(),
             model.net.nodes.len(),
+            match int8.absorbed_count() {
+                0 => String::new(),
+                k => format!(", {k} Clips absorbed into their producers' int8 ranges"),
+            },
             calibration.images,
             a.kind.name(),
             if a.preserve_sparsity {
@@ -276,15 +299,18 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             } else {
                 ""
             },
-            if a.per_channel {
-                ", per-channel weights"
-            } else {
-                ""
+            match a.granularity() {
+                WeightGranularity::PerTensor => ", per-tensor weights",
+                WeightGranularity::PerChannel => ", per-channel weights",
+                WeightGranularity::Auto => "",
             },
             secs
         );
         for (i, t, why) in &kept {
             println!("  kept fp32: op #{i} {t}: {why}");
+        }
+        for w in &int8.warnings {
+            eprintln!("warning: {w}");
         }
         if let Some(errs) = &layers {
             print_layer_table(errs, &chosen.table, a.report_images, 10);

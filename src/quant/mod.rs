@@ -9,6 +9,7 @@
 
 pub mod calibrate;
 pub mod choose;
+pub mod clip;
 pub mod fallback;
 pub mod hist_file;
 pub mod histogram;
@@ -29,4 +30,6 @@ pub use hist_file::{check_coverage, read_histogram_file, write_histogram_file, H
 pub use histogram::{DynamicHistogram, Histogram};
 pub use pipeline::{quantize_db, QuantizeConfig, Quantized};
 pub use qparams::{choose_quantization_params, QParamsOptions};
-pub use rewrite::{quantize_model, Int8Model, Outcome, QuantizeOptions, RewriteNote};
+pub use rewrite::{
+    quantize_model, Int8Model, Outcome, QuantizeOptions, RewriteNote, WeightGranularity,
+};

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::quant::calibrate::{calibrate_db, ActivationParams};
-use crate::quant::{quantize_model, ChooseOptions, Int8Model, QuantKind, QuantizeOptions};
+use crate::quant::{
+    quantize_model, ChooseOptions, Int8Model, QuantKind, QuantizeOptions, WeightGranularity,
+};
 use crate::{Model, Result};
 
 /// Settings of [`quantize_db`]; the defaults are those of `c2q quantize`.
@@ -31,8 +33,9 @@ pub struct QuantizeConfig {
     pub kind: QuantKind,
     /// Symmetric activation ranges.
     pub preserve_sparsity: bool,
-    /// Per-output-channel weight scales (c2q extension) instead of one per tensor.
-    pub per_channel: bool,
+    /// Weight scales per tensor, per output channel (c2q extension) or `Auto` (per channel
+    /// only where per tensor loses too much).
+    pub weights: WeightGranularity,
     /// Weight range search (`MinMax` default, or e.g. `L2`).
     pub weight_kind: QuantKind,
     /// Op types kept in fp32.
@@ -54,7 +57,7 @@ impl Default for QuantizeConfig {
             preprocess: data::Preprocess::default(),
             kind: QuantKind::L2,
             preserve_sparsity: false,
-            per_channel: false,
+            weights: WeightGranularity::Auto,
             weight_kind: QuantKind::MinMax,
             exclude_ops: Vec::new(),
             exclude_nodes: Vec::new(),
@@ -95,7 +98,7 @@ impl QuantizeConfig {
     /// preprocessed image shape).
     pub fn quantize_options(&self, fp32: &Model) -> Result<QuantizeOptions> {
         Ok(QuantizeOptions {
-            per_channel: self.per_channel,
+            weights: self.weights,
             weight_kind: self.weight_kind,
             exclude_ops: self.exclude_ops.clone(),
             exclude_nodes: self.exclude_nodes.clone(),

@@ -17,7 +17,8 @@
 //!   and `b_q = round_half_even(b / (s_x · s_w))`; a bias shared by ops with different input
 //!   or weight scales gets one copy per scale (`<b>_v1_int8`, ...).
 //!
-//! With [`QuantizeOptions::per_channel`], Conv and FC weights get one symmetric scale per
+//! With [`WeightGranularity::PerChannel`] (and, under the default `Auto`, for the layers whose
+//! per-tensor weights lose too much), Conv and FC weights get one symmetric scale per
 //! output channel (zero point 128 for all). Caffe2's `Int8GivenTensorFill` carries one scale,
 //! and DNNLOWP's own per-channel form needs FBGEMM-packed weight blobs, so the per-channel
 //! scales are a **c2q extension**: the op gets `quantize_channelwise = 1` and the float list
@@ -35,6 +36,7 @@ use ops::{QParams, Tensor, TensorInfo};
 
 use crate::graph::builder::{arg, op_def, Arg};
 use crate::passes::util::{arg_i, arg_s};
+use crate::quant::clip::{absorbed_params, clip_candidates, saturation_is_clip};
 use crate::quant::qparams::{
     bias_scale, choose_quantization_params, quantize_bias, quantize_u8, weight_qparams_min_max,
 };
@@ -44,8 +46,9 @@ use crate::{Error, Model, Result};
 /// How [`quantize_model`] quantizes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizeOptions {
-    /// One weight scale per output channel of Conv/FC (a c2q extension, see module docs).
-    pub per_channel: bool,
+    /// Weight scales per tensor, per output channel of Conv/FC (a c2q extension, see module
+    /// docs) or per channel only where one per tensor loses too much (`Auto`).
+    pub weights: WeightGranularity,
     /// How weight ranges are chosen: `MinMax` (the default: the full range) or a histogram
     /// search such as `L2` (what the published ResNet-50 used); always symmetric.
     pub weight_kind: QuantKind,
@@ -62,12 +65,45 @@ pub struct QuantizeOptions {
 impl Default for QuantizeOptions {
     fn default() -> Self {
         QuantizeOptions {
-            per_channel: false,
+            weights: WeightGranularity::Auto,
             weight_kind: QuantKind::MinMax,
             exclude_ops: Vec::new(),
             exclude_nodes: Vec::new(),
             engine: "DNNLOWP".to_string(),
             input_shapes: HashMap::new(),
+        }
+    }
+}
+
+/// How many scales a Conv/FC weight gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightGranularity {
+    /// One scale per tensor: the portable DNNLOWP form.
+    PerTensor,
+    /// One scale per output channel (c2q's `W_scales` extension).
+    PerChannel,
+    /// Per tensor, except layers whose per-tensor weight SQNR is below
+    /// [`AUTO_PER_TENSOR_MIN_DB`], which get per-channel scales.
+    Auto,
+}
+
+impl WeightGranularity {
+    /// Parses `per-tensor`, `per-channel` or `auto`.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "per-tensor" | "tensor" => Ok(Self::PerTensor),
+            "per-channel" | "channel" => Ok(Self::PerChannel),
+            "auto" => Ok(Self::Auto),
+            _ => Err(format!("`{s}`: expected auto, per-tensor or per-channel")),
+        }
+    }
+
+    /// The name [`WeightGranularity::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PerTensor => "per-tensor",
+            Self::PerChannel => "per-channel",
+            Self::Auto => "auto",
         }
     }
 }
@@ -79,6 +115,9 @@ pub enum Outcome {
     Quantized(String),
     /// Kept as an fp32 op, for this reason.
     KeptFp32(String),
+    /// Gone from the int8 net: what it did is part of another op's int8 output (a Clip
+    /// whose bounds are the saturation of its producer's output range, see [`crate::quant::clip`]).
+    Absorbed(String),
 }
 
 /// One line of the rewrite report.
@@ -103,6 +142,8 @@ pub struct Int8Model {
     pub params: HashMap<String, Tensor>,
     /// One note per op of the fp32 predict net.
     pub report: Vec<RewriteNote>,
+    /// Layers likely to lose accuracy, each with the op and the fix.
+    pub warnings: Vec<String>,
 }
 
 impl Int8Model {
@@ -111,6 +152,14 @@ impl Int8Model {
         self.report
             .iter()
             .filter(|n| matches!(n.outcome, Outcome::Quantized(_)))
+            .count()
+    }
+
+    /// Number of ops that disappeared into another op's int8 output (absorbed Clips).
+    pub fn absorbed_count(&self) -> usize {
+        self.report
+            .iter()
+            .filter(|n| matches!(n.outcome, Outcome::Absorbed(_)))
             .count()
     }
 
@@ -202,6 +251,8 @@ struct Plan {
     plain_outputs: usize,
     /// Remark for the report.
     note: Option<String>,
+    /// Name of output 0 instead of the op's own (the blob of an absorbed Clip).
+    rename: Option<String>,
 }
 
 /// How a weight is laid out before quantization.
@@ -222,6 +273,11 @@ struct QWeight {
     name: String,
     q: QParams,
     channel_scales: Option<Vec<f32>>,
+    /// Signal-to-quantization-noise ratio of the weight codes, dB (10th percentile over the
+    /// output channels).
+    sqnr: f64,
+    /// The per-tensor SQNR, when `Auto` measured it and chose per-channel instead.
+    per_tensor_sqnr: Option<f64>,
 }
 
 /// The rewriter's working state.
@@ -236,6 +292,8 @@ struct Rewriter<'a> {
     weights: HashMap<String, QWeight>,
     /// Bias cache: fp32 name -> [(scales, int8 name)].
     biases: HashMap<String, Vec<(Vec<f32>, String)>>,
+    /// Warnings for the report (layers likely to lose accuracy, with the fix).
+    warnings: Vec<String>,
 }
 
 fn qargs(q: QParams) -> Vec<(String, Arg)> {
@@ -499,6 +557,7 @@ impl<'a> Rewriter<'a> {
                     out_q: if relu { relu_output_params(y) } else { y },
                     plain_outputs: 0,
                     note,
+                    rename: None,
                 })
             }
             "FC" => {
@@ -545,6 +604,7 @@ impl<'a> Rewriter<'a> {
                     out_q: y,
                     plain_outputs: 0,
                     note: None,
+                    rename: None,
                 })
             }
             "Sum" | "SumRelu" | "Add" | "AddRelu" => {
@@ -582,6 +642,7 @@ impl<'a> Rewriter<'a> {
                     out_q: if relu { relu_output_params(y) } else { y },
                     plain_outputs: 0,
                     note,
+                    rename: None,
                 })
             }
             "MaxPool" | "AveragePool" => {
@@ -612,6 +673,7 @@ impl<'a> Rewriter<'a> {
                     out_q: y,
                     plain_outputs: 0,
                     note: None,
+                    rename: None,
                 })
             }
             "Relu" | "Flatten" => {
@@ -648,6 +710,7 @@ impl<'a> Rewriter<'a> {
                     out_q: xq,
                     plain_outputs: 0,
                     note: None,
+                    rename: None,
                 })
             }
             "Concat" => {
@@ -695,6 +758,7 @@ impl<'a> Rewriter<'a> {
                     out_q: y,
                     plain_outputs: op.output.len() - 1,
                     note: None,
+                    rename: None,
                 })
             }
             _ => Err("no int8 rewrite for this op type".into()),
@@ -702,7 +766,7 @@ impl<'a> Rewriter<'a> {
     }
 
     /// Quantizes (and caches) a weight: per tensor, or per output channel (axis 0 of the
-    /// transposed weight) when [`QuantizeOptions::per_channel`] is set.
+    /// transposed weight) as [`QuantizeOptions::weights`] says.
     fn weight(&mut self, wp: &WeightPlan) -> Result<QWeight> {
         if let Some(hit) = self.weights.get(&wp.name) {
             return Ok(hit.clone());
@@ -731,45 +795,43 @@ impl<'a> Rewriter<'a> {
         }
         let shape = w.shape().to_vec();
         let values = w.f32_slice().map_err(terr)?;
-        let (q, codes, channel_scales) = if self.opts.per_channel {
-            let channels = shape.first().copied().unwrap_or(0);
-            let per = values.len().checked_div(channels).unwrap_or(0);
-            let mut codes = Vec::with_capacity(values.len());
-            let mut scales = Vec::with_capacity(channels);
-            for m in 0..channels {
-                let chunk = &values[m * per..(m + 1) * per];
-                // Symmetric around 0 even when a channel has one sign only, so that every
-                // channel shares the zero point 128 (the ops take one weight zero point).
-                let a = symmetric_extent(chunk, self.opts.weight_kind);
-                let qm = choose_quantization_params(-a, a, 0, 255, true);
-                if qm.zero_point != 128 {
-                    return Err(Error::Tensor {
-                        name: wp.name.clone(),
-                        msg: format!(
-                            "per-channel weights need the symmetric zero point 128 in every \
-                             channel; channel {m} got {}",
-                            qm.zero_point
-                        ),
-                    });
-                }
-                codes.extend(quantize_u8(chunk, qm));
-                scales.push(qm.scale);
-            }
-            let max = scales.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
-            let q = QParams {
-                scale: max,
-                zero_point: 128,
-            };
-            (q, codes, Some(scales))
-        } else {
-            let q = match self.opts.weight_kind {
+        let kind = self.opts.weight_kind;
+        let channels = shape.first().copied().unwrap_or(0);
+        let per_channel = |values: &[f32]| per_channel_weights(&wp.name, values, channels, kind);
+        let tensor = || {
+            let q = match kind {
                 QuantKind::MinMax => weight_qparams_min_max(values, true),
                 kind => {
                     let a = symmetric_extent(values, kind);
                     choose_quantization_params(-a, a, 0, 255, true)
                 }
             };
-            (q, quantize_u8(values, q), None)
+            (q, quantize_u8(values, q))
+        };
+        let mut per_tensor_sqnr = None;
+        let (q, codes, channel_scales, sqnr) = match self.opts.weights {
+            WeightGranularity::PerTensor => {
+                let (q, codes) = tensor();
+                let sqnr = channel_sqnr_p10(values, &codes, &[q.scale], q.zero_point, channels);
+                (q, codes, None, sqnr)
+            }
+            WeightGranularity::PerChannel => {
+                let (q, codes, scales) = per_channel(values)?;
+                let sqnr = channel_sqnr_p10(values, &codes, &scales, 128, channels);
+                (q, codes, Some(scales), sqnr)
+            }
+            WeightGranularity::Auto => {
+                let (q, codes) = tensor();
+                let sqnr = channel_sqnr_p10(values, &codes, &[q.scale], q.zero_point, channels);
+                if sqnr >= AUTO_PER_TENSOR_MIN_DB {
+                    (q, codes, None, sqnr)
+                } else {
+                    per_tensor_sqnr = Some(sqnr);
+                    let (qc, cc, scales) = per_channel(values)?;
+                    let sqnr = channel_sqnr_p10(values, &cc, &scales, 128, channels);
+                    (qc, cc, Some(scales), sqnr)
+                }
+            }
         };
         let name = format!("{}_int8", wp.name);
         let arr = ArrayD::from_shape_vec(IxDyn(&shape), codes).map_err(|e| Error::Tensor {
@@ -781,6 +843,8 @@ impl<'a> Rewriter<'a> {
             name,
             q,
             channel_scales,
+            sqnr,
+            per_tensor_sqnr,
         };
         self.weights.insert(wp.name.clone(), qw.clone());
         Ok(qw)
@@ -839,7 +903,9 @@ impl<'a> Rewriter<'a> {
         Ok(name)
     }
 
-    fn emit(&mut self, op: &OperatorDef, plan: Plan) -> Result<()> {
+    /// Emits the planned op; returns a remark on its weights for the report, if any.
+    fn emit(&mut self, i: usize, op: &OperatorDef, plan: Plan) -> Result<Option<String>> {
+        let mut weight_note = None;
         let mut inputs = Vec::new();
         for x in &plan.act_inputs {
             inputs.push(self.ensure_int8(x)?);
@@ -849,6 +915,23 @@ impl<'a> Rewriter<'a> {
             let qw = self.weight(wp)?;
             inputs.push(qw.name.clone());
             let tensor_scale = bias_scale(wp.x_scale, qw.q.scale);
+            if let Some(t) = qw.per_tensor_sqnr {
+                weight_note = Some(format!(
+                    "per-channel weights: per tensor their channel SQNR (10th percentile) would \
+                     be {t:.1} dB (< {AUTO_PER_TENSOR_MIN_DB} dB), per channel {:.1} dB",
+                    qw.sqnr
+                ));
+            } else if qw.sqnr < AUTO_PER_TENSOR_MIN_DB {
+                let why = format!(
+                    "weight SQNR {:.1} dB in a tenth of the channels (< {AUTO_PER_TENSOR_MIN_DB} dB): the int8 layer may be \
+                     badly off; try --weights per-channel or --weight-kind l2, or keep it fp32 with \
+                     --exclude-nodes {i}",
+                    qw.sqnr
+                );
+                self.warnings
+                    .push(format!("op #{i} {} `{}`: {why}", op.type_(), op.name()));
+                weight_note = Some(why);
+            }
             if let Some(scales) = &qw.channel_scales {
                 args.push(("quantize_channelwise".into(), Arg::I(1)));
                 args.push(("W_scales".into(), Arg::Floats(scales.clone())));
@@ -864,7 +947,9 @@ impl<'a> Rewriter<'a> {
         let n_q = op.output.len() - plan.plain_outputs;
         let mut outputs = Vec::new();
         for (k, o) in op.output.iter().enumerate() {
-            if k < n_q {
+            if k == 0 && plan.rename.is_some() {
+                outputs.push(format!("{}_int8", plan.rename.as_deref().unwrap_or(o)));
+            } else if k < n_q {
                 outputs.push(format!("{o}_int8"));
             } else {
                 outputs.push(o.clone());
@@ -891,7 +976,7 @@ impl<'a> Rewriter<'a> {
                 };
             }
         }
-        Ok(())
+        Ok(weight_note)
     }
 }
 
@@ -914,6 +999,95 @@ fn symmetric_extent(values: &[f32], kind: QuantKind) -> f32 {
     } else {
         1.0
     }
+}
+
+/// Per-channel weights: one symmetric scale per slice of axis 0 (`channels` slices), all
+/// with zero point 128 (the ops take one weight zero point); returns the tensor parameters
+/// (largest channel scale), the codes and the channel scales.
+fn per_channel_weights(
+    name: &str,
+    values: &[f32],
+    channels: usize,
+    kind: QuantKind,
+) -> Result<(QParams, Vec<u8>, Vec<f32>)> {
+    let per = values.len().checked_div(channels).unwrap_or(0);
+    let mut codes = Vec::with_capacity(values.len());
+    let mut scales = Vec::with_capacity(channels);
+    for m in 0..channels {
+        let chunk = &values[m * per..(m + 1) * per];
+        // Symmetric around 0 even when a channel has one sign only, so that every
+        // channel shares the zero point 128.
+        let a = symmetric_extent(chunk, kind);
+        let qm = choose_quantization_params(-a, a, 0, 255, true);
+        if qm.zero_point != 128 {
+            return Err(Error::Tensor {
+                name: name.to_string(),
+                msg: format!(
+                    "per-channel weights need the symmetric zero point 128 in every \
+                     channel; channel {m} got {}",
+                    qm.zero_point
+                ),
+            });
+        }
+        codes.extend(quantize_u8(chunk, qm));
+        scales.push(qm.scale);
+    }
+    let max = scales.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
+    let q = QParams {
+        scale: max,
+        zero_point: 128,
+    };
+    Ok((q, codes, scales))
+}
+
+/// Below this weight SQNR (dB, the 10th percentile over output channels, see
+/// [`channel_sqnr_p10`]) with one scale per tensor, [`WeightGranularity::Auto`] gives a layer
+/// one scale per output channel. Ordinary conv layers measure 28–40 dB per tensor; depthwise
+/// layers whose channels differ by orders of magnitude (MobileNetV2: 11–25 dB) fall below, and
+/// their few-code channels are what collapses a per-tensor net.
+pub const AUTO_PER_TENSOR_MIN_DB: f64 = 25.0;
+
+/// SQNR in dB of weight codes against the float weights, per output channel (the `channels`
+/// equal slices of axis 0); returns the 10th percentile over the channels with any signal
+/// (all-zero channels are exact either way). `scales` holds one scale for the whole tensor
+/// or one per channel. Each channel counts: in a depthwise layer output channel `m` sees only
+/// weight channel `m`, so a channel whose weights got a handful of codes is an output
+/// channel with that SQNR, however small its share of the tensor's energy.
+pub fn channel_sqnr_p10(
+    values: &[f32],
+    codes: &[u8],
+    scales: &[f32],
+    zero_point: i32,
+    channels: usize,
+) -> f64 {
+    let channels = channels.max(1);
+    let per = values.len() / channels;
+    if per == 0 || scales.is_empty() {
+        return f64::INFINITY;
+    }
+    let mut db: Vec<f64> = (0..channels)
+        .filter_map(|m| {
+            let s = f64::from(
+                scales[if scales.len() == 1 {
+                    0
+                } else {
+                    m.min(scales.len() - 1)
+                }],
+            );
+            let (mut sig, mut noise) = (0f64, 0f64);
+            for (&w, &c) in values[m * per..(m + 1) * per].iter().zip(&codes[m * per..]) {
+                let d = s * f64::from(i32::from(c) - zero_point);
+                sig += f64::from(w) * f64::from(w);
+                noise += (f64::from(w) - d) * (f64::from(w) - d);
+            }
+            (sig > 0.0).then(|| crate::eval::layer_error::sqnr_db(sig, noise))
+        })
+        .collect();
+    if db.is_empty() {
+        return f64::INFINITY;
+    }
+    db.sort_by(f64::total_cmp);
+    db[db.len() / 10]
 }
 
 /// Makes an init-net fill op for a parameter tensor.
@@ -1032,6 +1206,7 @@ pub fn quantize_model(
         int8_params: Vec::new(),
         weights: HashMap::new(),
         biases: HashMap::new(),
+        warnings: Vec::new(),
     };
     for (name, t) in &model.params {
         rw.blobs.insert(
@@ -1058,6 +1233,12 @@ pub fn quantize_model(
 
     let empty = Vec::new();
     let mut report = Vec::with_capacity(def.op.len());
+    let excluded = |j: usize, op: &OperatorDef| {
+        opts.exclude_nodes.contains(&j) || opts.exclude_ops.iter().any(|t| t == op.type_())
+    };
+    let clips = clip_candidates(def, excluded);
+    // Clip index -> (producer index, its output range) for the Clips absorbed so far.
+    let mut absorbed: HashMap<usize, (usize, QParams)> = HashMap::new();
     for (i, op) in def.op.iter().enumerate() {
         let infos = shapes
             .per_node
@@ -1066,11 +1247,67 @@ pub fn quantize_model(
             .flatten()
             .unwrap_or_default();
         let op_act = act.get(i).unwrap_or(&empty);
-        let outcome = match rw.plan(i, op, op_act) {
-            Ok(plan) => {
+        if let Some(&(p, q)) = absorbed.get(&i) {
+            // The producer's int8 output already is the clipped value under this name.
+            let name = format!("{}_int8", op.output[0]);
+            let s = rw.blobs.entry(op.output[0].clone()).or_default();
+            *s = BlobState {
+                fp32: false,
+                fp32_q: None,
+                int8: Some((name, q)),
+                info: s.info.take(),
+            };
+            for (o, info) in op.output.iter().zip(infos) {
+                if let Some(s) = rw.blobs.get_mut(o) {
+                    s.info = Some(info);
+                }
+            }
+            report.push(RewriteNote {
+                index: i,
+                op_type: op.type_().to_string(),
+                outcome: Outcome::Absorbed(format!(
+                    "saturation of op #{p}'s int8 output (range [{:.4}, {:.4}])",
+                    q.scale * (0 - q.zero_point) as f32,
+                    q.scale * (255 - q.zero_point) as f32
+                )),
+            });
+            continue;
+        }
+        // A producer whose Clip may fold in takes the Clip output's range, clipped.
+        let cand = clips.get(&i).and_then(|c| {
+            let q = act.get(c.clip)?.first().copied().flatten()?;
+            Some((c, absorbed_params(q, c.min, c.max)?))
+        });
+        let mut own_act;
+        let plan_act = match cand {
+            Some((_, q)) if !op_act.is_empty() => {
+                own_act = op_act.clone();
+                own_act[0] = Some(q);
+                &own_act
+            }
+            _ => op_act,
+        };
+        let outcome = match rw.plan(i, op, plan_act) {
+            Ok(mut plan) => {
+                let mut note = plan.note.clone();
+                if let Some((c, _)) =
+                    cand.filter(|(c, _)| saturation_is_clip(plan.out_q, c.min, c.max))
+                {
+                    plan.rename = Some(c.output.clone());
+                    absorbed.insert(c.clip, (i, plan.out_q));
+                    let n = format!("absorbs Clip #{} [{}, {}]", c.clip, c.min, c.max);
+                    note = Some(match note {
+                        Some(old) => format!("{old}; {n}"),
+                        None => n,
+                    });
+                }
                 let t = plan.op_type.clone();
-                let note = plan.note.clone();
-                rw.emit(op, plan)?;
+                if let Some(w) = rw.emit(i, op, plan)? {
+                    note = Some(match note {
+                        Some(old) => format!("{old}; {w}"),
+                        None => w,
+                    });
+                }
                 Outcome::Quantized(match note {
                     Some(n) => format!("{t} ({n})"),
                     None => t,
@@ -1150,5 +1387,6 @@ pub fn quantize_model(
         predict,
         params,
         report,
+        warnings: rw.warnings,
     })
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use c2q::quant::calibrate::calibrate_db;
-use c2q::quant::{quantize_model, ChooseOptions, QuantKind, QuantizeOptions};
+use c2q::quant::{quantize_model, ChooseOptions, QuantKind, QuantizeOptions, WeightGranularity};
 use c2q::{Model, ModelPaths};
 use caffe2_proto::{io, NetDef};
 use ndarray::{ArrayD, IxDyn};
@@ -24,7 +24,11 @@ pub fn quantized(model: &Model, db: &std::path::Path, images: usize, per_channel
         .choose(model, &ChooseOptions::new(QuantKind::MinMax, false))
         .unwrap();
     let mut q = QuantizeOptions {
-        per_channel,
+        weights: if per_channel {
+            WeightGranularity::PerChannel
+        } else {
+            WeightGranularity::PerTensor
+        },
         ..QuantizeOptions::default()
     };
     q.input_shapes
