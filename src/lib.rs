@@ -20,8 +20,8 @@
 //! demo::write_example_model(&dir.path().join("fp32"), 7)?;
 //! let db = demo::write_example_db(dir.path(), 4, 4)?;
 //!
-//! // Calibrate on the images and quantize the DNNLOWP way (L2 ranges; per-tensor weights
-//! // except layers that would lose too much, see `quant::WeightGranularity::Auto`).
+//! // Calibrate on the images and quantize the DNNLOWP way (L2 ranges, per-channel weights,
+//! // bias correction).
 //! let fp32 = Model::load_dir(dir.path().join("fp32"))?;
 //! let cfg = quant::QuantizeConfig {
 //!     calib_images: 16,

@@ -6,6 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use c2q::graph::builder::{Arg, NetBuilder};
+use c2q::quant::bias_correction::ChannelMeans;
 use c2q::quant::qparams::choose_activation_params;
 use c2q::quant::{
     quantize_model, Int8Model, Outcome, QuantKind, QuantizeOptions, WeightGranularity,
@@ -182,7 +183,10 @@ fn setup(b: &NetBuilder, shape: &[usize]) -> Setup {
     let input = feed("data", shape, x);
     let act = calibrate(&fp32, &input);
     let input_q = HashMap::from([("data".to_string(), choose_activation_params(lo, hi, false))]);
-    let mut opts = QuantizeOptions::default();
+    let mut opts = QuantizeOptions {
+        weights: WeightGranularity::PerTensor,
+        ..QuantizeOptions::default()
+    };
     opts.input_shapes.insert("data".into(), shape.to_vec());
     Setup {
         fp32,
@@ -208,7 +212,10 @@ fn fixed_params(
         scale: 0.05,
         zero_point: 128,
     };
-    let mut opts = QuantizeOptions::default();
+    let mut opts = QuantizeOptions {
+        weights: WeightGranularity::PerTensor,
+        ..QuantizeOptions::default()
+    };
     opts.input_shapes.insert("data".into(), shape.to_vec());
     (
         vec![vec![Some(q1)]; ops],
@@ -1166,7 +1173,7 @@ fn auto_weights_go_per_channel_only_where_per_tensor_fails() {
         zero_point: 128,
     };
     let (act, input_q, mut opts) = fixed_params(2, q1, &[1, 2, 4, 4]);
-    assert_eq!(opts.weights, WeightGranularity::Auto);
+    opts.weights = WeightGranularity::Auto;
     let q = quantize_model(&model, &act, &input_q, &opts).unwrap();
     let has_scales = |op: &OperatorDef| op.arg.iter().any(|a| a.name() == "W_scales");
     assert!(!has_scales(&q.predict.op[2]), "conv1 stays per tensor");
@@ -1182,4 +1189,88 @@ fn auto_weights_go_per_channel_only_where_per_tensor_fails() {
     assert!(!has_scales(&q.predict.op[3]));
     assert_eq!(q.warnings.len(), 1, "{:?}", q.warnings);
     assert!(q.warnings[0].contains("op #1 Conv") && q.warnings[0].contains("per-channel"));
+}
+
+/// Per-tensor weights with a planted error: fifteen small weights per output channel all
+/// round the same way, so the output mean shifts by `Σ_c (W_q − W)[m, c]·E[x_c]`. Bias
+/// correction with the measured input means removes that shift.
+#[test]
+fn bias_correction_removes_a_planted_mean_error() {
+    // Output channel 0: weight 1.0 on input 0 and 0.0055 on inputs 1..48; channel 1 the
+    // negatives. Symmetric per-tensor scale s = max(1/128, 1/127) = 1/127; 0.0055·127 =
+    // 0.6985 -> 1 code: each small weight is off by 1/127 − 0.0055 = 0.0023740, and 1.0 is
+    // exact. Shift Δ0 = 0.0023740·Σ_{c≥1} E[x_c] (about +0.56 for means near 5), Δ1 = −Δ0.
+    // What remains is output rounding (steps of about 0.05, not averaging out exactly since
+    // the inputs sit on their own grid).
+    let c = 48;
+    let mut w = vec![0.0055f32; 2 * c];
+    w[0] = 1.0;
+    for v in &mut w[c..] {
+        *v = -0.0055;
+    }
+    w[c] = -1.0;
+    let mut b = NetBuilder::new("bc");
+    b.input("data")
+        .param("w", &[2, c, 1, 1], w)
+        .param("b", &[2], vec![0.0, 0.0])
+        .op(
+            "Conv",
+            &["data", "w", "b"],
+            &["y"],
+            vec![("kernel", Arg::I(1))],
+        )
+        .output("y");
+    let (init, predict) = b.build();
+    let model = Model::from_nets(init, predict).unwrap();
+    let hw = 64;
+    let shape = [1, c, 8, 8];
+    let x: Vec<f32> = values(c * hw, 5, 0.5)
+        .into_iter()
+        .map(|v| v + 5.0)
+        .collect();
+    let means: Vec<f64> = x
+        .chunks(hw)
+        .map(|ch| ch.iter().map(|&v| f64::from(v)).sum::<f64>() / hw as f64)
+        .collect();
+    let input = feed("data", &shape, x);
+    // Output range with room for the shifted int8 values (fp32 y spans about ±6.3).
+    let act = vec![vec![Some(choose_activation_params(-10.0, 10.0, false))]];
+    let input_q = HashMap::from([(
+        "data".to_string(),
+        choose_activation_params(4.5, 5.5, false),
+    )]);
+    let mut opts = QuantizeOptions {
+        weights: WeightGranularity::PerTensor,
+        ..QuantizeOptions::default()
+    };
+    opts.input_shapes.insert("data".into(), shape.to_vec());
+    let fp32 = run_out(&model, &input, "y");
+    // Mean error of each output channel of an int8 run against fp32.
+    let mean_err = |opts: &QuantizeOptions| -> Vec<f64> {
+        let q = quantize_model(&model, &act, &input_q, opts).unwrap();
+        let y = run_out(&load(&q), &input, "y");
+        y.chunks(hw)
+            .zip(fp32.chunks(hw))
+            .map(|(a, b)| a.iter().zip(b).map(|(p, r)| f64::from(p - r)).sum::<f64>() / hw as f64)
+            .collect()
+    };
+    let before = mean_err(&opts);
+    let d0 = (1.0 / 127.0 - 0.0055f64) * means[1..].iter().sum::<f64>();
+    for (got, want) in before.iter().zip([d0, -d0]) {
+        assert!(
+            (got - want).abs() < 0.03,
+            "planted shift {want}, measured {got}"
+        );
+    }
+    opts.bias_correction = Some(ChannelMeans {
+        means: HashMap::from([("data".to_string(), means)]),
+        images: 1,
+    });
+    let after = mean_err(&opts);
+    for (a, b) in after.iter().zip(&before) {
+        assert!(
+            a.abs() < 0.03 && a.abs() < b.abs() / 10.0,
+            "before {before:?}, after {after:?}"
+        );
+    }
 }

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bias_correction;
 pub mod calibrate;
 pub mod choose;
 pub mod clip;

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::quant::bias_correction::{measure_channel_means, ChannelMeans};
 use crate::quant::calibrate::{calibrate_db, ActivationParams};
 use crate::quant::{
     quantize_model, ChooseOptions, Int8Model, QuantKind, QuantizeOptions, WeightGranularity,
@@ -42,6 +43,9 @@ pub struct QuantizeConfig {
     pub exclude_ops: Vec<String>,
     /// Op indices (of the optimized net) kept in fp32.
     pub exclude_nodes: Vec<usize>,
+    /// Images (the first of the calibration database after `skip`) over which the Conv/FC
+    /// input means for bias correction are measured; 0 turns bias correction off.
+    pub bias_correction_images: usize,
 }
 
 impl Default for QuantizeConfig {
@@ -57,13 +61,17 @@ impl Default for QuantizeConfig {
             preprocess: data::Preprocess::default(),
             kind: QuantKind::L2,
             preserve_sparsity: false,
-            weights: WeightGranularity::Auto,
+            weights: WeightGranularity::PerChannel,
             weight_kind: QuantKind::MinMax,
             exclude_ops: Vec::new(),
             exclude_nodes: Vec::new(),
+            bias_correction_images: DEFAULT_BIAS_CORRECTION_IMAGES,
         }
     }
 }
+
+/// Default of [`QuantizeConfig::bias_correction_images`].
+pub const DEFAULT_BIAS_CORRECTION_IMAGES: usize = 64;
 
 /// What [`quantize_db`] produced.
 #[derive(Debug)]
@@ -110,6 +118,24 @@ impl QuantizeConfig {
         })
     }
 
+    /// The channel means bias correction needs, measured with the fp32 `model` on `db` (None
+    /// when `bias_correction_images` is 0).
+    pub fn measure_bias_correction(
+        &self,
+        model: &Model,
+        db: &Path,
+    ) -> Result<Option<ChannelMeans>> {
+        if self.bias_correction_images == 0 {
+            return Ok(None);
+        }
+        let opts = data::BatchOptions {
+            sample: None,
+            limit: Some(self.bias_correction_images),
+            ..self.batch_options()
+        };
+        measure_channel_means(model, db, opts, self.threads).map(Some)
+    }
+
     /// The activation range search.
     pub fn choose_options(&self) -> ChooseOptions {
         ChooseOptions::new(self.kind, self.preserve_sparsity)
@@ -121,7 +147,8 @@ pub fn quantize_db(model: &Model, db: &Path, cfg: &QuantizeConfig) -> Result<Qua
     let (fp32, _) = model.optimized()?;
     let (calibration, _) = calibrate_db(&fp32, db, cfg.batch_options(), cfg.threads, 2048, None)?;
     let activations = calibration.choose(&fp32, &cfg.choose_options())?;
-    let q = cfg.quantize_options(&fp32)?;
+    let mut q = cfg.quantize_options(&fp32)?;
+    q.bias_correction = cfg.measure_bias_correction(&fp32, db)?;
     let int8 = quantize_model(&fp32, &activations.per_op, &activations.inputs, &q)?;
     Ok(Quantized {
         fp32,

@@ -36,6 +36,7 @@ use ops::{QParams, Tensor, TensorInfo};
 
 use crate::graph::builder::{arg, op_def, Arg};
 use crate::passes::util::{arg_i, arg_s};
+use crate::quant::bias_correction::{output_shift, weight_error_sums, ChannelMeans};
 use crate::quant::clip::{absorbed_params, clip_candidates, saturation_is_clip};
 use crate::quant::qparams::{
     bias_scale, choose_quantization_params, quantize_bias, quantize_u8, weight_qparams_min_max,
@@ -46,8 +47,9 @@ use crate::{Error, Model, Result};
 /// How [`quantize_model`] quantizes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizeOptions {
-    /// Weight scales per tensor, per output channel of Conv/FC (a c2q extension, see module
-    /// docs) or per channel only where one per tensor loses too much (`Auto`).
+    /// Weight scales per output channel of Conv/FC (the default; a c2q extension, see module
+    /// docs), per tensor (portable), or per channel only where one per tensor loses too much
+    /// (`Auto`).
     pub weights: WeightGranularity,
     /// How weight ranges are chosen: `MinMax` (the default: the full range) or a histogram
     /// search such as `L2` (what the published ResNet-50 used); always symmetric.
@@ -60,17 +62,21 @@ pub struct QuantizeOptions {
     pub engine: String,
     /// Shape of every data input (NCHW for images), used for shape inference.
     pub input_shapes: HashMap<String, Vec<usize>>,
+    /// Channel means of the Conv/FC inputs: when set, each Conv/FC bias is corrected for the
+    /// mean shift its weight quantization causes ([`crate::quant::bias_correction`]).
+    pub bias_correction: Option<ChannelMeans>,
 }
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
         QuantizeOptions {
-            weights: WeightGranularity::Auto,
+            weights: WeightGranularity::PerChannel,
             weight_kind: QuantKind::MinMax,
             exclude_ops: Vec::new(),
             exclude_nodes: Vec::new(),
             engine: "DNNLOWP".to_string(),
             input_shapes: HashMap::new(),
+            bias_correction: None,
         }
     }
 }
@@ -278,6 +284,11 @@ struct QWeight {
     sqnr: f64,
     /// The per-tensor SQNR, when `Auto` measured it and chose per-channel instead.
     per_tensor_sqnr: Option<f64>,
+    /// `Σ_k (W_q − W)` per (output channel, input channel), see
+    /// [`crate::quant::bias_correction::weight_error_sums`]; empty without bias correction.
+    err_sums: Vec<f64>,
+    /// (output channels, input channels per group) of `err_sums`.
+    err_shape: (usize, usize),
 }
 
 /// The rewriter's working state.
@@ -833,6 +844,26 @@ impl<'a> Rewriter<'a> {
                 }
             }
         };
+        // Input channels per group: the last axis of the stored layout ([M, kH, kW, C/G] for
+        // Conv, [N, H, W, C] for an FC on a spatial input, [N, K] otherwise).
+        let cg = match &wp.view {
+            Some((view, _)) => view.get(1).copied().unwrap_or(1),
+            None => shape.last().copied().unwrap_or(1),
+        };
+        let err_sums = if self.opts.bias_correction.is_some() {
+            let per = values.len().checked_div(channels).unwrap_or(0).max(1);
+            let deq: Vec<f32> = codes
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| {
+                    let s = channel_scales.as_ref().map_or(q.scale, |cs| cs[i / per]);
+                    s * (i32::from(c) - q.zero_point) as f32
+                })
+                .collect();
+            weight_error_sums(values, &deq, channels, cg)
+        } else {
+            Vec::new()
+        };
         let name = format!("{}_int8", wp.name);
         let arr = ArrayD::from_shape_vec(IxDyn(&shape), codes).map_err(|e| Error::Tensor {
             name: name.clone(),
@@ -845,6 +876,8 @@ impl<'a> Rewriter<'a> {
             channel_scales,
             sqnr,
             per_tensor_sqnr,
+            err_sums,
+            err_shape: (channels, cg),
         };
         self.weights.insert(wp.name.clone(), qw.clone());
         Ok(qw)
@@ -853,17 +886,31 @@ impl<'a> Rewriter<'a> {
     /// Quantizes (and caches per scale list) a bias; returns its int8 name. `scales` holds
     /// one scale for the whole tensor or one per element (per-channel weights); the tensor
     /// carries `tensor_scale`.
-    fn bias(&mut self, b: &str, scales: &[f32], tensor_scale: f32) -> Result<String> {
+    fn bias(
+        &mut self,
+        b: &str,
+        scales: &[f32],
+        tensor_scale: f32,
+        shift: Option<&[f64]>,
+    ) -> Result<String> {
         let versions = self.biases.entry(b.to_string()).or_default();
-        if let Some((_, n)) = versions.iter().find(|(s, _)| s.as_slice() == scales) {
-            return Ok(n.clone());
+        if shift.is_none() {
+            if let Some((_, n)) = versions.iter().find(|(s, _)| s.as_slice() == scales) {
+                return Ok(n.clone());
+            }
         }
         let name = if versions.is_empty() {
             format!("{b}_int8")
         } else {
             format!("{b}_v{}_int8", versions.len())
         };
-        versions.push((scales.to_vec(), name.clone()));
+        // A corrected bias belongs to its op alone: never found again by its scales.
+        let key = if shift.is_some() {
+            Vec::new()
+        } else {
+            scales.to_vec()
+        };
+        versions.push((key, name.clone()));
         let t = self.model.params.get(b).ok_or_else(|| Error::Tensor {
             name: b.to_string(),
             msg: "bias parameter disappeared".into(),
@@ -872,6 +919,18 @@ impl<'a> Rewriter<'a> {
             name: b.to_string(),
             msg: e.to_string(),
         })?;
+        let corrected: Vec<f32>;
+        let values = match shift {
+            Some(d) if d.len() == values.len() => {
+                corrected = values
+                    .iter()
+                    .zip(d)
+                    .map(|(&v, &d)| (f64::from(v) - d) as f32)
+                    .collect();
+                &corrected[..]
+            }
+            _ => values,
+        };
         let codes = if scales.len() == 1 {
             quantize_bias(values, scales[0])
         } else if scales.len() == values.len() {
@@ -901,6 +960,25 @@ impl<'a> Rewriter<'a> {
         };
         self.int8_params.push((name.clone(), Tensor::QI32(arr, q)));
         Ok(name)
+    }
+
+    /// The output-mean shift of a Conv/FC's weight quantization (see
+    /// [`crate::quant::bias_correction`]), when bias correction is on and its input's channel
+    /// means were measured.
+    fn bias_shift(&self, op: &OperatorDef, qw: &QWeight) -> Option<Vec<f64>> {
+        let means = self
+            .opts
+            .bias_correction
+            .as_ref()?
+            .means
+            .get(op.input.first()?)?;
+        let (m, cg) = qw.err_shape;
+        let groups = if op.type_() == "FC" {
+            1
+        } else {
+            arg_i(op, "group").unwrap_or(1).max(1) as usize
+        };
+        output_shift(&qw.err_sums, m, cg, groups, means)
     }
 
     /// Emits the planned op; returns a remark on its weights for the report, if any.
@@ -941,7 +1019,8 @@ impl<'a> Rewriter<'a> {
                     Some(cs) => cs.iter().map(|&s| bias_scale(wp.x_scale, s)).collect(),
                     None => vec![tensor_scale],
                 };
-                inputs.push(self.bias(b, &scales, tensor_scale)?);
+                let shift = self.bias_shift(op, &qw);
+                inputs.push(self.bias(b, &scales, tensor_scale, shift.as_deref())?);
             }
         }
         let n_q = op.output.len() - plan.plain_outputs;
