@@ -683,3 +683,112 @@ fn max_loss_moves_the_damaged_layer_back_to_fp32() {
     assert_eq!(conv3.op_type, "Conv");
     assert!(int8.net.nodes.iter().any(|n| n.op_type == "Int8ConvRelu"));
 }
+
+/// The quantize report labels a blob rewritten in place (`res#1`, the Sum written over the
+/// conv's output) as `compare` does, with that op's SQNR, and shows the parameters the int8
+/// net carries (MaxPool: its input's, not the range calibrated for its output).
+#[test]
+fn quantize_report_rows_match_compare_and_the_written_params() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = make_db(dir.path(), 6);
+    let (init, mut predict) = c2q::demo::example_net(5);
+    // conv3 -> Sum(conv3, pool1) -> Relu, all writing `conv3` in place; the pool reads it.
+    for op in &mut predict.op {
+        for b in op.input.iter_mut().chain(op.output.iter_mut()) {
+            if b == "res" {
+                *b = "conv3".into();
+            }
+        }
+    }
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    caffe2_proto::io::write(
+        &init,
+        model.join("init_net.pb"),
+        caffe2_proto::Format::Binary,
+    )
+    .unwrap();
+    caffe2_proto::io::write(
+        &predict,
+        model.join("predict_net.pb"),
+        caffe2_proto::Format::Binary,
+    )
+    .unwrap();
+    let out = dir.path().join("int8");
+    let (m, d, o) = (
+        model.to_str().unwrap(),
+        db.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let pre = ["--scale", "36", "--crop", "32"];
+    let run = |args: &[&str]| {
+        let (ok, stdout, stderr) = common::c2q(&[args, &pre[..]].concat());
+        assert!(ok, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    let q = run(&[
+        "quantize",
+        "--model",
+        m,
+        "--calib-db",
+        d,
+        "--out",
+        o,
+        "--json",
+        "--report-images",
+        "4",
+    ]);
+    let c = run(&["compare", m, o, "--db", d, "--images", "4", "--json"]);
+    let rows = q["layers"].as_array().unwrap();
+    let by_label = |label: &str| {
+        rows.iter()
+            .find(|r| r["blob"] == label)
+            .unwrap_or_else(|| panic!("no row `{label}` in {rows:?}"))
+    };
+    let compared = c["layers"].as_array().unwrap();
+    assert!(
+        compared.iter().any(|l| l["blob"] == "conv3#1"),
+        "{compared:?}"
+    );
+    for l in compared {
+        let r = by_label(l["blob"].as_str().unwrap());
+        assert_eq!(r["int8_op"], l["op_type"], "{r} vs {l}");
+        let (a, b) = (
+            r["sqnr_db"].as_f64().unwrap(),
+            l["sqnr_db"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-9, "{r} vs {l}");
+    }
+    assert_eq!(by_label("conv3#1")["int8_op"], "Int8SumRelu");
+    assert_eq!(by_label("conv3")["int8_op"], "Int8Conv");
+    // Every row's scale is the Y_scale of the op writing that blob in the int8 net.
+    let net = c2q::Model::load_dir(&out).unwrap().predict_def;
+    let mut seen = std::collections::HashMap::new();
+    for op in &net.op {
+        for b in &op.output {
+            let Some(base) = b.strip_suffix("_int8") else {
+                continue;
+            };
+            let k: &mut usize = seen.entry(base.to_string()).or_default();
+            let label = if *k == 0 {
+                base.to_string()
+            } else {
+                format!("{base}#{k}")
+            };
+            *k += 1;
+            let Some(ys) = op.arg.iter().find(|a| a.name() == "Y_scale") else {
+                continue;
+            };
+            if let Some(r) = rows.iter().find(|r| r["blob"] == label.as_str()) {
+                assert_eq!(r["scale"].as_f64().unwrap() as f32, ys.f(), "{label}: {r}");
+            }
+        }
+    }
+    let pool = by_label("pool1");
+    assert_eq!(
+        pool["scale"],
+        by_label("conv1")["scale"],
+        "MaxPool carries its input's"
+    );
+    assert_ne!(pool["chosen_scale"], pool["scale"], "{pool}");
+}

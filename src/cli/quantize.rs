@@ -18,6 +18,8 @@ use crate::quant::{
     QuantizeConfig, WeightGranularity,
 };
 use crate::quant::{quantize_within_loss, FallbackOptions, FallbackResult};
+use crate::Model;
+use ops::QParams;
 
 /// Flags of `c2q quantize`.
 #[derive(Debug, Args)]
@@ -256,7 +258,8 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let report = layer_report(&chosen.table, layers.as_deref());
+    let rows = report_rows(&model, &int8.predict, &chosen.table);
+    let report = layer_report(&rows, layers.as_deref());
     let report_json = json!({
         "kind": a.kind.name(), "preserve_sparsity": a.preserve_sparsity, "weights": a.granularity().name(),
         "calibration_images": calibration.images, "report_images": layers.as_ref().map(|_| a.report_images),
@@ -329,7 +332,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             eprintln!("warning: {w}");
         }
         if let Some(errs) = &layers {
-            print_layer_table(errs, &chosen.table, a.report_images, 10);
+            print_layer_table(errs, &rows, a.report_images, 10);
         }
         println!(
             "wrote predict_net.pb/.pbtxt ({} ops), init_net.pb ({} fills) and report.json to {}",
@@ -346,20 +349,99 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
 
 /// One JSON object per calibrated blob: observed and chosen range, clipped fraction, and the
 /// SQNR/cosine of its int8 version when measured.
-fn layer_report(table: &[ChosenRange], errs: Option<&[BlobError]>) -> Vec<serde_json::Value> {
+/// One row of the layer report: a calibrated blob of the fp32 net under the label the
+/// per-layer errors use (`name`, or `name#k` for the k-th write of a name reused in place),
+/// with the parameters the int8 net actually carries for it (pass-through ops such as
+/// MaxPool keep their input's; a producer that absorbed a Clip has the Clip's).
+struct ReportRow<'a> {
+    label: String,
+    chosen: &'a ChosenRange,
+    written: Option<QParams>,
+}
+
+/// The rows of `table` in order, labelled against the optimized fp32 `model` and with the
+/// `Y_scale`/`Y_zero_point` of the matching `<blob>_int8` write of the int8 `predict` net.
+fn report_rows<'a>(
+    model: &Model,
+    predict: &caffe2_proto::NetDef,
+    table: &'a [ChosenRange],
+) -> Vec<ReportRow<'a>> {
+    let label = |base: &str, k: usize| {
+        if k == 0 {
+            base.to_string()
+        } else {
+            format!("{base}#{k}")
+        }
+    };
+    let mut labels: HashMap<(usize, &str), String> = HashMap::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in model.net.nodes.iter().enumerate() {
+        for o in &n.outputs {
+            let k = seen.entry(o.as_str()).or_default();
+            labels.insert((i, o.as_str()), label(o, *k));
+            *k += 1;
+        }
+    }
+    let mut written: HashMap<String, QParams> = HashMap::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for op in &predict.op {
+        for o in &op.output {
+            let Some(base) = o.strip_suffix("_int8") else {
+                continue;
+            };
+            let k = seen.entry(base).or_default();
+            let lab = label(base, *k);
+            *k += 1;
+            let scale = op.arg.iter().find(|a| a.name() == "Y_scale").map(|a| a.f());
+            let zp = op
+                .arg
+                .iter()
+                .find(|a| a.name() == "Y_zero_point")
+                .map(|a| a.i());
+            if let (Some(scale), Some(zp)) = (scale, zp) {
+                written.insert(
+                    lab,
+                    QParams {
+                        scale,
+                        zero_point: zp as i32,
+                    },
+                );
+            }
+        }
+    }
+    table
+        .iter()
+        .map(|c| {
+            let label = labels
+                .get(&(c.op_index, c.blob.as_str()))
+                .cloned()
+                .unwrap_or_else(|| c.blob.clone());
+            let written = written.get(&label).copied();
+            ReportRow {
+                label,
+                chosen: c,
+                written,
+            }
+        })
+        .collect()
+}
+
+fn layer_report(rows: &[ReportRow<'_>], errs: Option<&[BlobError]>) -> Vec<serde_json::Value> {
     let by_blob: HashMap<&str, &BlobError> = errs
         .unwrap_or_default()
         .iter()
         .map(|e| (e.blob.as_str(), e))
         .collect();
-    table
-        .iter()
-        .map(|c| {
-            let e = by_blob.get(c.blob.as_str());
+    rows.iter()
+        .map(|r| {
+            let c = r.chosen;
+            let e = by_blob.get(r.label.as_str());
+            let q = r.written.unwrap_or(c.q);
             json!({
-                "blob": c.blob, "op_index": c.op_index, "min": c.min, "max": c.max,
+                "blob": r.label, "op_index": c.op_index, "min": c.min, "max": c.max,
                 "chosen_min": c.chosen_min, "chosen_max": c.chosen_max, "clipped": c.clipped,
-                "scale": c.q.scale, "zero_point": c.q.zero_point,
+                "chosen_scale": c.q.scale, "chosen_zero_point": c.q.zero_point,
+                "scale": q.scale, "zero_point": q.zero_point,
                 "int8_op": e.map(|e| e.op_type.clone()),
                 "sqnr_db": e.map(|e| finite_or_null(e.sqnr_db)),
                 "cosine": e.map(|e| e.cosine),
@@ -377,14 +459,11 @@ fn finite_or_null(v: f64) -> serde_json::Value {
     }
 }
 
-/// Prints the `worst` lowest-SQNR layers with their ranges.
-pub(crate) fn print_layer_table(
-    errs: &[BlobError],
-    table: &[ChosenRange],
-    images: usize,
-    worst: usize,
-) {
-    let ranges: HashMap<&str, &ChosenRange> = table.iter().map(|c| (c.blob.as_str(), c)).collect();
+/// Prints the `worst` lowest-SQNR layers with their ranges (the range the int8 net carries:
+/// a pass-through op's is its input's).
+fn print_layer_table(errs: &[BlobError], rows: &[ReportRow<'_>], images: usize, worst: usize) {
+    let ranges: HashMap<&str, &ReportRow<'_>> =
+        rows.iter().map(|r| (r.label.as_str(), r)).collect();
     println!(
         "per-layer error of the int8 net on {images} images ({} blobs, worst {} shown):",
         errs.len(),
@@ -392,14 +471,21 @@ pub(crate) fn print_layer_table(
     );
     println!(
         "  {:<36} {:<16} {:>9} {:>8} {:>21} {:>8}",
-        "blob", "int8 op", "SQNR dB", "cosine", "chosen range", "clipped"
+        "blob", "int8 op", "SQNR dB", "cosine", "int8 range", "clipped"
     );
     for e in errs.iter().take(worst) {
         let (range, clipped) = match ranges.get(e.blob.as_str()) {
-            Some(c) => (
-                format!("[{:.3}, {:.3}]", c.chosen_min, c.chosen_max),
-                format!("{:.2e}", c.clipped),
-            ),
+            Some(r) => {
+                let q = r.written.unwrap_or(r.chosen.q);
+                (
+                    format!(
+                        "[{:.3}, {:.3}]",
+                        q.scale * (0 - q.zero_point) as f32,
+                        q.scale * (255 - q.zero_point) as f32
+                    ),
+                    format!("{:.2e}", r.chosen.clipped),
+                )
+            }
             None => ("-".into(), "-".into()),
         };
         println!(
