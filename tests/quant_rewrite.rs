@@ -1126,10 +1126,10 @@ fn channel_sqnr_by_hand() {
     // signal 1.16e-4, noise 4.5199e-6 + 1.50079e-5 = 1.95278e-5: 10·log10(5.9402) = 7.738 dB.
     let w = [1.0f32, -1.0, 0.01, 0.004];
     let codes = [255u8, 1, 129, 129];
-    let db = c2q::quant::rewrite::channel_sqnr_p10(&w, &codes, &[1.0 / 127.0], 128, 2);
+    let db = c2q::quant::weights::channel_sqnr_p10(&w, &codes, &[1.0 / 127.0], 128, 2);
     assert!((db - 7.738).abs() < 0.005, "{db}");
     // All-zero channels do not count.
-    let db = c2q::quant::rewrite::channel_sqnr_p10(
+    let db = c2q::quant::weights::channel_sqnr_p10(
         &[0.0, 0.0, 0.01, 0.004],
         &codes,
         &[1.0 / 127.0],
@@ -1271,6 +1271,30 @@ fn bias_correction_removes_a_planted_mean_error() {
         assert!(
             a.abs() < 0.03 && a.abs() < b.abs() / 10.0,
             "before {before:?}, after {after:?}"
+        );
+    }
+}
+
+/// Every fp32 op type the quantizer rewrites has its row in `docs/ops.md`, and that row says
+/// what it becomes (the column is not "stays fp32").
+#[test]
+fn every_rewrite_rule_is_documented_in_ops_md() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ops.md")).unwrap();
+    let rows: Vec<&str> = doc.lines().filter(|l| l.starts_with("| ")).collect();
+    for t in c2q::passes::quantize::rewritten_op_types() {
+        let row = rows
+            .iter()
+            .find(|r| {
+                let first = r.split('|').nth(1).unwrap_or("");
+                first
+                    .split(|c: char| !c.is_ascii_alphanumeric())
+                    .any(|w| w == t)
+            })
+            .unwrap_or_else(|| panic!("docs/ops.md has no row for `{t}`"));
+        let int8_col = row.split('|').nth(3).unwrap_or("");
+        assert!(
+            !int8_col.trim().starts_with("stay"),
+            "docs/ops.md says `{t}` stays fp32, but the quantizer rewrites it: {row}"
         );
     }
 }

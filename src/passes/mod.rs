@@ -10,6 +10,7 @@ pub mod fuse_int8_lut;
 pub mod fuse_int8_sum;
 pub mod fuse_quantize_layout;
 pub mod fuse_relu;
+pub mod quantize;
 pub mod remove_dropout;
 pub mod util;
 

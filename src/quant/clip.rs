@@ -4,38 +4,12 @@
 //! the clip on the quantization grid ([`saturation_is_clip`]) the Clip is a no-op on the
 //! codes. Caffe2 has no Int8Clip, so this keeps the net valid DNNLOWP with no new op type.
 
-use caffe2_proto::{NetDef, OperatorDef};
+use caffe2_proto::OperatorDef;
 use ops::int8::requant::quantize_u8;
 use ops::QParams;
 
-use crate::passes::util::{arg_f, is_live_output, last_writer, readers_after};
+use crate::passes::util::arg_f;
 use crate::quant::qparams::choose_quantization_params;
-
-/// Op types whose int8 form chooses its own output parameters (so a following Clip can set
-/// them); pass-through ops (MaxPool, Relu, Flatten) reuse their input's.
-const PRODUCERS: &[&str] = &[
-    "Conv",
-    "ConvRelu",
-    "FC",
-    "Sum",
-    "SumRelu",
-    "Add",
-    "AddRelu",
-    "AveragePool",
-];
-
-/// A Clip that may fold into the op writing its input.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClipCandidate {
-    /// Index of the Clip op.
-    pub clip: usize,
-    /// Lower bound (Caffe2's default: the lowest finite f32).
-    pub min: f32,
-    /// Upper bound (default: the largest finite f32).
-    pub max: f32,
-    /// The Clip's output blob.
-    pub output: String,
-}
 
 /// The bounds of a Clip op (absent ones as Caffe2 defaults them), or None when they are NaN
 /// or crossed.
@@ -71,51 +45,9 @@ pub fn absorbed_params(clip_q: QParams, min: f32, max: f32) -> Option<QParams> {
     saturation_is_clip(q, min, max).then_some(q)
 }
 
-/// For every op that writes the input of a Clip and has an int8 form that chooses its own
-/// output range: the Clip it may absorb. Only when the Clip is that value's single reader,
-/// the value is not a net output, and neither op is in `excluded`.
-pub fn clip_candidates(
-    net: &NetDef,
-    excluded: impl Fn(usize, &OperatorDef) -> bool,
-) -> std::collections::HashMap<usize, ClipCandidate> {
-    let mut out = std::collections::HashMap::new();
-    for (j, op) in net.op.iter().enumerate() {
-        if op.type_() != "Clip" || op.input.len() != 1 || op.output.len() != 1 || excluded(j, op) {
-            continue;
-        }
-        let Some((min, max)) = clip_bounds(op) else {
-            continue;
-        };
-        let x = &op.input[0];
-        let Some(p) = last_writer(net, j, x) else {
-            continue;
-        };
-        let prod = &net.op[p];
-        if !PRODUCERS.contains(&prod.type_())
-            || prod.output.first() != Some(x)
-            || excluded(p, prod)
-            || readers_after(net, p, x) != [j]
-            || is_live_output(net, p, x)
-        {
-            continue;
-        }
-        out.insert(
-            p,
-            ClipCandidate {
-                clip: j,
-                min,
-                max,
-                output: op.output[0].clone(),
-            },
-        );
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::builder::{op_def, Arg};
 
     fn clip(x: f32, lo: f32, hi: f32) -> f32 {
         x.max(lo).min(hi)
@@ -201,36 +133,5 @@ mod tests {
         // Every uint8 range contains 0, so codes below min = 1 exist.
         let q = choose_quantization_params(1.0, 5.0, 0, 255, false);
         assert_eq!(absorbed_params(q, 1.0, 5.0), None);
-    }
-
-    #[test]
-    fn candidates_need_a_single_reader_and_a_producer_with_its_own_range() {
-        let clip6 = |x: &str, y: &str| {
-            op_def(
-                "Clip",
-                &[x],
-                &[y],
-                vec![("min", Arg::F(0.0)), ("max", Arg::F(6.0))],
-            )
-        };
-        let mut net = NetDef::new();
-        net.op = vec![
-            op_def("Conv", &["data", "w", "b"], &["c0"], Vec::new()), // 0: absorbs op 1
-            clip6("c0", "a0"),
-            op_def("MaxPool", &["a0"], &["p"], Vec::new()), // 2: pass-through, not a producer
-            clip6("p", "a1"),
-            op_def("Conv", &["a1", "w", "b"], &["c1"], Vec::new()), // 4: read twice
-            clip6("c1", "a2"),
-            op_def("Relu", &["c1"], &["r"], Vec::new()),
-            op_def("Conv", &["a2", "w", "b"], &["c2"], Vec::new()), // 7: excluded clip
-            clip6("c2", "a3"),
-        ];
-        let got = clip_candidates(&net, |j, _| j == 8);
-        assert_eq!(got.len(), 1, "{got:?}");
-        let c = &got[&0];
-        assert_eq!(
-            (c.clip, c.min, c.max, c.output.as_str()),
-            (1, 0.0, 6.0, "a0")
-        );
     }
 }

@@ -21,8 +21,11 @@ pub mod norm_min;
 pub mod p99;
 pub mod pipeline;
 pub mod qparams;
-pub mod rewrite;
+pub mod weights;
 
+pub use crate::passes::quantize::{
+    quantize_model, Int8Model, Outcome, QuantizeOptions, RewriteNote, WeightGranularity,
+};
 pub use choose::{
     choose_from_histogram, choose_from_histogram_with, choose_from_values, ChooseOptions, QuantKind,
 };
@@ -31,6 +34,3 @@ pub use hist_file::{check_coverage, read_histogram_file, write_histogram_file, H
 pub use histogram::{DynamicHistogram, Histogram};
 pub use pipeline::{quantize_db, QuantizeConfig, Quantized};
 pub use qparams::{choose_quantization_params, QParamsOptions};
-pub use rewrite::{
-    quantize_model, Int8Model, Outcome, QuantizeOptions, RewriteNote, WeightGranularity,
-};

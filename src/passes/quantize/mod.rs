@@ -2,6 +2,12 @@
 //! becomes a DNNLOWP int8 net in the format of the published `resnet50_quantized` model
 //! (facts §5, §6.2, §7.9, §8.1–8.2).
 //!
+//! Each op family owns its rule, one file each, listed in [`RULES`]: [`conv`], [`fc`],
+//! [`eltwise`], [`pool`], [`passthrough`] (Relu, Flatten), [`concat`]; [`clip`] folds a
+//! ReLU6 into the range of the op before it. A rule only decides ([`Plan`]); this module
+//! emits, quantizes weights and biases, and keeps the layout boundaries. The arithmetic
+//! (parameter choice, weight quantization, bias correction) lives in [`crate::quant`].
+//!
 //! Conventions of the output:
 //! - the quantized region is NHWC: a 4-D fp32 tensor enters it through `NCHW2NHWC` (no engine)
 //!   and `Int8Quantize`, and leaves it through `Int8Dequantize` and `NHWC2NCHW`; tensors of
@@ -37,12 +43,25 @@ use ops::{QParams, Tensor, TensorInfo};
 use crate::graph::builder::{arg, op_def, Arg};
 use crate::passes::util::{arg_i, arg_s};
 use crate::quant::bias_correction::{output_shift, weight_error_sums, ChannelMeans};
-use crate::quant::clip::{absorbed_params, clip_candidates, saturation_is_clip};
+use crate::quant::clip::{absorbed_params, saturation_is_clip};
 use crate::quant::qparams::{
     bias_scale, choose_quantization_params, quantize_bias, quantize_u8, weight_qparams_min_max,
 };
-use crate::quant::{choose_from_values, QuantKind};
+use crate::quant::weights::{
+    channel_sqnr_p10, per_channel_weights, symmetric_extent, AUTO_PER_TENSOR_MIN_DB,
+};
+use crate::quant::QuantKind;
 use crate::{Error, Model, Result};
+
+mod clip;
+mod concat;
+mod conv;
+mod eltwise;
+mod fc;
+mod passthrough;
+mod pool;
+
+use clip::clip_candidates;
 
 /// How [`quantize_model`] quantizes.
 #[derive(Debug, Clone, PartialEq)]
@@ -359,6 +378,76 @@ fn is_order_nchw(op: &OperatorDef) -> bool {
     arg_s(op, "order").is_none_or(|o| o == "NCHW")
 }
 
+/// What a rule returns: the planned Int8 op, or why the op stays fp32.
+type PlanResult = std::result::Result<Plan, String>;
+
+/// A rewrite rule: the fp32 op types it handles and how it plans their Int8 form.
+struct Rule {
+    types: &'static [&'static str],
+    plan: fn(&Rewriter<'_>, &OperatorDef, &[Option<QParams>]) -> PlanResult,
+}
+
+/// Every rewrite rule; an op type listed in none stays fp32. (Clip is handled before the
+/// rules: it disappears into its producer's range, see [`clip`].)
+const RULES: &[Rule] = &[
+    Rule {
+        types: &["Conv", "ConvRelu"],
+        plan: conv::plan,
+    },
+    Rule {
+        types: &["FC"],
+        plan: fc::plan,
+    },
+    Rule {
+        types: &["Sum", "SumRelu", "Add", "AddRelu"],
+        plan: eltwise::plan,
+    },
+    Rule {
+        types: &["MaxPool", "AveragePool"],
+        plan: pool::plan,
+    },
+    Rule {
+        types: &["Relu", "Flatten"],
+        plan: passthrough::plan,
+    },
+    Rule {
+        types: &["Concat"],
+        plan: concat::plan,
+    },
+];
+
+/// The fp32 op types the quantizer rewrites to Int8 ops (plus Clip, absorbed).
+pub fn rewritten_op_types() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = RULES.iter().flat_map(|r| r.types.iter().copied()).collect();
+    v.push("Clip");
+    v
+}
+
+/// The chosen parameters of output `k`, or why there are none.
+fn out_act(act: &[Option<QParams>], k: usize) -> std::result::Result<QParams, String> {
+    act.get(k)
+        .copied()
+        .flatten()
+        .ok_or_else(|| format!("output {k} was not observed (no parameters)"))
+}
+
+/// The output parameters of a Relu-fused op: zero point 0 (re-derived when calibration gave
+/// another), with a note for the report when they changed.
+fn relu_fix(q: QParams) -> (QParams, Option<String>) {
+    if q.zero_point == 0 {
+        (q, None)
+    } else {
+        let r = relu_output_params(q);
+        (
+            r,
+            Some(format!(
+                "Relu-fused output had zero point {}; using scale {} zero point 0",
+                q.zero_point, r.scale
+            )),
+        )
+    }
+}
+
 impl<'a> Rewriter<'a> {
     fn rank(&self, blob: &str) -> Option<usize> {
         self.blobs
@@ -482,12 +571,7 @@ impl<'a> Rewriter<'a> {
     }
 
     /// Decides how op `i` is rewritten, or why it stays fp32.
-    fn plan(
-        &self,
-        i: usize,
-        op: &OperatorDef,
-        act: &[Option<QParams>],
-    ) -> std::result::Result<Plan, String> {
+    fn plan(&self, i: usize, op: &OperatorDef, act: &[Option<QParams>]) -> PlanResult {
         let t = op.type_();
         if t == "Softmax" {
             return Err("Softmax stays fp32 (as in the published nets)".into());
@@ -498,281 +582,21 @@ impl<'a> Rewriter<'a> {
         if self.opts.exclude_nodes.contains(&i) {
             return Err("excluded by index".into());
         }
-        let out_act = |k: usize| -> std::result::Result<QParams, String> {
-            act.get(k)
-                .copied()
-                .flatten()
-                .ok_or_else(|| format!("output {k} was not observed (no parameters)"))
-        };
-        let relu_fix = |q: QParams| -> (QParams, Option<String>) {
-            if q.zero_point == 0 {
-                (q, None)
-            } else {
-                let r = relu_output_params(q);
-                (
-                    r,
-                    Some(format!(
-                        "Relu-fused output had zero point {}; using scale {} zero point 0",
-                        q.zero_point, r.scale
-                    )),
-                )
-            }
-        };
-        let need_4d = |blob: &str| -> std::result::Result<Vec<usize>, String> {
-            match self.shape(blob) {
-                Some(s) if s.len() == 4 => Ok(s),
-                Some(s) => Err(format!("input `{blob}` is {}-D (expected 4-D)", s.len())),
-                None => Err(format!("shape of `{blob}` unknown")),
-            }
-        };
         if op.output.is_empty() {
             return Err("no outputs".into());
         }
-        match t {
-            "Conv" | "ConvRelu" => {
-                if !(2..=3).contains(&op.input.len()) || op.output.len() != 1 {
-                    return Err("unexpected number of inputs/outputs".into());
-                }
-                if !is_order_nchw(op) {
-                    return Err("order is not NCHW".into());
-                }
-                need_4d(&op.input[0])?;
-                let w = self.param_f32(&op.input[1])?;
-                if w.shape().len() != 4 {
-                    return Err("weight is not 4-D (only 2-D convolutions)".into());
-                }
-                if let Some(b) = op.input.get(2) {
-                    self.param_f32(b)?;
-                }
-                let xq = self.act_q(&op.input[0])?;
-                let relu = t == "ConvRelu";
-                let (y, note) = if relu {
-                    relu_fix(out_act(0)?)
-                } else {
-                    (out_act(0)?, None)
-                };
-                let mut args = copy_args(op);
-                args.push(("order".into(), Arg::S("NHWC".into())));
-                args.extend(qargs(y));
-                Ok(Plan {
-                    op_type: if relu { "Int8ConvRelu" } else { "Int8Conv" }.into(),
-                    act_inputs: vec![op.input[0].clone()],
-                    weight: Some(WeightPlan {
-                        name: op.input[1].clone(),
-                        permute: Some(vec![0, 2, 3, 1]),
-                        view: None,
-                        x_scale: xq.scale,
-                    }),
-                    bias: op.input.get(2).cloned(),
-                    args,
-                    out_q: if relu { relu_output_params(y) } else { y },
-                    plain_outputs: 0,
-                    note,
-                    rename: None,
-                })
-            }
-            "FC" => {
-                if op.input.len() != 3 || op.output.len() != 1 {
-                    return Err("unexpected number of inputs/outputs".into());
-                }
-                if arg_i(op, "axis").unwrap_or(1) != 1 || arg_i(op, "axis_w").unwrap_or(1) != 1 {
-                    return Err("axis/axis_w other than 1".into());
-                }
-                let w = self.param_f32(&op.input[1])?;
-                self.param_f32(&op.input[2])?;
-                let ws = w.shape().to_vec();
-                if ws.len() != 2 {
-                    return Err("weight is not 2-D".into());
-                }
-                let xs = self
-                    .shape(&op.input[0])
-                    .ok_or_else(|| format!("shape of `{}` unknown", op.input[0]))?;
-                let xq = self.act_q(&op.input[0])?;
-                let view = if xs.len() == 4 && xs[2] * xs[3] > 1 {
-                    let (c, h, wd) = (xs[1], xs[2], xs[3]);
-                    if c * h * wd != ws[1] {
-                        return Err(format!("weight {ws:?} does not match input {xs:?}"));
-                    }
-                    Some((vec![ws[0], c, h, wd], ws.clone()))
-                } else {
-                    None
-                };
-                let y = out_act(0)?;
-                let mut args = copy_args(op);
-                args.push(("order".into(), Arg::S("NHWC".into())));
-                args.extend(qargs(y));
-                Ok(Plan {
-                    op_type: "Int8FC".into(),
-                    act_inputs: vec![op.input[0].clone()],
-                    weight: Some(WeightPlan {
-                        name: op.input[1].clone(),
-                        permute: view.as_ref().map(|_| vec![0, 2, 3, 1]),
-                        view,
-                        x_scale: xq.scale,
-                    }),
-                    bias: Some(op.input[2].clone()),
-                    args,
-                    out_q: y,
-                    plain_outputs: 0,
-                    note: None,
-                    rename: None,
-                })
-            }
-            "Sum" | "SumRelu" | "Add" | "AddRelu" => {
-                if op.output.len() != 1 || op.input.is_empty() {
-                    return Err("unexpected number of inputs/outputs".into());
-                }
-                let is_add = t.starts_with("Add");
-                if is_add && (op.input.len() != 2 || arg_i(op, "broadcast").unwrap_or(0) != 0) {
-                    return Err("Add with broadcast or not 2 inputs".into());
-                }
-                let s0 = self.shape(&op.input[0]);
-                for x in &op.input {
-                    if self.model.params.contains_key(x) {
-                        return Err(format!("input `{x}` is a constant parameter"));
-                    }
-                    if self.shape(x) != s0 || s0.is_none() {
-                        return Err("inputs differ in shape (or shape unknown)".into());
-                    }
-                    self.act_q(x)?;
-                }
-                let relu = t.ends_with("Relu");
-                let (y, note) = if relu {
-                    relu_fix(out_act(0)?)
-                } else {
-                    (out_act(0)?, None)
-                };
-                let mut args = vec![("order".to_string(), Arg::S("NHWC".into()))];
-                args.extend(qargs(y));
-                Ok(Plan {
-                    op_type: format!("Int8{t}"),
-                    act_inputs: op.input.to_vec(),
-                    weight: None,
-                    bias: None,
-                    args,
-                    out_q: if relu { relu_output_params(y) } else { y },
-                    plain_outputs: 0,
-                    note,
-                    rename: None,
-                })
-            }
-            "MaxPool" | "AveragePool" => {
-                if op.input.len() != 1 || op.output.len() != 1 {
-                    return Err("unexpected number of inputs/outputs".into());
-                }
-                if !is_order_nchw(op) {
-                    return Err("order is not NCHW".into());
-                }
-                need_4d(&op.input[0])?;
-                if t == "AveragePool" && arg_i(op, "count_include_pad").unwrap_or(0) != 0 {
-                    return Err(
-                        "count_include_pad = 1 (Int8AveragePool divides by the unpadded cells)"
-                            .into(),
-                    );
-                }
-                let xq = self.act_q(&op.input[0])?;
-                let y = if t == "MaxPool" { xq } else { out_act(0)? };
-                let mut args = copy_args(op);
-                args.push(("order".into(), Arg::S("NHWC".into())));
-                args.extend(qargs(y));
-                Ok(Plan {
-                    op_type: format!("Int8{t}"),
-                    act_inputs: vec![op.input[0].clone()],
-                    weight: None,
-                    bias: None,
-                    args,
-                    out_q: y,
-                    plain_outputs: 0,
-                    note: None,
-                    rename: None,
-                })
-            }
-            "Relu" | "Flatten" => {
-                if op.input.len() != 1 || op.output.len() != 1 {
-                    return Err("unexpected number of inputs/outputs".into());
-                }
-                let xs = self
-                    .shape(&op.input[0])
-                    .ok_or_else(|| format!("shape of `{}` unknown", op.input[0]))?;
-                let mut args = Vec::new();
-                if t == "Flatten" {
-                    let axis = arg_i(op, "axis").unwrap_or(1);
-                    if axis != 1 {
-                        return Err("Flatten with axis other than 1".into());
-                    }
-                    if xs.len() == 4 && xs[2] * xs[3] != 1 {
-                        return Err(
-                            "Flatten of a 4-D tensor with H*W > 1 (NHWC order would differ)".into(),
-                        );
-                    }
-                    args.push(("axis".to_string(), Arg::I(1)));
-                }
-                if self.model.params.contains_key(&op.input[0]) {
-                    return Err("input is a constant parameter".into());
-                }
-                let xq = self.act_q(&op.input[0])?;
-                args.extend(qargs(xq));
-                Ok(Plan {
-                    op_type: format!("Int8{t}"),
-                    act_inputs: vec![op.input[0].clone()],
-                    weight: None,
-                    bias: None,
-                    args,
-                    out_q: xq,
-                    plain_outputs: 0,
-                    note: None,
-                    rename: None,
-                })
-            }
-            "Concat" => {
-                if op.output.is_empty() || op.output.len() > 2 || op.input.is_empty() {
-                    return Err("unexpected number of inputs/outputs".into());
-                }
-                if arg_i(op, "add_axis").unwrap_or(0) != 0 {
-                    return Err("Concat with add_axis".into());
-                }
-                let rank = self
-                    .rank(&op.input[0])
-                    .ok_or_else(|| format!("shape of `{}` unknown", op.input[0]))?;
-                let axis = match arg_i(op, "axis") {
-                    Some(a) => a,
-                    None if is_order_nchw(op) => 1,
-                    None => return Err("Concat order is not NCHW".into()),
-                };
-                let r = rank as i64;
-                if axis < -r || axis >= r {
-                    return Err(format!("axis {axis} out of range for rank {rank}"));
-                }
-                let axis = if axis < 0 { axis + r } else { axis } as usize;
-                let new_axis = if rank == 4 { [0, 3, 1, 2][axis] } else { axis };
-                for x in &op.input {
-                    if self.model.params.contains_key(x) {
-                        return Err(format!("input `{x}` is a constant parameter"));
-                    }
-                    if self.rank(x) != Some(rank) {
-                        return Err("inputs differ in rank".into());
-                    }
-                    self.act_q(x)?;
-                }
-                let y = out_act(0)?;
-                let mut args = vec![
-                    ("axis".to_string(), Arg::I(new_axis as i64)),
-                    ("order".to_string(), Arg::S("NHWC".into())),
-                ];
-                args.extend(qargs(y));
-                Ok(Plan {
-                    op_type: "Int8Concat".into(),
-                    act_inputs: op.input.to_vec(),
-                    weight: None,
-                    bias: None,
-                    args,
-                    out_q: y,
-                    plain_outputs: op.output.len() - 1,
-                    note: None,
-                    rename: None,
-                })
-            }
-            _ => Err("no int8 rewrite for this op type".into()),
+        match RULES.iter().find(|r| r.types.contains(&t)) {
+            Some(rule) => (rule.plan)(self, op, act),
+            None => Err("no int8 rewrite for this op type".into()),
+        }
+    }
+
+    /// The shape of `blob` when it is 4-D, else why not.
+    fn need_4d(&self, blob: &str) -> std::result::Result<Vec<usize>, String> {
+        match self.shape(blob) {
+            Some(s) if s.len() == 4 => Ok(s),
+            Some(s) => Err(format!("input `{blob}` is {}-D (expected 4-D)", s.len())),
+            None => Err(format!("shape of `{blob}` unknown")),
         }
     }
 
@@ -1057,116 +881,6 @@ impl<'a> Rewriter<'a> {
         }
         Ok(weight_note)
     }
-}
-
-/// The half-width `a` of the symmetric weight range `[-a, a]`: `max |w|` for `MinMax`,
-/// otherwise from a histogram search run on the weights' own (asymmetric) range, keeping the
-/// larger end. (Caffe2's symmetric search only tries windows centred on zero no wider than the
-/// histogram, so for a lopsided range it can never keep the long side; searching
-/// asymmetrically avoids that.)
-/// Falls back to 1 for all-zero or non-finite input.
-fn symmetric_extent(values: &[f32], kind: QuantKind) -> f32 {
-    let a = match kind {
-        QuantKind::MinMax => values.iter().fold(0f32, |a, v| a.max(v.abs())),
-        kind => {
-            let (lo, hi, _) = choose_from_values(values, kind, false);
-            lo.abs().max(hi.abs())
-        }
-    };
-    if a > 0.0 && a.is_finite() {
-        a
-    } else {
-        1.0
-    }
-}
-
-/// Per-channel weights: one symmetric scale per slice of axis 0 (`channels` slices), all
-/// with zero point 128 (the ops take one weight zero point); returns the tensor parameters
-/// (largest channel scale), the codes and the channel scales.
-fn per_channel_weights(
-    name: &str,
-    values: &[f32],
-    channels: usize,
-    kind: QuantKind,
-) -> Result<(QParams, Vec<u8>, Vec<f32>)> {
-    let per = values.len().checked_div(channels).unwrap_or(0);
-    let mut codes = Vec::with_capacity(values.len());
-    let mut scales = Vec::with_capacity(channels);
-    for m in 0..channels {
-        let chunk = &values[m * per..(m + 1) * per];
-        // Symmetric around 0 even when a channel has one sign only, so that every
-        // channel shares the zero point 128.
-        let a = symmetric_extent(chunk, kind);
-        let qm = choose_quantization_params(-a, a, 0, 255, true);
-        if qm.zero_point != 128 {
-            return Err(Error::Tensor {
-                name: name.to_string(),
-                msg: format!(
-                    "per-channel weights need the symmetric zero point 128 in every \
-                     channel; channel {m} got {}",
-                    qm.zero_point
-                ),
-            });
-        }
-        codes.extend(quantize_u8(chunk, qm));
-        scales.push(qm.scale);
-    }
-    let max = scales.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
-    let q = QParams {
-        scale: max,
-        zero_point: 128,
-    };
-    Ok((q, codes, scales))
-}
-
-/// Below this weight SQNR (dB, the 10th percentile over output channels, see
-/// [`channel_sqnr_p10`]) with one scale per tensor, [`WeightGranularity::Auto`] gives a layer
-/// one scale per output channel. Ordinary conv layers measure 28–40 dB per tensor; depthwise
-/// layers whose channels differ by orders of magnitude (MobileNetV2: 11–25 dB) fall below, and
-/// their few-code channels are what collapses a per-tensor net.
-pub const AUTO_PER_TENSOR_MIN_DB: f64 = 25.0;
-
-/// SQNR in dB of weight codes against the float weights, per output channel (the `channels`
-/// equal slices of axis 0); returns the 10th percentile over the channels with any signal
-/// (all-zero channels are exact either way). `scales` holds one scale for the whole tensor
-/// or one per channel. Each channel counts: in a depthwise layer output channel `m` sees only
-/// weight channel `m`, so a channel whose weights got a handful of codes is an output
-/// channel with that SQNR, however small its share of the tensor's energy.
-pub fn channel_sqnr_p10(
-    values: &[f32],
-    codes: &[u8],
-    scales: &[f32],
-    zero_point: i32,
-    channels: usize,
-) -> f64 {
-    let channels = channels.max(1);
-    let per = values.len() / channels;
-    if per == 0 || scales.is_empty() {
-        return f64::INFINITY;
-    }
-    let mut db: Vec<f64> = (0..channels)
-        .filter_map(|m| {
-            let s = f64::from(
-                scales[if scales.len() == 1 {
-                    0
-                } else {
-                    m.min(scales.len() - 1)
-                }],
-            );
-            let (mut sig, mut noise) = (0f64, 0f64);
-            for (&w, &c) in values[m * per..(m + 1) * per].iter().zip(&codes[m * per..]) {
-                let d = s * f64::from(i32::from(c) - zero_point);
-                sig += f64::from(w) * f64::from(w);
-                noise += (f64::from(w) - d) * (f64::from(w) - d);
-            }
-            (sig > 0.0).then(|| crate::eval::layer_error::sqnr_db(sig, noise))
-        })
-        .collect();
-    if db.is_empty() {
-        return f64::INFINITY;
-    }
-    db.sort_by(f64::total_cmp);
-    db[db.len() / 10]
 }
 
 /// Makes an init-net fill op for a parameter tensor.
