@@ -36,7 +36,7 @@
 use std::collections::{HashMap, HashSet};
 
 use caffe2_proto::{NetDef, OperatorDef};
-use ndarray::{ArrayD, IxDyn};
+
 use ops::int8::requant::relu_output_params;
 use ops::{QParams, Tensor, TensorInfo};
 
@@ -58,10 +58,14 @@ mod concat;
 mod conv;
 mod eltwise;
 mod fc;
+mod model;
+mod params;
 mod passthrough;
 mod pool;
 
 use clip::clip_candidates;
+use model::fill_op;
+pub use model::Int8Model;
 
 /// How [`quantize_model`] quantizes.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,96 +158,6 @@ pub struct RewriteNote {
     pub op_type: String,
     /// What became of it.
     pub outcome: Outcome,
-}
-
-/// The quantized model: nets, parameters and the per-op report.
-#[derive(Debug, Clone)]
-pub struct Int8Model {
-    /// Init net: Int8 fills for quantized parameters, plain fills for those fp32 ops still read.
-    pub init: NetDef,
-    /// Predict net with Int8 ops and the layout/quantization boundaries.
-    pub predict: NetDef,
-    /// The tensors the init net produces (QU8 weights, QI32 biases, fp32 parameters).
-    pub params: HashMap<String, Tensor>,
-    /// One note per op of the fp32 predict net.
-    pub report: Vec<RewriteNote>,
-    /// Layers likely to lose accuracy, each with the op and the fix.
-    pub warnings: Vec<String>,
-}
-
-impl Int8Model {
-    /// Number of ops that were rewritten to Int8 ops.
-    pub fn quantized_count(&self) -> usize {
-        self.report
-            .iter()
-            .filter(|n| matches!(n.outcome, Outcome::Quantized(_)))
-            .count()
-    }
-
-    /// Number of ops that disappeared into another op's int8 output (absorbed Clips).
-    pub fn absorbed_count(&self) -> usize {
-        self.report
-            .iter()
-            .filter(|n| matches!(n.outcome, Outcome::Absorbed(_)))
-            .count()
-    }
-
-    /// The int8 net as a runnable [`Model`].
-    pub fn to_model(&self) -> Result<Model> {
-        Model::from_nets(self.init.clone(), self.predict.clone())
-    }
-
-    /// Writes `init_net.pb`, `predict_net.pb` and `predict_net.pbtxt` into `dir` (created if
-    /// needed, existing nets replaced), each through a temporary file and a rename.
-    pub fn write_dir(&self, dir: &std::path::Path) -> Result<()> {
-        self.write_dir_with(dir, true, false)
-    }
-
-    /// Fails if `dir` already holds one of the nets [`Int8Model::write_dir_with`] writes and
-    /// `overwrite` is off (call it before long work, to fail early).
-    pub fn check_dir(dir: &std::path::Path, overwrite: bool) -> Result<()> {
-        const NETS: [&str; 4] = [
-            "init_net.pb",
-            "predict_net.pb",
-            "predict_net.pbtxt",
-            "init_net.pbtxt",
-        ];
-        if !overwrite && NETS.iter().any(|name| dir.join(name).exists()) {
-            return Err(Error::File {
-                path: dir.to_path_buf(),
-                msg: "already holds a model (use --overwrite to replace it)".into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// [`Int8Model::write_dir`], refusing a folder that already holds one of the nets unless
-    /// `overwrite`, and also writing `init_net.pbtxt` with `text_init`.
-    pub fn write_dir_with(
-        &self,
-        dir: &std::path::Path,
-        overwrite: bool,
-        text_init: bool,
-    ) -> Result<()> {
-        use caffe2_proto::{io, Format};
-        let mut files = vec![
-            ("init_net.pb", &self.init, Format::Binary),
-            ("predict_net.pb", &self.predict, Format::Binary),
-            ("predict_net.pbtxt", &self.predict, Format::Text),
-        ];
-        if text_init {
-            files.push(("init_net.pbtxt", &self.init, Format::Text));
-        }
-        Self::check_dir(dir, overwrite)?;
-        std::fs::create_dir_all(dir).map_err(|e| Error::File {
-            path: dir.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-        for (name, net, format) in files {
-            io::write(net, dir.join(name), format)?;
-        }
-        Ok(())
-    }
 }
 
 /// What is known about the current value of a blob while rewriting.
@@ -600,211 +514,6 @@ impl<'a> Rewriter<'a> {
         }
     }
 
-    /// Quantizes (and caches) a weight: per tensor, or per output channel (axis 0 of the
-    /// transposed weight) as [`QuantizeOptions::weights`] says.
-    fn weight(&mut self, wp: &WeightPlan) -> Result<QWeight> {
-        if let Some(hit) = self.weights.get(&wp.name) {
-            return Ok(hit.clone());
-        }
-        let w = self
-            .model
-            .params
-            .get(&wp.name)
-            .ok_or_else(|| Error::Tensor {
-                name: wp.name.clone(),
-                msg: "weight parameter disappeared".into(),
-            })?;
-        let terr = |e: ops::OpError| Error::Tensor {
-            name: wp.name.clone(),
-            msg: e.to_string(),
-        };
-        let mut w = w.clone();
-        if let Some((view, _)) = &wp.view {
-            w = w.reshaped(view).map_err(terr)?;
-        }
-        if let Some(p) = &wp.permute {
-            w = w.permuted(p).map_err(terr)?;
-        }
-        if let Some((_, back)) = &wp.view {
-            w = w.reshaped(back).map_err(terr)?;
-        }
-        let shape = w.shape().to_vec();
-        let values = w.f32_slice().map_err(terr)?;
-        let kind = self.opts.weight_kind;
-        let channels = shape.first().copied().unwrap_or(0);
-        let per_channel = |values: &[f32]| per_channel_weights(&wp.name, values, channels, kind);
-        let tensor = || {
-            let q = match kind {
-                QuantKind::MinMax => weight_qparams_min_max(values, true),
-                kind => {
-                    let a = symmetric_extent(values, kind);
-                    choose_quantization_params(-a, a, 0, 255, true)
-                }
-            };
-            (q, quantize_u8(values, q))
-        };
-        let mut per_tensor_sqnr = None;
-        let (q, codes, channel_scales, sqnr) = match self.opts.weights {
-            WeightGranularity::PerTensor => {
-                let (q, codes) = tensor();
-                let sqnr = channel_sqnr_p10(values, &codes, &[q.scale], q.zero_point, channels);
-                (q, codes, None, sqnr)
-            }
-            WeightGranularity::PerChannel => {
-                let (q, codes, scales) = per_channel(values)?;
-                let sqnr = channel_sqnr_p10(values, &codes, &scales, 128, channels);
-                (q, codes, Some(scales), sqnr)
-            }
-            WeightGranularity::Auto => {
-                let (q, codes) = tensor();
-                let sqnr = channel_sqnr_p10(values, &codes, &[q.scale], q.zero_point, channels);
-                if sqnr >= AUTO_PER_TENSOR_MIN_DB {
-                    (q, codes, None, sqnr)
-                } else {
-                    per_tensor_sqnr = Some(sqnr);
-                    let (qc, cc, scales) = per_channel(values)?;
-                    let sqnr = channel_sqnr_p10(values, &cc, &scales, 128, channels);
-                    (qc, cc, Some(scales), sqnr)
-                }
-            }
-        };
-        // Input channels per group: the last axis of the stored layout ([M, kH, kW, C/G] for
-        // Conv, [N, H, W, C] for an FC on a spatial input, [N, K] otherwise).
-        let cg = match &wp.view {
-            Some((view, _)) => view.get(1).copied().unwrap_or(1),
-            None => shape.last().copied().unwrap_or(1),
-        };
-        let err_sums = if self.opts.bias_correction.is_some() {
-            let per = values.len().checked_div(channels).unwrap_or(0).max(1);
-            let deq: Vec<f32> = codes
-                .iter()
-                .enumerate()
-                .map(|(i, &c)| {
-                    let s = channel_scales.as_ref().map_or(q.scale, |cs| cs[i / per]);
-                    s * (i32::from(c) - q.zero_point) as f32
-                })
-                .collect();
-            weight_error_sums(values, &deq, channels, cg)
-        } else {
-            Vec::new()
-        };
-        let name = format!("{}_int8", wp.name);
-        let arr = ArrayD::from_shape_vec(IxDyn(&shape), codes).map_err(|e| Error::Tensor {
-            name: name.clone(),
-            msg: e.to_string(),
-        })?;
-        self.int8_params.push((name.clone(), Tensor::QU8(arr, q)));
-        let qw = QWeight {
-            name,
-            q,
-            channel_scales,
-            sqnr,
-            per_tensor_sqnr,
-            err_sums,
-            err_shape: (channels, cg),
-        };
-        self.weights.insert(wp.name.clone(), qw.clone());
-        Ok(qw)
-    }
-
-    /// Quantizes (and caches per scale list) a bias; returns its int8 name. `scales` holds
-    /// one scale for the whole tensor or one per element (per-channel weights); the tensor
-    /// carries `tensor_scale`.
-    fn bias(
-        &mut self,
-        b: &str,
-        scales: &[f32],
-        tensor_scale: f32,
-        shift: Option<&[f64]>,
-    ) -> Result<String> {
-        let versions = self.biases.entry(b.to_string()).or_default();
-        if shift.is_none() {
-            if let Some((_, n)) = versions.iter().find(|(s, _)| s.as_slice() == scales) {
-                return Ok(n.clone());
-            }
-        }
-        let name = if versions.is_empty() {
-            format!("{b}_int8")
-        } else {
-            format!("{b}_v{}_int8", versions.len())
-        };
-        // A corrected bias belongs to its op alone: never found again by its scales.
-        let key = if shift.is_some() {
-            Vec::new()
-        } else {
-            scales.to_vec()
-        };
-        versions.push((key, name.clone()));
-        let t = self.model.params.get(b).ok_or_else(|| Error::Tensor {
-            name: b.to_string(),
-            msg: "bias parameter disappeared".into(),
-        })?;
-        let values = t.f32_slice().map_err(|e| Error::Tensor {
-            name: b.to_string(),
-            msg: e.to_string(),
-        })?;
-        let corrected: Vec<f32>;
-        let values = match shift {
-            Some(d) if d.len() == values.len() => {
-                corrected = values
-                    .iter()
-                    .zip(d)
-                    .map(|(&v, &d)| (f64::from(v) - d) as f32)
-                    .collect();
-                &corrected[..]
-            }
-            _ => values,
-        };
-        let codes = if scales.len() == 1 {
-            quantize_bias(values, scales[0])
-        } else if scales.len() == values.len() {
-            values
-                .iter()
-                .zip(scales)
-                .flat_map(|(&v, &s)| quantize_bias(&[v], s))
-                .collect()
-        } else {
-            return Err(Error::Tensor {
-                name: b.to_string(),
-                msg: format!(
-                    "bias has {} values but the weight has {} output channels",
-                    values.len(),
-                    scales.len()
-                ),
-            });
-        };
-        let arr =
-            ArrayD::from_shape_vec(IxDyn(&[codes.len()]), codes).map_err(|e| Error::Tensor {
-                name: name.clone(),
-                msg: e.to_string(),
-            })?;
-        let q = QParams {
-            scale: tensor_scale,
-            zero_point: 0,
-        };
-        self.int8_params.push((name.clone(), Tensor::QI32(arr, q)));
-        Ok(name)
-    }
-
-    /// The output-mean shift of a Conv/FC's weight quantization (see
-    /// [`crate::quant::bias_correction`]), when bias correction is on and its input's channel
-    /// means were measured.
-    fn bias_shift(&self, op: &OperatorDef, qw: &QWeight) -> Option<Vec<f64>> {
-        let means = self
-            .opts
-            .bias_correction
-            .as_ref()?
-            .means
-            .get(op.input.first()?)?;
-        let (m, cg) = qw.err_shape;
-        let groups = if op.type_() == "FC" {
-            1
-        } else {
-            arg_i(op, "group").unwrap_or(1).max(1) as usize
-        };
-        output_shift(&qw.err_sums, m, cg, groups, means)
-    }
-
     /// Emits the planned op; returns a remark on its weights for the report, if any.
     fn emit(&mut self, i: usize, op: &OperatorDef, plan: Plan) -> Result<Option<String>> {
         let mut weight_note = None;
@@ -881,68 +590,6 @@ impl<'a> Rewriter<'a> {
         }
         Ok(weight_note)
     }
-}
-
-/// Makes an init-net fill op for a parameter tensor.
-fn fill_op(name: &str, t: &Tensor) -> Result<OperatorDef> {
-    let shape = Arg::Ints(t.shape().iter().map(|&d| d as i64).collect());
-    let unsupported = || Error::Tensor {
-        name: name.to_string(),
-        msg: format!("cannot write a {} parameter as a fill op", t.dtype().name()),
-    };
-    let op = match t {
-        Tensor::F32(a) => op_def(
-            "GivenTensorFill",
-            &[],
-            &[name],
-            vec![
-                ("shape", shape),
-                ("values", Arg::Floats(a.iter().copied().collect())),
-            ],
-        ),
-        Tensor::I32(a) => op_def(
-            "GivenTensorIntFill",
-            &[],
-            &[name],
-            vec![
-                ("shape", shape),
-                ("values", Arg::Ints(a.iter().map(|&v| v as i64).collect())),
-            ],
-        ),
-        Tensor::I64(a) => op_def(
-            "GivenTensorInt64Fill",
-            &[],
-            &[name],
-            vec![
-                ("shape", shape),
-                ("values", Arg::Ints(a.iter().copied().collect())),
-            ],
-        ),
-        Tensor::QU8(a, q) => op_def(
-            "Int8GivenTensorFill",
-            &[],
-            &[name],
-            vec![
-                ("shape", shape),
-                ("values", Arg::B(a.iter().copied().collect())),
-                ("Y_scale", Arg::F(q.scale)),
-                ("Y_zero_point", Arg::I(q.zero_point as i64)),
-            ],
-        ),
-        Tensor::QI32(a, q) => op_def(
-            "Int8GivenIntTensorFill",
-            &[],
-            &[name],
-            vec![
-                ("shape", shape),
-                ("values", Arg::Ints(a.iter().map(|&v| v as i64).collect())),
-                ("Y_scale", Arg::F(q.scale)),
-                ("Y_zero_point", Arg::I(q.zero_point as i64)),
-            ],
-        ),
-        _ => return Err(unsupported()),
-    };
-    Ok(op)
 }
 
 /// Rewrites an optimized fp32 model (see [`Model::optimized`]: BN folded, Relu fused into

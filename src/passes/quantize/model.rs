@@ -1,0 +1,164 @@
+//! The rewrite's result, [`Int8Model`]: nets, parameters, the per-op report and warnings;
+//! written as a model folder.
+
+use std::collections::HashMap;
+
+use caffe2_proto::{NetDef, OperatorDef};
+use ops::Tensor;
+
+use super::Outcome;
+use super::RewriteNote;
+use crate::graph::builder::{op_def, Arg};
+use crate::{Error, Model, Result};
+
+/// The quantized model: nets, parameters and the per-op report.
+#[derive(Debug, Clone)]
+pub struct Int8Model {
+    /// Init net: Int8 fills for quantized parameters, plain fills for those fp32 ops still read.
+    pub init: NetDef,
+    /// Predict net with Int8 ops and the layout/quantization boundaries.
+    pub predict: NetDef,
+    /// The tensors the init net produces (QU8 weights, QI32 biases, fp32 parameters).
+    pub params: HashMap<String, Tensor>,
+    /// One note per op of the fp32 predict net.
+    pub report: Vec<RewriteNote>,
+    /// Layers likely to lose accuracy, each with the op and the fix.
+    pub warnings: Vec<String>,
+}
+
+impl Int8Model {
+    /// Number of ops that were rewritten to Int8 ops.
+    pub fn quantized_count(&self) -> usize {
+        self.report
+            .iter()
+            .filter(|n| matches!(n.outcome, Outcome::Quantized(_)))
+            .count()
+    }
+
+    /// Number of ops that disappeared into another op's int8 output (absorbed Clips).
+    pub fn absorbed_count(&self) -> usize {
+        self.report
+            .iter()
+            .filter(|n| matches!(n.outcome, Outcome::Absorbed(_)))
+            .count()
+    }
+
+    /// The int8 net as a runnable [`Model`].
+    pub fn to_model(&self) -> Result<Model> {
+        Model::from_nets(self.init.clone(), self.predict.clone())
+    }
+
+    /// Writes `init_net.pb`, `predict_net.pb` and `predict_net.pbtxt` into `dir` (created if
+    /// needed, existing nets replaced), each through a temporary file and a rename.
+    pub fn write_dir(&self, dir: &std::path::Path) -> Result<()> {
+        self.write_dir_with(dir, true, false)
+    }
+
+    /// Fails if `dir` already holds one of the nets [`Int8Model::write_dir_with`] writes and
+    /// `overwrite` is off (call it before long work, to fail early).
+    pub fn check_dir(dir: &std::path::Path, overwrite: bool) -> Result<()> {
+        const NETS: [&str; 4] = [
+            "init_net.pb",
+            "predict_net.pb",
+            "predict_net.pbtxt",
+            "init_net.pbtxt",
+        ];
+        if !overwrite && NETS.iter().any(|name| dir.join(name).exists()) {
+            return Err(Error::File {
+                path: dir.to_path_buf(),
+                msg: "already holds a model (use --overwrite to replace it)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Int8Model::write_dir`], refusing a folder that already holds one of the nets unless
+    /// `overwrite`, and also writing `init_net.pbtxt` with `text_init`.
+    pub fn write_dir_with(
+        &self,
+        dir: &std::path::Path,
+        overwrite: bool,
+        text_init: bool,
+    ) -> Result<()> {
+        use caffe2_proto::{io, Format};
+        let mut files = vec![
+            ("init_net.pb", &self.init, Format::Binary),
+            ("predict_net.pb", &self.predict, Format::Binary),
+            ("predict_net.pbtxt", &self.predict, Format::Text),
+        ];
+        if text_init {
+            files.push(("init_net.pbtxt", &self.init, Format::Text));
+        }
+        Self::check_dir(dir, overwrite)?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::File {
+            path: dir.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        for (name, net, format) in files {
+            io::write(net, dir.join(name), format)?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes an init-net fill op for a parameter tensor.
+pub(super) fn fill_op(name: &str, t: &Tensor) -> Result<OperatorDef> {
+    let shape = Arg::Ints(t.shape().iter().map(|&d| d as i64).collect());
+    let unsupported = || Error::Tensor {
+        name: name.to_string(),
+        msg: format!("cannot write a {} parameter as a fill op", t.dtype().name()),
+    };
+    let op = match t {
+        Tensor::F32(a) => op_def(
+            "GivenTensorFill",
+            &[],
+            &[name],
+            vec![
+                ("shape", shape),
+                ("values", Arg::Floats(a.iter().copied().collect())),
+            ],
+        ),
+        Tensor::I32(a) => op_def(
+            "GivenTensorIntFill",
+            &[],
+            &[name],
+            vec![
+                ("shape", shape),
+                ("values", Arg::Ints(a.iter().map(|&v| v as i64).collect())),
+            ],
+        ),
+        Tensor::I64(a) => op_def(
+            "GivenTensorInt64Fill",
+            &[],
+            &[name],
+            vec![
+                ("shape", shape),
+                ("values", Arg::Ints(a.iter().copied().collect())),
+            ],
+        ),
+        Tensor::QU8(a, q) => op_def(
+            "Int8GivenTensorFill",
+            &[],
+            &[name],
+            vec![
+                ("shape", shape),
+                ("values", Arg::B(a.iter().copied().collect())),
+                ("Y_scale", Arg::F(q.scale)),
+                ("Y_zero_point", Arg::I(q.zero_point as i64)),
+            ],
+        ),
+        Tensor::QI32(a, q) => op_def(
+            "Int8GivenIntTensorFill",
+            &[],
+            &[name],
+            vec![
+                ("shape", shape),
+                ("values", Arg::Ints(a.iter().map(|&v| v as i64).collect())),
+                ("Y_scale", Arg::F(q.scale)),
+                ("Y_zero_point", Arg::I(q.zero_point as i64)),
+            ],
+        ),
+        _ => return Err(unsupported()),
+    };
+    Ok(op)
+}
