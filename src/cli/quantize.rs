@@ -63,6 +63,11 @@ pub struct QuantizeArgs {
     /// calibration DB (first in key order); 0 = off. Needs --calib-db.
     #[arg(long, default_value_t = crate::quant::pipeline::DEFAULT_BIAS_CORRECTION_IMAGES)]
     pub bias_correction_images: usize,
+    /// Cross-layer equalization: rescale Conv -> (Relu) -> Conv pairs so that each channel's
+    /// weight range matches across the pair (the fp32 function is unchanged), before
+    /// calibrating. Helps per-tensor weights; histograms saved with it only fit runs with it.
+    #[arg(long)]
+    pub equalize: bool,
     /// Same as `--weights per-channel`.
     #[arg(long, conflicts_with = "weights")]
     pub per_channel: bool,
@@ -120,7 +125,14 @@ impl QuantizeArgs {
 pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     Int8Model::check_dir(&a.out, a.overwrite)?;
     let model = a.model.load(true)?;
-    let (model, _) = model.optimized()?;
+    let (mut model, _) = model.optimized()?;
+    if a.equalize {
+        let (eq, pairs) = crate::passes::equalize::equalize(&model)?;
+        if !a.json {
+            println!("equalized {pairs} conv pairs");
+        }
+        model = eq;
+    }
     let pre = a.pre.to_preprocess()?;
     let cfg = QuantizeConfig {
         // With --max-loss the first --holdout records are kept for evaluation.
@@ -132,6 +144,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         exclude_ops: a.exclude_ops.clone(),
         exclude_nodes: a.exclude_nodes.clone(),
         bias_correction_images: a.bias_correction_images,
+        equalize: a.equalize,
         ..a.sample.config(pre.clone())
     };
     let t0 = std::time::Instant::now();

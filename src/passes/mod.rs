@@ -4,6 +4,7 @@
 //! Passes work on the protobuf `NetDef` (so the result can be written back as a Caffe2 net)
 //! and the parameter store (so folded weights are real tensors).
 
+pub mod equalize;
 pub mod fold_bn;
 pub mod fuse_conv_lut;
 pub mod fuse_int8_lut;

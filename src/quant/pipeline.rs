@@ -43,6 +43,9 @@ pub struct QuantizeConfig {
     pub exclude_ops: Vec<String>,
     /// Op indices (of the optimized net) kept in fp32.
     pub exclude_nodes: Vec<usize>,
+    /// Cross-layer equalization of Conv → (Relu) → Conv pairs before calibrating
+    /// ([`crate::passes::equalize`]).
+    pub equalize: bool,
     /// Images (the first of the calibration database after `skip`) over which the Conv/FC
     /// input means for bias correction are measured; 0 turns bias correction off.
     pub bias_correction_images: usize,
@@ -66,6 +69,7 @@ impl Default for QuantizeConfig {
             exclude_ops: Vec::new(),
             exclude_nodes: Vec::new(),
             bias_correction_images: DEFAULT_BIAS_CORRECTION_IMAGES,
+            equalize: false,
         }
     }
 }
@@ -144,7 +148,10 @@ impl QuantizeConfig {
 
 /// Quantizes `model` with activation ranges calibrated on the LMDB `db`.
 pub fn quantize_db(model: &Model, db: &Path, cfg: &QuantizeConfig) -> Result<Quantized> {
-    let (fp32, _) = model.optimized()?;
+    let (mut fp32, _) = model.optimized()?;
+    if cfg.equalize {
+        fp32 = crate::passes::equalize::equalize(&fp32)?.0;
+    }
     let (calibration, _) = calibrate_db(&fp32, db, cfg.batch_options(), cfg.threads, 2048, None)?;
     let activations = calibration.choose(&fp32, &cfg.choose_options())?;
     let mut q = cfg.quantize_options(&fp32)?;
