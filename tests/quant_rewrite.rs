@@ -1298,3 +1298,18 @@ fn every_rewrite_rule_is_documented_in_ops_md() {
         );
     }
 }
+
+/// `Int8Model::to_model` reuses the rewrite's tensors: the same parameters as running the
+/// init net it wrote, and the same outputs.
+#[test]
+fn to_model_matches_the_written_init_net() {
+    let s = setup(&small_cnn(), &[1, 3, 8, 8]);
+    let q = quantize_model(&s.fp32, &s.act, &s.input_q, &s.opts).unwrap();
+    let direct = q.to_model().unwrap();
+    let from_nets = load(&q);
+    assert_eq!(direct.params, from_nets.params);
+    assert_eq!(
+        run_out(&direct, &s.input, "prob"),
+        run_out(&from_nets, &s.input, "prob")
+    );
+}

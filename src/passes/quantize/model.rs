@@ -43,9 +43,20 @@ impl Int8Model {
             .count()
     }
 
-    /// The int8 net as a runnable [`Model`].
+    /// The int8 net as a runnable [`Model`], built from the tensors already at hand (the
+    /// init net is not run again: no protobuf round trip of every weight, which matters in
+    /// the `--max-loss` loop that builds one model per trial).
     pub fn to_model(&self) -> Result<Model> {
-        Model::from_nets(self.init.clone(), self.predict.clone())
+        let paths = crate::ModelPaths {
+            init: Some(std::path::PathBuf::from("<memory>/init_net")),
+            predict: std::path::PathBuf::from("<memory>/predict_net"),
+        };
+        Ok(Model::from_parts(
+            paths,
+            Some(self.init.clone()),
+            self.predict.clone(),
+            self.params.clone(),
+        ))
     }
 
     /// Writes `init_net.pb`, `predict_net.pb` and `predict_net.pbtxt` into `dir` (created if
