@@ -792,3 +792,72 @@ fn quantize_report_rows_match_compare_and_the_written_params() {
     );
     assert_ne!(pool["chosen_scale"], pool["scale"], "{pool}");
 }
+
+/// The output folder is written as a unit: `--overwrite` leaves none of the old files
+/// (a stale `init_net.pbtxt` goes), a folder holding other files is refused and kept, the
+/// input model's own folder is refused even with `--overwrite`, and no staging folder stays.
+#[test]
+fn quantize_output_folder_is_replaced_as_a_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = make_db(dir.path(), 4);
+    let model = dir.path().join("model");
+    c2q::demo::write_example_model(&model, 3).unwrap();
+    let out = dir.path().join("int8");
+    let (m, d, o) = (
+        model.to_str().unwrap(),
+        db.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let q = |extra: &[&str], out: &str| {
+        let mut v = vec![
+            "quantize",
+            "--model",
+            m,
+            "--calib-db",
+            d,
+            "--out",
+            out,
+            "--scale",
+            "36",
+            "--crop",
+            "32",
+            "--report-images",
+            "0",
+        ];
+        v.extend_from_slice(extra);
+        common::c2q(&v)
+    };
+    let (ok, _, err) = q(&["--text-init"], o);
+    assert!(ok, "{err}");
+    assert!(out.join("init_net.pbtxt").exists() && out.join("report.json").exists());
+    let (ok, _, err) = q(&["--overwrite"], o);
+    assert!(ok, "{err}");
+    assert!(
+        !out.join("init_net.pbtxt").exists(),
+        "stale init_net.pbtxt left behind"
+    );
+    assert!(out.join("init_net.pb").exists() && out.join("report.json").exists());
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("c2q-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A folder with a file c2q did not write is refused, and the file stays.
+    let other = dir.path().join("mine");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "keep me").unwrap();
+    let (ok, _, err) = q(&["--overwrite"], other.to_str().unwrap());
+    assert!(!ok && err.contains("notes.txt"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(other.join("notes.txt")).unwrap(),
+        "keep me"
+    );
+
+    // The input model's folder as --out: refused, the fp32 nets untouched.
+    let before = std::fs::read(model.join("init_net.pb")).unwrap();
+    let (ok, _, err) = q(&["--overwrite"], m);
+    assert!(!ok && err.contains("input model"), "{err}");
+    assert_eq!(std::fs::read(model.join("init_net.pb")).unwrap(), before);
+}

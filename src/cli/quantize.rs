@@ -121,10 +121,31 @@ impl QuantizeArgs {
     }
 }
 
+/// Refuses an output folder that is, or contains, the folder of an input net: replacing it
+/// would destroy the fp32 model being quantized (inputs are never modified).
+fn refuse_input_as_output(out: &std::path::Path, paths: &crate::ModelPaths) -> anyhow::Result<()> {
+    let Ok(out_c) = out.canonicalize() else {
+        return Ok(()); // does not exist yet: it holds nothing
+    };
+    for p in paths.init.iter().chain(std::iter::once(&paths.predict)) {
+        if let Ok(pc) = p.canonicalize() {
+            if pc.starts_with(&out_c) {
+                anyhow::bail!(
+                    "--out {}: holds the input model file {}; write the int8 model to another folder",
+                    out.display(),
+                    p.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `c2q quantize`.
 pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     Int8Model::check_dir(&a.out, a.overwrite)?;
     let model = a.model.load(true)?;
+    refuse_input_as_output(&a.out, &model.paths)?;
     let (mut model, _) = model.optimized()?;
     if a.equalize {
         let (eq, pairs) = crate::passes::equalize::equalize(&model)?;
@@ -254,7 +275,6 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             (int8, Some(j))
         }
     };
-    int8.write_dir_with(&a.out, a.overwrite, a.text_init)?;
     let layers = match (&a.calib_db, a.report_images) {
         (Some(db), n) if n > 0 => {
             let int8_model = int8.to_model()?;
@@ -279,10 +299,13 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         "layers": report,
         "fallback": fallback,
     });
-    let tmp = a.out.join(".report.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&report_json)?)
-        .and_then(|_| std::fs::rename(&tmp, a.out.join("report.json")))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", a.out.join("report.json").display()))?;
+    let report_bytes = serde_json::to_string_pretty(&report_json)?.into_bytes();
+    int8.write_dir_files(
+        &a.out,
+        a.overwrite,
+        a.text_init,
+        &[("report.json", &report_bytes)],
+    )?;
     let secs = t0.elapsed().as_secs_f64();
     let kept: Vec<_> = int8
         .report

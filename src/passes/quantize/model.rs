@@ -91,7 +91,27 @@ impl Int8Model {
         overwrite: bool,
         text_init: bool,
     ) -> Result<()> {
+        self.write_dir_files(dir, overwrite, text_init, &[])
+    }
+
+    /// Writes the model folder as a unit: every file (the nets, then `extra` name/content
+    /// pairs such as `report.json`) goes into a staging folder beside `dir`, which then
+    /// replaces `dir` by renames, so a kill leaves either the old folder or the new one,
+    /// never a mix; with `overwrite` the old folder's files are all gone (no stale
+    /// `init_net.pbtxt`). A folder holding anything but the files c2q writes is refused, so
+    /// replacing it can never delete a user's other files.
+    pub fn write_dir_files(
+        &self,
+        dir: &std::path::Path,
+        overwrite: bool,
+        text_init: bool,
+        extra: &[(&str, &[u8])],
+    ) -> Result<()> {
         use caffe2_proto::{io, Format};
+        let err = |path: &std::path::Path, e: std::io::Error| Error::File {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        };
         let mut files = vec![
             ("init_net.pb", &self.init, Format::Binary),
             ("predict_net.pb", &self.predict, Format::Binary),
@@ -101,16 +121,93 @@ impl Int8Model {
             files.push(("init_net.pbtxt", &self.init, Format::Text));
         }
         Self::check_dir(dir, overwrite)?;
-        std::fs::create_dir_all(dir).map_err(|e| Error::File {
-            path: dir.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-        for (name, net, format) in files {
-            io::write(net, dir.join(name), format)?;
+        let exists = dir.exists();
+        if exists {
+            if !dir.is_dir() {
+                return Err(Error::File {
+                    path: dir.to_path_buf(),
+                    msg: "exists and is not a folder".into(),
+                });
+            }
+            let entries = std::fs::read_dir(dir).map_err(|e| err(dir, e))?;
+            for entry in entries {
+                let name = entry.map_err(|e| err(dir, e))?.file_name();
+                let name = name.to_string_lossy();
+                if !WRITTEN.contains(&name.as_ref()) && !name.starts_with('.') {
+                    return Err(Error::File {
+                        path: dir.to_path_buf(),
+                        msg: format!(
+                            "holds `{name}`, which c2q did not write: choose a new or empty \
+                             output folder (the folder is replaced as a whole)"
+                        ),
+                    });
+                }
+            }
+        }
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let base = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| Error::File {
+                path: dir.to_path_buf(),
+                msg: "has no folder name".into(),
+            })?;
+        let pid = std::process::id();
+        let staging = parent.join(format!(".{base}.c2q-new-{pid}"));
+        let old = parent.join(format!(".{base}.c2q-old-{pid}"));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| err(&staging, e))?;
+        }
+        std::fs::create_dir_all(&staging).map_err(|e| err(&staging, e))?;
+        let written = (|| -> Result<()> {
+            for (name, net, format) in files {
+                io::write(net, staging.join(name), format)?;
+            }
+            for (name, bytes) in extra {
+                let path = staging.join(name);
+                let mut f = std::fs::File::create(&path).map_err(|e| err(&path, e))?;
+                std::io::Write::write_all(&mut f, bytes).map_err(|e| err(&path, e))?;
+                f.sync_all().map_err(|e| err(&path, e))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        if exists {
+            std::fs::rename(dir, &old).map_err(|e| err(dir, e))?;
+            if let Err(e) = std::fs::rename(&staging, dir) {
+                let _ = std::fs::rename(&old, dir);
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(err(dir, e));
+            }
+            std::fs::remove_dir_all(&old).map_err(|e| err(&old, e))?;
+        } else {
+            if let Some(p) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(p).map_err(|e| err(p, e))?;
+            }
+            std::fs::rename(&staging, dir).map_err(|e| err(dir, e))?;
+        }
+        // The renames reach the disk with the parent folder's entry.
+        if let Ok(f) = std::fs::File::open(&parent) {
+            let _ = f.sync_all();
         }
         Ok(())
     }
 }
+
+/// The files a model folder written by c2q may hold.
+const WRITTEN: [&str; 5] = [
+    "init_net.pb",
+    "predict_net.pb",
+    "predict_net.pbtxt",
+    "init_net.pbtxt",
+    "report.json",
+];
 
 /// Makes an init-net fill op for a parameter tensor.
 pub(super) fn fill_op(name: &str, t: &Tensor) -> Result<OperatorDef> {
