@@ -328,10 +328,10 @@ fn qgemm_vnni_extreme_weights_and_multipliers() {
 /// The Sum reference written out: `clamp(round_half_even((0 + s_a·(a − z_a) + s_b·(b −
 /// z_b)) · (1/s_y) + z_y), lo, 255)`, NaN → `lo`.
 fn naive_sum2(a: u8, qa: QParams, b: u8, qb: QParams, inv: f32, zy: i32, lo: i32) -> u8 {
-    let mut acc = 0.0f32;
-    acc += qa.scale * (a as i32 - qa.zero_point) as f32;
-    acc += qb.scale * (b as i32 - qb.zero_point) as f32;
-    let v = (acc * inv + zy as f32).round_ties_even();
+    // DNNLOWP's x86 form: fma(q, s, f32(-z * s)) per input, then fma(acc, 1/s_y, z_y).
+    let ta = (a as f32).mul_add(qa.scale, (-qa.zero_point) as f32 * qa.scale);
+    let tb = (b as f32).mul_add(qb.scale, (-qb.zero_point) as f32 * qb.scale);
+    let v = (ta + tb).mul_add(inv, zy as f32).round_ties_even();
     if v.is_nan() {
         return lo as u8;
     }

@@ -163,13 +163,14 @@ fn naive_round_clamp(v: f32, lo: i32) -> u8 {
 fn naive_sum(xs: &[(&[u8], QParams)], inv: f32, zy: i32, lo: i32) -> Vec<u8> {
     (0..xs[0].0.len())
         .map(|j| {
-            let mut acc = 0.0f32;
-            for (x, q) in xs {
-                let d = x[j] as i32 - q.zero_point;
-                acc += q.scale * d as f32;
-            }
-            let v = acc * inv;
-            naive_round_clamp(v + zy as f32, lo)
+            // DNNLOWP's x86 form: each term fma(q, s, f32(-z * s)), the terms added from
+            // the first, then fma(acc, inv, z_y).
+            let terms: Vec<f32> = xs
+                .iter()
+                .map(|(x, q)| (x[j] as f32).mul_add(q.scale, (-q.zero_point) as f32 * q.scale))
+                .collect();
+            let acc = terms[1..].iter().fold(terms[0], |a, t| a + t);
+            naive_round_clamp(acc.mul_add(inv, zy as f32), lo)
         })
         .collect()
 }
@@ -419,7 +420,8 @@ fn avg_pool_is_not_fused() {
 
 #[test]
 fn stage_handles_infinities_and_nan() {
-    // Huge input scales make s·(q − z) infinite: +inf → 255, −inf → lo, inf − inf = NaN → lo.
+    // Huge input scales make the terms fma(q, s, −z·s) infinite: +inf → 255, −inf → lo,
+    // inf − inf = NaN → lo.
     let big = qp(3.0e38, 0);
     let st = RealStage {
         multiplier: 1.0,
@@ -428,17 +430,17 @@ fn stage_handles_infinities_and_nan() {
     };
     let a: Vec<u8> = (0..40).map(|j| if j % 2 == 0 { 255 } else { 0 }).collect();
     let b: Vec<u8> = (0..40).map(|j| if j % 3 == 0 { 255 } else { 0 }).collect();
-    let negb = qp(3.0e38, 255);
+    let negb = qp(-3.0e38, 0);
     for k in all_kernels() {
         let mut out = vec![0u8; 40];
         (k.add2)(&a, big, &b, negb, &mut out, st);
         let want = naive_sum(&[(&a, big), (&b, negb)], 1.0, 3, 3);
         assert_eq!(out, want, "{:?}", k.isa);
-        // j = 0: inf + 0 → 255; j = 1: 0 + (−inf) → lo; j = 2: inf + (−inf) = NaN → lo;
-        // j = 3: 0 + 0 → z_y = 3.
+        // j = 0: inf + (−inf) = NaN → lo; j = 1: 0 + 0 → z_y = 3; j = 2: inf + 0 → 255;
+        // j = 3: 0 + (−inf) → lo.
         assert_eq!(
             (out[0], out[1], out[2], out[3]),
-            (255, 3, 3, 3),
+            (3, 3, 255, 3),
             "{:?}",
             k.isa
         );

@@ -1,12 +1,11 @@
 //! Int8Sum / Int8SumRelu / Int8Add / Int8AddRelu and Int8Relu.
 //!
-//! Sum/Add (facts §6.5), element-wise over inputs of one shape (no broadcasting), all in f32:
-//! `acc = Σ_i s_i·(q_i − z_i)` (left to right, each difference formed in integers), then
-//! `y = clamp(nearbyint(acc · (1/s_y) + z_y), lo, 255)` with `1/s_y` computed once and
-//! `lo = z_y` for the `*Relu` variants. For two inputs this is DNNLOWP's AVX2 path written
-//! without fused multiply-adds: that path computes `fma(q, s, −z·s)` per input and
-//! `fma(acc, 1/s_y, z_y)`, so it can differ by one code when the value is within an f32
-//! rounding of a tie. For n > 2 inputs (and for two inputs on machines without AVX2) DNNLOWP
+//! Sum/Add (facts §6.5), element-wise over inputs of one shape (no broadcasting), in f32 as
+//! DNNLOWP's AVX2/FMA kernel computes it: each input's term is `fma(q_i, s_i, f32(−z_i·s_i))`,
+//! `acc` their sum left to right, and `y = clamp(nearbyint(fma(acc, 1/s_y, z_y)), lo, 255)`
+//! with `1/s_y` divided in f64 and rounded to f32, `lo = z_y` for the `*Relu` variants. For
+//! two inputs this is bit for bit the x86 DNNLOWP result. For n > 2 inputs (and for two
+//! inputs on machines without AVX2) DNNLOWP
 //! instead requantizes every input to a 16-bit intermediate grid chosen from the inputs'
 //! ranges, adds in integers and requantizes; that is numerically different (typically by at
 //! most one code) and is not reproduced: the same float formula is used for any n.
@@ -19,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::requant::requantize_real;
+use super::requant::{requantize_sum, sum_inv_scale, sum_term};
 use super::{
     check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, static_output_params, Engine, OutCodes,
 };
@@ -73,7 +72,7 @@ impl Int8Sum {
     /// The output stage: `1/s_y` (computed once, as `eval` does), `z_y` and the lower clamp.
     pub fn real_stage(&self) -> RealStage {
         RealStage {
-            multiplier: 1.0f32 / self.y.scale,
+            multiplier: sum_inv_scale(self.y.scale),
             zero_point: self.y.zero_point,
             lo: if self.relu { self.y.zero_point } else { 0 },
         }
@@ -119,7 +118,7 @@ impl Op for Int8Sum {
             .enumerate()
             .map(|(i, t)| qu8_tensor(op, &format!("input {i}"), t))
             .collect::<OpResult<Vec<_>>>()?;
-        let inv = 1.0f32 / self.y.scale;
+        let inv = sum_inv_scale(self.y.scale);
         let (zy, lo) = (
             self.y.zero_point,
             if self.relu { self.y.zero_point } else { 0 },
@@ -149,11 +148,12 @@ impl Op for Int8Sum {
         y.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, yc)| {
             let start = ci * CHUNK;
             for (j, out) in yc.iter_mut().enumerate() {
-                let mut acc = 0.0f32;
-                for (x, q) in &xs {
-                    acc += q.scale * (i32::from(x[start + j]) - q.zero_point) as f32;
+                let (x0, q0) = &xs[0];
+                let mut acc = sum_term(x0[start + j], *q0);
+                for (x, q) in &xs[1..] {
+                    acc += sum_term(x[start + j], *q);
                 }
-                *out = requantize_real(acc * inv, zy, lo);
+                *out = requantize_sum(acc, inv, zy, lo);
             }
         });
         Ok(vec![qu8_from_vec(inputs[0].shape(), y, self.y)?])

@@ -56,6 +56,37 @@ pub fn requantize_real(v: f32, zero_point: i32, lo: i32) -> u8 {
     clamp_code(round_half_even(v + zero_point as f32) as i64, lo)
 }
 
+/// The constant of one Sum/Add input's term, `f32(−z · s)` (the int `−z` converted, then
+/// multiplied in f32, as DNNLOWP's `-zero_point * scale`).
+#[inline]
+pub fn sum_offset(p: QParams) -> f32 {
+    (-p.zero_point) as f32 * p.scale
+}
+
+/// One input's term of an Int8 Sum/Add, as DNNLOWP's x86 kernel forms it:
+/// `fma(q, s, f32(−z · s))`, one rounding (not `s · (q − z)`).
+#[inline]
+pub fn sum_term(q: u8, p: QParams) -> f32 {
+    f32::from(q).mul_add(p.scale, sum_offset(p))
+}
+
+/// `1/s_y` of the Sum/Add output stage: divided in f64 and rounded to f32, as DNNLOWP's
+/// `_mm256_set1_ps(1.0 / out_qparams_.scale)`.
+#[inline]
+pub fn sum_inv_scale(scale: f32) -> f32 {
+    (1.0f64 / f64::from(scale)) as f32
+}
+
+/// The Sum/Add output code: `clamp(rhe(fma(acc, inv, z_y)), lo, 255)` (DNNLOWP's x86 form,
+/// one rounding for the multiply-add); NaN gives `lo`.
+#[inline]
+pub fn requantize_sum(acc: f32, inv: f32, zero_point: i32, lo: i32) -> u8 {
+    clamp_code(
+        round_half_even(acc.mul_add(inv, zero_point as f32)) as i64,
+        lo,
+    )
+}
+
 /// The DNNLOWP requantization multiplier `M = (s_x · s_w) / s_y`, evaluated left to right in
 /// f32 exactly as the C++ expression `in_scale * filter_scale / out_scale`.
 #[inline]

@@ -18,6 +18,7 @@ use std::arch::x86_64::*;
 
 use super::generic as scalar;
 use super::{check_pool_lengths, PoolGeom, PoolScratch, QEltwiseKernels, RealStage};
+use crate::int8::requant::sum_offset;
 use crate::kernels::isa::Isa;
 use crate::QParams;
 
@@ -239,6 +240,16 @@ impl Stage {
         }
     }
 
+    /// [`Stage::apply`] in the Sum/Add form: `fma(v, m, z)` ([`RealStage::apply_sum`]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn apply_sum(self, v: __m256) -> __m256i {
+        let t = _mm256_fmadd_ps(v, self.m, self.z);
+        // max_ps returns its second operand when the first is NaN.
+        let t = _mm256_min_ps(_mm256_max_ps(t, self.lo), self.hi);
+        _mm256_cvtps_epi32(t)
+    }
+
     /// `clamp(nearbyint(v · m + z), lo, 255)` as i32: multiply, add, then clamp (NaN →
     /// `lo`) and round half to even in the conversion.
     #[inline]
@@ -255,6 +266,8 @@ impl Stage {
 #[derive(Clone, Copy)]
 struct Term {
     z: __m256i,
+    /// `f32(−z · s)` ([`sum_offset`]).
+    c: __m256,
     s: __m256,
 }
 
@@ -264,16 +277,25 @@ impl Term {
     fn new(p: QParams) -> Term {
         Term {
             z: _mm256_set1_epi32(p.zero_point),
+            c: _mm256_set1_ps(sum_offset(p)),
             s: _mm256_set1_ps(p.scale),
         }
     }
 
-    /// `s · (q − z)` for the first 8 codes of `x` (exact difference, one f32 rounding).
+    /// Int8Dequantize: `s · (q − z)` for the first 8 codes of `x` (exact difference, one
+    /// f32 rounding).
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn eval(self, x: &[u8]) -> __m256 {
+    fn dequant(self, x: &[u8]) -> __m256 {
         let d = _mm256_sub_epi32(load_u8x8_i32(x), self.z);
         _mm256_mul_ps(self.s, _mm256_cvtepi32_ps(d))
+    }
+
+    /// `fma(q, s, f32(−z · s))` for the first 8 codes of `x` ([`sum_term`]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn eval(self, x: &[u8]) -> __m256 {
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(load_u8x8_i32(x)), self.s, self.c)
     }
 }
 
@@ -281,7 +303,7 @@ impl Term {
 // Element-wise kernels.
 // -----------------------------------------------------------------------------------
 
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn add2_avx2(a: &[u8], qa: QParams, b: &[u8], qb: QParams, out: &mut [u8], st: RealStage) {
     let n = out.len();
     assert!(a.len() == n && b.len() == n);
@@ -295,13 +317,13 @@ fn add2_avx2(a: &[u8], qa: QParams, b: &[u8], qb: QParams, out: &mut [u8], st: R
         for (k, rk) in r.iter_mut().enumerate() {
             // The reference's initial 0.0 + t is skipped: see `scalar::add2`.
             let acc = _mm256_add_ps(ta.eval(&a[8 * k..]), tb.eval(&b[8 * k..]));
-            *rk = stage.apply(acc);
+            *rk = stage.apply_sum(acc);
         }
         store_u8x32(&mut out[i..], pack_u8x32(r));
     }
 }
 
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn sum_n_avx2(xs: &[(&[u8], QParams)], out: &mut [u8], st: RealStage) {
     let n = out.len();
     assert!(xs.iter().all(|(x, _)| x.len() == n));
@@ -318,7 +340,7 @@ fn sum_n_avx2(xs: &[(&[u8], QParams)], out: &mut [u8], st: RealStage) {
                 *ak = _mm256_add_ps(*ak, t.eval(&x[8 * k..]));
             }
         }
-        let r = acc.map(|a| stage.apply(a));
+        let r = acc.map(|a| stage.apply_sum(a));
         store_u8x32(&mut out[i..], pack_u8x32(r));
     }
 }
@@ -360,7 +382,7 @@ fn dequantize_avx2(x: &[u8], out: &mut [f32], p: QParams) {
     for i in blocks(n, 32) {
         let (x, o) = (&x[i..i + 32], &mut out[i..i + 32]);
         for k in 0..4 {
-            store_f32x8(&mut o[8 * k..], t.eval(&x[8 * k..]));
+            store_f32x8(&mut o[8 * k..], t.dequant(&x[8 * k..]));
         }
     }
 }

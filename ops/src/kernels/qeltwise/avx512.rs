@@ -40,6 +40,7 @@ use std::arch::x86_64::*;
 
 use super::generic;
 use super::{check_pool_lengths, PoolGeom, PoolScratch, QEltwiseKernels, RealStage};
+use crate::int8::requant::sum_offset;
 use crate::kernels::isa::Isa;
 use crate::QParams;
 
@@ -384,6 +385,16 @@ impl Stage {
         _mm512_cvt_roundps_epi32::<NEAREST>(t)
     }
 
+    /// [`Stage::apply`] in the Sum/Add form: `fma(v, m, z)`, one rounding
+    /// ([`RealStage::apply_sum`]).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+    fn apply_sum<const CLAMP: bool>(self, v: __m512) -> __m512i {
+        let t = _mm512_fmadd_ps(v, self.m, self.z);
+        let t = if CLAMP { _mm512_min_ps(self.hi, t) } else { t };
+        _mm512_cvt_roundps_epi32::<NEAREST>(t)
+    }
+
     /// The lower clamp `lo` on 64 codes.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
@@ -420,8 +431,8 @@ fn sum_is_bounded(params: impl ExactSizeIterator<Item = QParams>, st: RealStage)
 #[derive(Clone, Copy)]
 struct Term {
     s: __m512,
-    /// `2^23 + z` (exact).
-    z: __m512,
+    /// `f32(−z · s)` ([`sum_offset`]).
+    c: __m512,
 }
 
 impl Term {
@@ -434,15 +445,17 @@ impl Term {
         }
         Some(Term {
             s: _mm512_set1_ps(p.scale),
-            z: _mm512_set1_ps((TWO_23 + p.zero_point) as f32),
+            c: _mm512_set1_ps(sum_offset(p)),
         })
     }
 
-    /// `s · (q − z)` from a widened `2^23 + q` (exact difference, one f32 rounding).
+    /// `fma(q, s, f32(−z · s))` ([`sum_term`]) from a widened `2^23 + q` (`q` recovered
+    /// exactly by subtracting 2^23).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
     fn eval(self, w: __m512) -> __m512 {
-        _mm512_mul_ps(self.s, _mm512_sub_ps(w, self.z))
+        let q = _mm512_sub_ps(w, _mm512_set1_ps(TWO_23 as f32));
+        _mm512_fmadd_ps(q, self.s, self.c)
     }
 }
 
@@ -482,7 +495,7 @@ fn add2_loop<const CLAMP: bool>(
         let mut r = [_mm512_setzero_si512(); 4];
         for (j, rj) in r.iter_mut().enumerate() {
             // The reference's initial 0.0 + t is skipped: see `generic::add2`.
-            *rj = stage.apply::<CLAMP>(_mm512_add_ps(ta.eval(wa[j]), tb.eval(wb[j])));
+            *rj = stage.apply_sum::<CLAMP>(_mm512_add_ps(ta.eval(wa[j]), tb.eval(wb[j])));
         }
         store_u8(&mut out[range], stage.floor(narrow(r)));
     }
@@ -533,7 +546,7 @@ fn sum_n_loop<const CLAMP: bool>(
         }
         let mut r = [_mm512_setzero_si512(); 4];
         for (rj, &aj) in r.iter_mut().zip(&acc) {
-            *rj = stage.apply::<CLAMP>(aj);
+            *rj = stage.apply_sum::<CLAMP>(aj);
         }
         store_u8(&mut out[range], stage.floor(narrow(r)));
     }

@@ -3,35 +3,24 @@
 //! inputs they do not vectorize.
 
 use super::{check_pool_lengths, PoolGeom, PoolScratch, RealStage};
-use crate::int8::requant::{dequantize_u8, quantize_u8, requantize};
+use crate::int8::requant::{dequantize_u8, quantize_u8, requantize, sum_term};
 use crate::QParams;
-
-/// `s·(q − z)` in f32, the difference formed in integers.
-#[inline]
-fn term(q: u8, p: QParams) -> f32 {
-    p.scale * (i32::from(q) - p.zero_point) as f32
-}
 
 /// Two-input Sum/Add (see [`Add2Fn`](super::Add2Fn)).
 pub fn add2(a: &[u8], qa: QParams, b: &[u8], qb: QParams, out: &mut [u8], st: RealStage) {
     assert!(a.len() == out.len() && b.len() == out.len());
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        // The reference starts from 0.0 + t, which can only differ from t in the sign
-        // of a zero, and that sign cannot change the rounded result (±0·m + z_y gives
-        // the same value either way).
-        *o = st.apply(term(x, qa) + term(y, qb));
+        *o = st.apply_sum(sum_term(x, qa) + sum_term(y, qb));
     }
 }
 
-/// n-input Sum (see [`SumNFn`](super::SumNFn)).
+/// n-input Sum (see [`SumNFn`](super::SumNFn)): the terms added left to right from the first.
 pub fn sum_n(xs: &[(&[u8], QParams)], out: &mut [u8], st: RealStage) {
     assert!(xs.iter().all(|(x, _)| x.len() == out.len()));
     for (i, o) in out.iter_mut().enumerate() {
-        let mut acc = 0.0f32;
-        for (x, p) in xs {
-            acc += term(x[i], *p);
-        }
-        *o = st.apply(acc);
+        let mut terms = xs.iter().map(|(x, p)| sum_term(x[i], *p));
+        let first = terms.next().unwrap_or(0.0);
+        *o = st.apply_sum(terms.fold(first, |acc, t| acc + t));
     }
 }
 

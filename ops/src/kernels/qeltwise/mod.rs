@@ -68,8 +68,9 @@ pub fn par_chunks<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync + S
     }
 }
 
-/// The output stage shared by Sum/Add and AveragePool:
-/// `clamp(nearbyint(v · multiplier + zero_point), lo, 255)`, every step in f32.
+/// The output stage shared by Sum/Add and AveragePool: AveragePool applies
+/// `clamp(nearbyint(v · multiplier + zero_point), lo, 255)`, every step in f32
+/// ([`RealStage::apply`]); Sum/Add the fused multiply-add form ([`RealStage::apply_sum`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RealStage {
     /// Factor applied to the f32 value (`1/s_y` for Sum, `s_x/s_y/size` for AveragePool).
@@ -81,10 +82,17 @@ pub struct RealStage {
 }
 
 impl RealStage {
-    /// Applies the stage to one value (the scalar definition).
+    /// Applies the stage to one value (the scalar definition; AveragePool).
     #[inline]
     pub fn apply(&self, v: f32) -> u8 {
         requantize_real(v * self.multiplier, self.zero_point, self.lo)
+    }
+
+    /// The Sum/Add form: `clamp(rhe(fma(v, multiplier, zero_point)), lo, 255)`, see
+    /// [`crate::int8::requant::requantize_sum`].
+    #[inline]
+    pub fn apply_sum(&self, v: f32) -> u8 {
+        crate::int8::requant::requantize_sum(v, self.multiplier, self.zero_point, self.lo)
     }
 }
 

@@ -198,9 +198,9 @@ impl QEpilogue {
 
 /// An Int8Sum / Int8Add of two inputs fused into a GEMM's output stage: the GEMM's codes
 /// `a` (parameters `gemm`) plus the other summand's codes `b` (parameters `other`), in the
-/// f32 operations of the Sum reference: `clamp(nearbyint((s_a·(a − z_a) + s_b·(b − z_b)) ·
-/// (1/s_y) + z_y), lo, 255)` ([`RealStage`]). The two terms commute exactly, so which input
-/// of the Sum the GEMM feeds does not matter.
+/// f32 operations of the Sum reference: `clamp(nearbyint(fma(fma(a, s_a, −z_a·s_a) +
+/// fma(b, s_b, −z_b·s_b), 1/s_y, z_y)), lo, 255)` ([`RealStage::apply_sum`]). The two terms
+/// commute exactly, so which input of the Sum the GEMM feeds does not matter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SumStage {
     /// Parameters of the GEMM's output codes.
@@ -215,9 +215,9 @@ impl SumStage {
     /// The scalar definition: the Sum's output code for GEMM code `a` and other code `b`.
     #[inline]
     pub fn apply(&self, a: u8, b: u8) -> u8 {
-        let ta = self.gemm.scale * (i32::from(a) - self.gemm.zero_point) as f32;
-        let tb = self.other.scale * (i32::from(b) - self.other.zero_point) as f32;
-        self.out.apply(ta + tb)
+        let ta = crate::int8::requant::sum_term(a, self.gemm);
+        let tb = crate::int8::requant::sum_term(b, self.other);
+        self.out.apply_sum(ta + tb)
     }
 }
 

@@ -359,6 +359,7 @@ mod x86 {
         micro, store_2x32_each, Lanes, MicroArgs, MicroFn, SumStage, VStage, MODE_CORR, MODE_NAN,
         MODE_SUM, NR, VNB,
     };
+    use crate::int8::requant::sum_offset;
     use std::arch::x86_64::*;
 
     /// The DNNLOWP output stage on 16 lanes, returned as 16 codes: `clamp(lrint(f32(raw) ·
@@ -461,9 +462,13 @@ mod x86 {
     #[derive(Clone, Copy)]
     pub(crate) struct ZSum {
         sa: __m512,
-        za: __m512i,
+        /// `f32(−z_a · s_a)` ([`sum_offset`]).
+        ca: __m512,
+        /// `z_a · s_a + ca` exactly (the rounding error of `z_a · s_a`): `fma(a − z_a, s_a,
+        /// ka)` is then exactly `fma(a, s_a, ca)`.
+        ka: __m512,
         sb: __m512,
-        zb: __m512i,
+        cb: __m512,
         inv: __m512,
         zy: __m512,
         lo: __m512,
@@ -483,14 +488,16 @@ mod x86 {
             let z = st.zero_point;
             // SAFETY: AVX-512 present (caller).
             unsafe {
+                let ca = sum_offset(s.gemm);
                 ZSum {
                     direct: s.gemm.zero_point == z,
                     lo_a: _mm512_set1_ps((st.lo.max(0) - z) as f32),
                     hi_a: _mm512_set1_ps((255 - z) as f32),
                     sa: _mm512_set1_ps(s.gemm.scale),
-                    za: _mm512_set1_epi32(s.gemm.zero_point),
+                    ca: _mm512_set1_ps(ca),
+                    ka: _mm512_set1_ps((s.gemm.zero_point as f32).mul_add(s.gemm.scale, ca)),
                     sb: _mm512_set1_ps(s.other.scale),
-                    zb: _mm512_set1_epi32(s.other.zero_point),
+                    cb: _mm512_set1_ps(sum_offset(s.other)),
                     inv: _mm512_set1_ps(s.out.multiplier),
                     zy: _mm512_set1_ps(s.out.zero_point as f32),
                     lo: _mm512_set1_ps(s.out.lo as f32),
@@ -517,9 +524,9 @@ mod x86 {
                 _mm_maskz_loadu_epi8((1u16 << n) - 1, other as *const i8)
             };
             let b = _mm512_cvtepu8_epi32(b);
-            let ta = _mm512_mul_ps(z.sa, _mm512_cvtepi32_ps(_mm512_sub_epi32(a, z.za)));
-            let tb = _mm512_mul_ps(z.sb, _mm512_cvtepi32_ps(_mm512_sub_epi32(b, z.zb)));
-            let v = _mm512_add_ps(_mm512_mul_ps(_mm512_add_ps(ta, tb), z.inv), z.zy);
+            let ta = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), z.sa, z.ca);
+            let tb = _mm512_fmadd_ps(_mm512_cvtepi32_ps(b), z.sb, z.cb);
+            let v = _mm512_fmadd_ps(_mm512_add_ps(ta, tb), z.inv, z.zy);
             let v = _mm512_min_ps(_mm512_max_ps(v, z.lo), _mm512_set1_ps(255.0));
             _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v))
         }
@@ -667,12 +674,11 @@ mod x86 {
                                 { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
                             >(f);
                             let a = _mm512_min_ps(_mm512_max_ps(a, z.lo_a), z.hi_a);
-                            let ta = _mm512_mul_ps(z.sa, a);
+                            let ta = _mm512_fmadd_ps(a, z.sa, z.ka);
                             let b = _mm_loadu_si128(other.add(r * ld + v * NR) as *const __m128i);
-                            let b = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), z.zb);
-                            let tb = _mm512_mul_ps(z.sb, _mm512_cvtepi32_ps(b));
-                            let w =
-                                _mm512_add_ps(_mm512_mul_ps(_mm512_add_ps(ta, tb), z.inv), z.zy);
+                            let b = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b));
+                            let tb = _mm512_fmadd_ps(b, z.sb, z.cb);
+                            let w = _mm512_fmadd_ps(_mm512_add_ps(ta, tb), z.inv, z.zy);
                             // 255 first: `min_ps` returns its second operand for a NaN, which
                             // must go on to the conversion (→ i32::MIN → `lo`).
                             _mm512_cvtps_epi32(_mm512_min_ps(_mm512_set1_ps(255.0), w))
