@@ -130,3 +130,58 @@ fn evaluate_counts_like_a_plain_loop() {
         );
     }
 }
+
+/// A model whose outputs are NaN for some images: those images are counted and named, never
+/// scored as a class and never agreeing; a label outside the model's classes is an error
+/// naming the record.
+#[test]
+fn nan_outputs_are_reported_and_bad_labels_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = make_db(dir.path(), 6);
+    let (init, predict) = example_net(5);
+    let good = Model::from_nets(init.clone(), predict.clone()).unwrap();
+    // NaN classifier weights: every output is NaN.
+    let mut nan_init = init.clone();
+    for op in &mut nan_init.op {
+        if op.output[0] == "fc_w" {
+            if let Some(v) = op.arg.iter_mut().find(|a| a.name() == "values") {
+                v.floats.iter_mut().for_each(|x| *x = f32::NAN);
+            }
+        }
+    }
+    let bad = Model::from_nets(nan_init, predict).unwrap();
+    let opts = EvalOptions {
+        batches: data::BatchOptions {
+            batch_size: 4,
+            preprocess: data::Preprocess {
+                scale: 36,
+                crop: 32,
+                ..data::Preprocess::default()
+            },
+            ..data::BatchOptions::default()
+        },
+        threads: 1,
+        ..EvalOptions::default()
+    };
+    let r = evaluate(&[&good, &bad], &db, &opts, None).unwrap();
+    assert_eq!(r.images, 6);
+    assert_eq!((r.models[0].non_finite, r.models[1].non_finite), (0, 6));
+    assert_eq!((r.models[1].top1, r.models[1].top5), (0, 0));
+    assert_eq!(r.agree, 0);
+    let first = r.models[1].first_non_finite.clone().unwrap();
+    assert!(first.ends_with("00.png"), "{first}");
+    // Classes 1 and 2 become 10 and 11, outside 0..9: refused with the record's key.
+    let opts = EvalOptions {
+        labels_offset: 9,
+        ..opts
+    };
+    let err = evaluate(&[&good], &db, &opts, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("label")
+            && err.contains("outside the model's 10 classes")
+            && err.contains(".png"),
+        "{err}"
+    );
+}

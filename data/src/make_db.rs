@@ -229,13 +229,13 @@ pub fn parse_list(text: &str, root: &Path, origin: &Path) -> DataResult<Vec<List
 
 /// Reads a list file (see [`parse_list`]).
 pub fn entries_from_list(list: &Path, root: &Path) -> DataResult<Vec<ListEntry>> {
-    let text = fs::read_to_string(list).map_err(|e| io_err(list, e))?;
+    let text = crate::file::read_text_bounded(list, crate::file::MAX_TEXT_BYTES, "image list")?;
     parse_list(&text, root, list)
 }
 
 /// Builds the record value of one entry.
 fn make_value(entry: &ListEntry, opts: &MakeDbOptions) -> DataResult<Vec<u8>> {
-    let bytes = fs::read(&entry.path).map_err(|e| io_err(&entry.path, e))?;
+    let bytes = crate::file::read_bounded(&entry.path, crate::file::MAX_IMAGE_BYTES, "image file")?;
     match opts.raw {
         None => match opts.format {
             RecordFormat::Datum => datum_encoded(&bytes, entry.label),

@@ -113,7 +113,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "overhead_seconds": r.overhead_secs(),
             "models": a.models.iter().enumerate().map(|(i, m)| json!({"model": m, "top1": r.top1(i),
                 "top5": r.top5(i), "images_per_s": r.images_per_s(i),
-                "inference_seconds": r.models[i].secs})).collect::<Vec<_>>(),
+                "inference_seconds": r.models[i].secs, "non_finite_images": r.models[i].non_finite,
+                "first_non_finite_key": r.models[i].first_non_finite})).collect::<Vec<_>>(),
             "top1_agreement": r.agreement(),
             "mean_abs_delta_softmax": (models.len() >= 2).then_some(r.mean_abs_delta),
             "skipped": r.skipped.iter().map(|s| json!({"key": s.key, "reason": s.reason})).collect::<Vec<_>>(),
@@ -144,6 +145,18 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             println!(
                 "top-1 agreement (first two): {agree:.3}; mean |Δ output| per element: {:.2e}",
                 r.mean_abs_delta
+            );
+        }
+    }
+    for (i, m) in a.models.iter().enumerate() {
+        let s = &r.models[i];
+        if s.non_finite > 0 {
+            eprintln!(
+                "warning: {}: NaN or infinite outputs on {} of {n} images (first: record `{}`); \
+                 they count as misses and never agree",
+                m.display(),
+                s.non_finite,
+                s.first_non_finite.as_deref().unwrap_or("?")
             );
         }
     }

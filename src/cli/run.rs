@@ -86,8 +86,7 @@ pub fn read_tensor_file(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
 
 /// Reads class names (one per line).
 pub fn read_synsets(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text = data::read_text_bounded(path, data::MAX_TEXT_BYTES, "class name list")?;
     Ok(text.lines().map(|l| l.trim().to_string()).collect())
 }
 

@@ -38,6 +38,20 @@ pub fn top_k(t: &Tensor, k: usize) -> Result<Vec<Vec<(usize, f32)>>> {
         .collect())
 }
 
+/// For each of the `n` rows of a model output, whether every value is finite.
+fn finite_rows(y: &Tensor, n: usize) -> Result<Vec<bool>> {
+    let v = y
+        .f32_slice()
+        .map_err(|e| Error::Input(format!("model output: {e}")))?;
+    let per = v.len().checked_div(n).unwrap_or(0).max(1);
+    Ok((0..n)
+        .map(|i| {
+            v.get(i * per..(i + 1) * per)
+                .is_some_and(|row| row.iter().all(|x| x.is_finite()))
+        })
+        .collect())
+}
+
 /// The score of one model.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelScore {
@@ -47,6 +61,11 @@ pub struct ModelScore {
     pub top5: usize,
     /// Seconds spent running this model (inference only).
     pub secs: f64,
+    /// Images whose output row held a NaN or an infinity: not scored (a NaN has no class),
+    /// counted as misses and reported.
+    pub non_finite: usize,
+    /// The LMDB key of the first such image.
+    pub first_non_finite: Option<String>,
 }
 
 /// The result of [`evaluate`].
@@ -216,9 +235,40 @@ pub fn evaluate(
             let y = o.remove(&outputs[k]).ok_or_else(|| {
                 Error::Input(format!("model output `{}` was not produced", outputs[k]))
             })?;
-            let tops = top_k(&y, 5)?;
-            for (row, &label) in tops.iter().zip(&b.labels) {
+            let mut tops = top_k(&y, 5)?;
+            let classes = y.shape().iter().skip(1).product::<usize>();
+            let finite = finite_rows(&y, b.n)?;
+            for (j, ((row, &label), ok)) in tops.iter_mut().zip(&b.labels).zip(&finite).enumerate()
+            {
                 let want = label + opts.labels_offset;
+                if want < 0 || want >= classes as i64 {
+                    return Err(Error::Input(format!(
+                        "{}: record `{}`: label {label}{} is outside the model's {classes} \
+                         classes (0..{}){}",
+                        db.display(),
+                        b.keys.get(j).map_or("?", |k| k.as_str()),
+                        if opts.labels_offset != 0 {
+                            format!(" + offset {}", opts.labels_offset)
+                        } else {
+                            String::new()
+                        },
+                        classes.saturating_sub(1),
+                        if opts.labels_offset == 0 {
+                            "; a net with a background class 0 needs --labels-offset 1"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+                if !ok {
+                    let m = &mut r.models[k];
+                    m.non_finite += 1;
+                    if m.first_non_finite.is_none() {
+                        m.first_non_finite = b.keys.get(j).cloned();
+                    }
+                    row.clear(); // no class: neither scored nor agreeing
+                    continue;
+                }
                 if row.first().map(|t| t.0 as i64) == Some(want) {
                     r.models[k].top1 += 1;
                 }
@@ -230,7 +280,7 @@ pub fn evaluate(
         }
         if outs.len() >= 2 {
             for (r0, r1) in outs[0].1.iter().zip(&outs[1].1) {
-                if r0.first().map(|t| t.0) == r1.first().map(|t| t.0) {
+                if !r0.is_empty() && r0.first().map(|t| t.0) == r1.first().map(|t| t.0) {
                     r.agree += 1;
                 }
             }

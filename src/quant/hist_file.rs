@@ -142,12 +142,23 @@ pub fn check_coverage(
     Ok(())
 }
 
+/// The cause of a file error without the path (the caller names the file itself).
+fn io_cause(e: &data::DataError) -> String {
+    match e {
+        data::DataError::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// Reads a histogram file (either format).
 pub fn read_histogram_file(path: &Path) -> Result<Vec<HistogramRecord>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::File {
-        path: path.to_path_buf(),
-        msg: format!("cannot read histogram file: {e}"),
-    })?;
+    let text =
+        data::read_text_bounded(path, data::MAX_TEXT_BYTES, "histogram file").map_err(|e| {
+            Error::File {
+                path: path.to_path_buf(),
+                msg: format!("cannot read histogram file: {}", io_cause(&e)),
+            }
+        })?;
     parse_histogram_text(&text, path)
 }
 
