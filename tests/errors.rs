@@ -182,3 +182,41 @@ fn conv_relu_net_matches_hand_computation() {
         &[0.0, 2.0, 0.0, 2.0, 5.0, 2.0, 0.0, 2.0, 0.0]
     );
 }
+
+/// Sizes the input controls are checked against the tensor limit before anything is
+/// allocated: a ConstantFill of [60000, 60000] floats (14.4 GB) and a Conv whose pad of
+/// 1,000,000 asks for a 48 TB output are errors naming the op, the shape and the limit.
+#[test]
+fn absurd_tensor_sizes_are_refused_before_allocating() {
+    let mut b = small_net();
+    b.init.op.push(caffe2_proto::OperatorDef::new());
+    let fill = b.init.op.last_mut().unwrap();
+    fill.set_type("ConstantFill".into());
+    fill.output.push("huge".into());
+    let mut shape = caffe2_proto::Argument::new();
+    shape.set_name("shape".into());
+    shape.ints = vec![60000, 60000];
+    fill.arg.push(shape);
+    let (init, predict) = b.build();
+    let err = Model::from_nets(init, predict).unwrap_err().to_string();
+    assert!(
+        err.contains("ConstantFill")
+            && err.contains("[60000, 60000]")
+            && err.contains("C2Q_MAX_TENSOR_BYTES"),
+        "{err}"
+    );
+
+    let mut b = small_net();
+    for a in &mut b.predict.op[0].arg {
+        if a.name() == "pad" {
+            a.set_i(1_000_000);
+        }
+    }
+    let (init, predict) = b.build();
+    let model = Model::from_nets(init, predict).unwrap();
+    let exec = Executor::new(&model, 1).unwrap();
+    let err = exec.check(&input(&[1, 2, 4, 4])).unwrap_err().to_string();
+    assert!(err.contains("op #0") && err.contains("limit"), "{err}");
+    let err = exec.run(input(&[1, 2, 4, 4])).unwrap_err().to_string();
+    assert!(err.contains("op #0") && err.contains("limit"), "{err}");
+}

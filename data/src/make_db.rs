@@ -250,6 +250,12 @@ fn make_value(entry: &ListEntry, opts: &MakeDbOptions) -> DataResult<Vec<u8>> {
                 });
             }
             let (h, w) = target_size(img.height, img.width, scale);
+            crate::preprocess::check_resized(img.height, img.width, h, w).map_err(|e| {
+                DataError::Decode {
+                    key: entry.name.clone(),
+                    msg: e.to_string(),
+                }
+            })?;
             let img: Image = if (h, w) == (img.height, img.width) {
                 img
             } else {

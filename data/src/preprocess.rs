@@ -63,6 +63,22 @@ impl Default for Preprocess {
     }
 }
 
+/// Longest side a resize may produce (65536 pixels): more means an absurd aspect ratio (a
+/// 1 x 4,000,000 image resized to a shorter side of 256 would be 256 x 1,024,000,000), and
+/// the resize tables are sized by it.
+pub const MAX_RESIZED_SIDE: usize = 1 << 16;
+
+/// An error when the resized size is over [`MAX_RESIZED_SIDE`].
+pub fn check_resized(h: usize, w: usize, nh: usize, nw: usize) -> DataResult<()> {
+    if nh > MAX_RESIZED_SIDE || nw > MAX_RESIZED_SIDE {
+        return Err(DataError::Config(format!(
+            "image {w}x{h} (w x h) would be resized to {nw}x{nh}: a side over \
+             {MAX_RESIZED_SIDE} pixels (aspect ratio too extreme)"
+        )));
+    }
+    Ok(())
+}
+
 /// Size `(height, width)` an image of `height` x `width` is resized to so that its shorter
 /// side becomes `scale`, as Caffe2 computes it: the other side is
 /// `trunc(f32(long) * f32(scale) / f32(short))`, all in float32. Square images and
@@ -141,6 +157,7 @@ impl Preprocess {
         if nh < self.crop || nw < self.crop || self.crop == 0 {
             return None;
         }
+        check_resized(height, width, nh, nw).ok()?;
         let (y0, x0) = ((nh - self.crop) / 2, (nw - self.crop) / 2);
         // Destination index d reads source pixels within [d·src/dst − 1, (d + 1)·src/dst + 1]
         // on every INTER_AREA path (area sums, integer boxes, 2-tap bilinear).
@@ -179,6 +196,7 @@ impl Preprocess {
             )));
         }
         let (nh, nw) = target_size(h, w, self.scale);
+        check_resized(h, w, nh, nw)?;
         if nh < self.crop || nw < self.crop {
             return Err(DataError::Config(format!(
                 "image {w}x{h} (w x h) resized to {nw}x{nh} is smaller than the crop {}",
@@ -299,5 +317,31 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn extreme_aspect_ratio_is_an_error_not_an_abort() {
+        // 1 x 4,000,000: shorter side 256 would make it 256 x 1,024,000,000.
+        let img = Image {
+            height: 1,
+            width: 4_000_000,
+            channels: 3,
+            data: vec![0; 12_000_000],
+        };
+        let pre = Preprocess::default();
+        let mut out = vec![0f32; pre.image_len()];
+        let err = pre.apply(&img, &mut out).unwrap_err().to_string();
+        assert!(
+            err.contains("4000000x1") && err.contains("aspect ratio"),
+            "{err}"
+        );
+        assert!(pre.source_window(1, 4_000_000).is_none());
+        // 256 x 65536 (aspect 256:1) still works.
+        assert!(check_resized(10, 2560, 256, 65536).is_ok());
     }
 }

@@ -512,16 +512,8 @@ impl Fill {
 
     /// Checks a final output shape against the values / the fill's rank needs.
     fn check_shape(&self, shape: &[usize]) -> OpResult<()> {
-        let numel = shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .filter(|n| {
-                n.checked_mul(self.dtype.size_of())
-                    .is_some_and(|b| b <= isize::MAX as usize)
-            })
-            .ok_or_else(|| {
-                OpError::Shape(format!("{}: shape {shape:?} is too large", self.op_type))
-            })?;
+        crate::limits::check_tensor(&self.op_type, shape, self.dtype.size_of())?;
+        let numel: usize = shape.iter().product();
         match &self.source {
             Source::Given(t) if t.len() != numel => Err(OpError::Shape(format!(
                 "{}: {} values given but shape {shape:?} has {numel} elements",

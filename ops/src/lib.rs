@@ -7,6 +7,7 @@ pub mod fill;
 pub mod fp32;
 pub mod int8;
 pub mod kernels;
+pub mod limits;
 pub mod op;
 pub mod registry;
 pub mod rng;

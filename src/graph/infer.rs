@@ -16,6 +16,9 @@ pub struct ShapeMap {
     pub blobs: HashMap<String, TensorInfo>,
     /// The first problem met (inference stops there).
     pub error: Option<Error>,
+    /// That problem is an output larger than the tensor limit ([`ops::limits`]): running
+    /// would try to allocate it.
+    pub too_large: bool,
 }
 
 impl ShapeMap {
@@ -25,6 +28,7 @@ impl ShapeMap {
             Some(e) => Err(e),
             None => Ok(ShapeMap {
                 error: None,
+                too_large: false,
                 ..self
             }),
         }
@@ -49,7 +53,9 @@ pub fn infer_shapes(net: &Net, known: HashMap<String, TensorInfo>) -> ShapeMap {
     let mut blobs = known;
     let mut per_node = Vec::with_capacity(net.nodes.len());
     let mut error = None;
+    let mut first_too_large = false;
     for node in &net.nodes {
+        let too_large = std::cell::Cell::new(false);
         if error.is_some() {
             per_node.push(None);
             continue;
@@ -72,6 +78,20 @@ pub fn infer_shapes(net: &Net, known: HashMap<String, TensorInfo>) -> ShapeMap {
                 node: node.node_ref(),
                 msg: format!("{e}; inputs: {}", describe_inputs(&node.inputs, &blobs)),
             })?;
+            for (name, info) in node.outputs.iter().zip(&outs) {
+                ops::limits::check_tensor(
+                    &format!("output `{name}`"),
+                    &info.shape,
+                    info.dtype.size_of(),
+                )
+                .map_err(|e| {
+                    too_large.set(true);
+                    Error::Node {
+                        node: node.node_ref(),
+                        msg: format!("{e}; inputs: {}", describe_inputs(&node.inputs, &blobs)),
+                    }
+                })?;
+            }
             if outs.len() != node.outputs.len() {
                 return Err(Error::Node {
                     node: node.node_ref(),
@@ -94,6 +114,7 @@ pub fn infer_shapes(net: &Net, known: HashMap<String, TensorInfo>) -> ShapeMap {
             Err(e) => {
                 if !matches!(node.status, NodeStatus::Ready(_)) || error.is_none() {
                     error = Some(e);
+                    first_too_large = too_large.get();
                 }
                 per_node.push(None);
             }
@@ -103,5 +124,6 @@ pub fn infer_shapes(net: &Net, known: HashMap<String, TensorInfo>) -> ShapeMap {
         per_node,
         blobs,
         error,
+        too_large: first_too_large,
     }
 }

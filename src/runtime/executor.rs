@@ -26,6 +26,8 @@ pub struct Executor<'m> {
     streams: Vec<rayon::ThreadPool>,
     /// Set when a split run could not be joined back (the net then runs whole).
     split_failed: AtomicBool,
+    /// Input descriptions whose shape inference found no output over the tensor limit.
+    sized: std::sync::Mutex<Vec<Vec<(String, TensorInfo)>>>,
 }
 
 impl<'m> Executor<'m> {
@@ -63,6 +65,7 @@ impl<'m> Executor<'m> {
             frees,
             streams,
             split_failed: AtomicBool::new(false),
+            sized: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -84,6 +87,37 @@ impl<'m> Executor<'m> {
         let infos: HashMap<String, TensorInfo> =
             inputs.iter().map(|(k, v)| (k.clone(), v.info())).collect();
         self.model.infer(&infos).check().map(|_| ())
+    }
+
+    /// Refuses inputs for which some op's output would exceed the tensor limit
+    /// ([`ops::limits`]) before anything runs; shape inference is done once per distinct set
+    /// of input shapes. Other inference failures are left to the run to report, as before.
+    fn check_sizes(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        feed: &HashMap<String, Tensor>,
+    ) -> Result<()> {
+        let mut sig: Vec<(String, TensorInfo)> = inputs
+            .iter()
+            .chain(feed.iter().filter(|(k, _)| !inputs.contains_key(*k)))
+            .map(|(k, v)| (k.clone(), v.info()))
+            .collect();
+        sig.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut sized = self.sized.lock().unwrap_or_else(|p| p.into_inner());
+        if sized.contains(&sig) {
+            return Ok(());
+        }
+        let map = self.model.infer(&sig.iter().cloned().collect());
+        if map.too_large {
+            if let Some(e) = map.error {
+                return Err(e);
+            }
+        }
+        if sized.len() >= 16 {
+            sized.remove(0);
+        }
+        sized.push(sig);
+        Ok(())
     }
 
     /// Runs the net on the given inputs and returns its outputs by name.
@@ -228,6 +262,7 @@ impl<'m> Executor<'m> {
                 )));
             }
         }
+        self.check_sizes(&inputs, feed)?;
         // Borrowed inputs are looked up after the blobs the net produced, as if they had been
         // fed owned and never overwritten.
         let params = &self.model.params;
