@@ -639,7 +639,7 @@ impl Parser<'_> {
                     }
                     self.field_value(msg, &f, depth)?;
                 }
-                Tok::Int(text) => self.unknown_field(msg, &d, text)?,
+                Tok::Int(text) => self.unknown_field(msg, text)?,
                 Tok::Sym(b'[') => {
                     return self.err("extension and Any fields (`[...]`) are not supported")
                 }
@@ -664,22 +664,14 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn unknown_field(
-        &mut self,
-        msg: &mut dyn MessageDyn,
-        d: &MessageDescriptor,
-        text: &str,
-    ) -> Result<(), TextError> {
+    fn unknown_field(&mut self, msg: &mut dyn MessageDyn, text: &str) -> Result<(), TextError> {
         let number = match text.parse::<u32>() {
             Ok(n) if (1..=536_870_911).contains(&n) => n,
             _ => return self.err(format!("`{text}` is not a valid field number")),
         };
-        if let Some(f) = d.field_by_number(number) {
-            return self.err(format!(
-                "field number {number} is the known field `{}`; write it by name",
-                f.name()
-            ));
-        }
+        // A number always means an unknown field, even when it is a known field's number:
+        // the printer writes one only for a value kept as unknown (e.g. a wire type that
+        // does not match the field's), and reading it back must give that message again.
         self.expect_sym(b':', "after an unknown field number")?;
         let t = self.lex.next()?;
         match t {
@@ -1405,8 +1397,92 @@ mod tests {
             Err(e) => panic!("{e}"),
         };
         assert_eq!(back, n);
-        let e = err_of::<NetDef>("1: \"x\"");
-        assert!(e.msg.contains("known field `name`"), "{e}");
+        // A known field's number is an unknown field with that number (what the printer
+        // writes for a value whose wire type does not match the field).
+        let m: NetDef = parse(b"1: \"x\"").unwrap();
+        assert!(!m.has_name());
+        assert_eq!(
+            m.unknown_fields().get(1),
+            Some(protobuf::UnknownValueRef::LengthDelimited(b"x"))
+        );
+    }
+
+    /// Random protobuf wire bytes: fields 1..=12 with every wire type, and for fields 2
+    /// (op) and 5 (arg) sometimes a nested message built the same way.
+    fn random_wire(r: &mut u64, depth: usize) -> Vec<u8> {
+        let mut next = || {
+            *r ^= *r << 13;
+            *r ^= *r >> 7;
+            *r ^= *r << 17;
+            *r
+        };
+        let mut out = Vec::new();
+        let varint = |mut v: u64, out: &mut Vec<u8>| loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        };
+        for _ in 0..(next() % 6) {
+            let field = 1 + next() % 12;
+            let wire = [0u64, 1, 2, 5][(next() % 4) as usize];
+            varint(field << 3 | wire, &mut out);
+            match wire {
+                0 => varint(next() % 1000, &mut out),
+                1 => out.extend(next().to_le_bytes()),
+                5 => out.extend((next() as u32).to_le_bytes()),
+                _ => {
+                    let body = if depth < 3 && (field == 2 || field == 5) && next() % 2 == 0 {
+                        let mut s = next();
+                        random_wire(&mut s, depth + 1)
+                    } else {
+                        let n = (next() % 5) as usize;
+                        (0..n).map(|_| (next() % 256) as u8).collect()
+                    };
+                    varint(body.len() as u64, &mut out);
+                    out.extend(body);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn whatever_is_printed_parses_back_to_the_same_message() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut parsed = 0;
+        for _ in 0..4000 {
+            let wire = random_wire(&mut seed, 0);
+            let Ok(n) = NetDef::parse_from_bytes(&wire) else {
+                continue;
+            };
+            parsed += 1;
+            let text = print(&n);
+            let back: NetDef = match parse(text.as_bytes()) {
+                Ok(m) => m,
+                Err(e) => panic!("{e}\nwire {wire:02x?}\ntext:\n{text}"),
+            };
+            assert_eq!(back, n, "wire {wire:02x?}\ntext:\n{text}");
+        }
+        assert!(
+            parsed > 1000,
+            "only {parsed} of 4000 random messages parsed"
+        );
+    }
+
+    #[test]
+    fn mismatched_wire_type_round_trips() {
+        // Fuzz reproducer: op { arg { field 7 (`strings`, bytes) sent as varint 42 } }. The
+        // Argument keeps it as unknown field 7; printed as `7: 42`, it must read back.
+        let wire = [0x12, 0x04, 0x2a, 0x02, 0x38, 0x2a];
+        let n = NetDef::parse_from_bytes(&wire).unwrap();
+        let text = print(&n);
+        assert!(text.contains("7: 42"), "{text}");
+        let back: NetDef = parse(text.as_bytes()).unwrap();
+        assert_eq!(back, n);
     }
 
     #[test]

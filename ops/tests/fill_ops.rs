@@ -246,12 +246,7 @@ fn given_tensor_fill_errors() {
     );
     assert_err!(e, Shape, "more than 2^64");
     // Within usize but over the tensor limit (8 GiB by default): 60000 x 60000 floats.
-    let e = try_build(
-        "ConstantFill",
-        &[("shape", ints(&[60000, 60000]))],
-        0,
-        1,
-    );
+    let e = try_build("ConstantFill", &[("shape", ints(&[60000, 60000]))], 0, 1);
     assert_err!(e, Shape, "C2Q_MAX_TENSOR_BYTES");
     // Arity.
     assert!(try_build("GivenTensorFill", &[("values", floats(&[1.0]))], 0, 2).is_err());
