@@ -361,3 +361,24 @@ fn a_folder_or_device_as_predict_is_refused_once() {
         assert_eq!(err.matches("not a regular file").count(), 1, "{err}");
     }
 }
+
+/// An input shape whose tensor would exceed the tensor limit is refused before anything is
+/// allocated (it aborted with an allocation failure), by `bench` and by `info`.
+#[test]
+fn absurd_input_shapes_are_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    write_example_model(&model, 3).unwrap();
+    let m = p(&model);
+    let (ok, _, err) = common::c2q(&["bench", "--model", m, "--input-shape", "3,100000,100000"]);
+    assert!(
+        !ok && err.contains("C2Q_MAX_TENSOR_BYTES") && err.contains("100000"),
+        "{err}"
+    );
+    // info reports where shape inference stops: the first conv's 320 GB output.
+    let (_, out, err) = common::c2q(&["info", "--model", m, "--input-shape", "1,3,100000,100000"]);
+    assert!(
+        out.contains("op #0 (Conv)") && out.contains("C2Q_MAX_TENSOR_BYTES"),
+        "{out}{err}"
+    );
+}

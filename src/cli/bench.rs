@@ -175,6 +175,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let input = model.data_input()?;
     let mut shape = vec![a.batch];
     shape.extend(&a.input_shape.0);
+    ops::limits::check_tensor("the benchmark input (--batch x --input-shape)", &shape, 4)?;
     let n: usize = shape.iter().product();
     let x: Vec<f32> = (0..n)
         .map(|i| ((i * 2654435761) % 1000) as f32 / 500.0 - 1.0)
