@@ -375,6 +375,20 @@ fn absurd_input_shapes_are_refused_before_allocating() {
         !ok && err.contains("C2Q_MAX_TENSOR_BYTES") && err.contains("100000"),
         "{err}"
     );
+    // A crop of 100,000 makes one preprocessed image 120 GB: refused before the batch buffer.
+    let db = c2q::demo::write_example_db(dir.path(), 2, 1).unwrap();
+    let (ok, _, err) = common::c2q(&[
+        "eval",
+        "-m",
+        m,
+        "--db",
+        p(&db),
+        "--scale",
+        "100000",
+        "--crop",
+        "100000",
+    ]);
+    assert!(!ok && err.contains("C2Q_MAX_TENSOR_BYTES"), "{err}");
     // info reports where shape inference stops: the first conv's 320 GB output.
     let (_, out, err) = common::c2q(&["info", "--model", m, "--input-shape", "1,3,100000,100000"]);
     assert!(

@@ -365,6 +365,13 @@ impl Batches {
         if opts.batch_size == 0 {
             return Err(DataError::Config("batch size must be positive".into()));
         }
+        // The batch buffer is allocated from these two numbers: check them first.
+        ops::limits::check_tensor(
+            "a batch of preprocessed images (--batch x image floats, e.g. 3 x crop x crop)",
+            &[opts.batch_size, image_len],
+            4,
+        )
+        .map_err(|e| DataError::Config(e.to_string()))?;
         let format = match opts.format {
             Some(f) => f,
             None => detect_db_format(&db)?,
