@@ -108,11 +108,33 @@ pub fn decode_bgr_window(bytes: &[u8], key: &str, window: &WindowFn<'_>) -> Data
         return Err(err("empty image data".into()));
     }
     let result = if bytes.starts_with(&[0xFF, 0xD8]) {
+        if let Some(msg) = jpeg_truncation(bytes) {
+            return Err(err(msg));
+        }
         guarded(|| decode_jpeg(bytes, window))
     } else {
         guarded(|| decode_other(bytes))
     };
     result.map_err(err)
+}
+
+/// Why a JPEG is cut short, or None: the decoder fills a truncated scan with gray and
+/// reports nothing, so c2q checks that an end-of-image marker (FF D9) follows the last
+/// start-of-scan (FF DA). Entropy-coded data never holds FF DA or FF D9 (an FF there is
+/// followed by 00 or a restart marker), so bytes after a complete image do not matter.
+fn jpeg_truncation(bytes: &[u8]) -> Option<String> {
+    let find_last = |m: u8| bytes.windows(2).rposition(|w| w == [0xFF, m]);
+    let sos = find_last(0xDA)?; // no scan at all: the decoder reports it
+    let after = &bytes[sos + 2..];
+    if after.windows(2).any(|w| w == [0xFF, 0xD9]) {
+        None
+    } else {
+        Some(format!(
+            "truncated JPEG: no end-of-image marker after the scan data ({} bytes; the file \
+             was probably cut short)",
+            bytes.len()
+        ))
+    }
 }
 
 /// Runs a decoder, turning a panic inside a third-party decoder into an error.
@@ -391,6 +413,35 @@ fn high_bytes(v: &[u16]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A JPEG of a gradient written by the `image` crate.
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 99]));
+        let mut buf = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut buf, image::ImageFormat::Jpeg)
+            .unwrap();
+        buf.into_inner()
+    }
+
+    #[test]
+    fn truncated_jpegs_are_errors_complete_ones_with_trailing_bytes_are_not() {
+        let full = jpeg(200, 150);
+        assert!(decode_bgr(&full, "k").is_ok());
+        // Cut anywhere inside the scan: the decoder would fill gray and say nothing.
+        for frac in [95, 90, 60, 30] {
+            let cut = &full[..full.len() * frac / 100];
+            let e = decode_bgr(cut, "rec7").unwrap_err().to_string();
+            assert!(
+                e.contains("rec7") && e.contains("truncated JPEG"),
+                "{frac}%: {e}"
+            );
+        }
+        // Bytes after the end-of-image marker (some cameras append data) are fine.
+        let mut padded = full.clone();
+        padded.extend([0u8, 1, 2, 0xFF, 0x00, 7]);
+        assert!(decode_bgr(&padded, "k").is_ok());
+    }
 
     #[test]
     fn branch_free_clamp_matches_clamp() {
