@@ -69,6 +69,7 @@ pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod eval;
+pub mod fuzz;
 pub mod graph;
 pub mod passes;
 pub mod quant;
