@@ -687,7 +687,7 @@ pub fn quantize_model(
             .flatten()
             .unwrap_or_default();
         let op_act = act.get(i).unwrap_or(&empty);
-        if let Some(&(p, q)) = absorbed.get(&i) {
+        let outcome = if let Some(&(p, q)) = absorbed.get(&i) {
             // The producer's int8 output already is the clipped value under this name.
             let name = format!("{}_int8", op.output[0]);
             let s = rw.blobs.entry(op.output[0].clone()).or_default();
@@ -697,80 +697,13 @@ pub fn quantize_model(
                 int8: Some((name, q)),
                 info: s.info.take(),
             };
-            for (o, info) in op.output.iter().zip(infos) {
-                if let Some(s) = rw.blobs.get_mut(o) {
-                    s.info = Some(info);
-                }
-            }
-            report.push(RewriteNote {
-                index: i,
-                op_type: op.type_().to_string(),
-                outcome: Outcome::Absorbed(format!(
-                    "saturation of op #{p}'s int8 output (range [{:.4}, {:.4}])",
-                    q.scale * (0 - q.zero_point) as f32,
-                    q.scale * (255 - q.zero_point) as f32
-                )),
-            });
-            continue;
-        }
-        // A producer whose Clip may fold in takes the Clip output's range, clipped.
-        let cand = clips.get(&i).and_then(|c| {
-            let q = act.get(c.clip)?.first().copied().flatten()?;
-            Some((c, absorbed_params(q, c.min, c.max)?))
-        });
-        let mut own_act;
-        let plan_act = match cand {
-            Some((_, q)) if !op_act.is_empty() => {
-                own_act = op_act.clone();
-                own_act[0] = Some(q);
-                &own_act
-            }
-            _ => op_act,
-        };
-        let outcome = match rw.plan(i, op, plan_act) {
-            Ok(mut plan) => {
-                let mut note = plan.note.clone();
-                if let Some((c, _)) =
-                    cand.filter(|(c, _)| saturation_is_clip(plan.out_q, c.min, c.max))
-                {
-                    plan.rename = Some(c.output.clone());
-                    absorbed.insert(c.clip, (i, plan.out_q));
-                    let n = format!("absorbs Clip #{} [{}, {}]", c.clip, c.min, c.max);
-                    note = Some(match note {
-                        Some(old) => format!("{old}; {n}"),
-                        None => n,
-                    });
-                }
-                let t = plan.op_type.clone();
-                if let Some(w) = rw.emit(i, op, plan)? {
-                    note = Some(match note {
-                        Some(old) => format!("{old}; {w}"),
-                        None => w,
-                    });
-                }
-                Outcome::Quantized(match note {
-                    Some(n) => format!("{t} ({n})"),
-                    None => t,
-                })
-            }
-            Err(reason) => {
-                for x in &op.input {
-                    rw.ensure_fp32(x);
-                }
-                rw.out.push(op.clone());
-                for (k, o) in op.output.iter().enumerate() {
-                    rw.blobs.insert(
-                        o.clone(),
-                        BlobState {
-                            fp32: true,
-                            fp32_q: op_act.get(k).copied().flatten(),
-                            int8: None,
-                            info: None,
-                        },
-                    );
-                }
-                Outcome::KeptFp32(reason)
-            }
+            Outcome::Absorbed(format!(
+                "saturation of op #{p}'s int8 output (range [{:.4}, {:.4}])",
+                q.scale * (0 - q.zero_point) as f32,
+                q.scale * (255 - q.zero_point) as f32
+            ))
+        } else {
+            plan_and_emit(&mut rw, &clips, &mut absorbed, act, i, op, op_act)?
         };
         for (o, info) in op.output.iter().zip(infos) {
             if let Some(s) = rw.blobs.get_mut(o) {
@@ -829,4 +762,77 @@ pub fn quantize_model(
         report,
         warnings: rw.warnings,
     })
+}
+
+/// Plans op `i` with its rule (a producer whose Clip folds in takes the Clip output's range)
+/// and emits it, or keeps it fp32; returns the report outcome.
+fn plan_and_emit(
+    rw: &mut Rewriter<'_>,
+    clips: &HashMap<usize, clip::ClipCandidate>,
+    absorbed: &mut HashMap<usize, (usize, QParams)>,
+    act: &[Vec<Option<QParams>>],
+    i: usize,
+    op: &OperatorDef,
+    op_act: &[Option<QParams>],
+) -> Result<Outcome> {
+    // A producer whose Clip may fold in takes the Clip output's range, clipped.
+    let cand = clips.get(&i).and_then(|c| {
+        let q = act.get(c.clip)?.first().copied().flatten()?;
+        Some((c, absorbed_params(q, c.min, c.max)?))
+    });
+    let mut own_act;
+    let plan_act = match cand {
+        Some((_, q)) if !op_act.is_empty() => {
+            own_act = op_act.to_vec();
+            own_act[0] = Some(q);
+            &own_act
+        }
+        _ => op_act,
+    };
+    Ok(match rw.plan(i, op, plan_act) {
+        Ok(mut plan) => {
+            let mut note = plan.note.clone();
+            if let Some((c, _)) = cand.filter(|(c, _)| saturation_is_clip(plan.out_q, c.min, c.max))
+            {
+                plan.rename = Some(c.output.clone());
+                absorbed.insert(c.clip, (i, plan.out_q));
+                let n = format!("absorbs Clip #{} [{}, {}]", c.clip, c.min, c.max);
+                note = Some(join_note(note, n));
+            }
+            let t = plan.op_type.clone();
+            if let Some(w) = rw.emit(i, op, plan)? {
+                note = Some(join_note(note, w));
+            }
+            Outcome::Quantized(match note {
+                Some(n) => format!("{t} ({n})"),
+                None => t,
+            })
+        }
+        Err(reason) => {
+            for x in &op.input {
+                rw.ensure_fp32(x);
+            }
+            rw.out.push(op.clone());
+            for (k, o) in op.output.iter().enumerate() {
+                rw.blobs.insert(
+                    o.clone(),
+                    BlobState {
+                        fp32: true,
+                        fp32_q: op_act.get(k).copied().flatten(),
+                        int8: None,
+                        info: None,
+                    },
+                );
+            }
+            Outcome::KeptFp32(reason)
+        }
+    })
+}
+
+/// `old; new`, or `new` alone.
+fn join_note(old: Option<String>, new: String) -> String {
+    match old {
+        Some(o) => format!("{o}; {new}"),
+        None => new,
+    }
 }
