@@ -396,3 +396,35 @@ fn absurd_input_shapes_are_refused_before_allocating() {
         "{out}{err}"
     );
 }
+
+/// A model whose parameters hold NaN gets a warning naming them from every command that
+/// loads it (here `info`, which still succeeds).
+#[test]
+fn nan_parameters_are_named_in_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let (mut init, predict) = c2q::demo::example_net(3);
+    for op in &mut init.op {
+        if op.output[0] == "fc_w" {
+            if let Some(v) = op.arg.iter_mut().find(|a| a.name() == "values") {
+                v.floats[3] = f32::NAN;
+                v.floats[4] = f32::INFINITY;
+            }
+        }
+    }
+    let fmt = caffe2_proto::Format::Binary;
+    caffe2_proto::io::write(&init, model.join("init_net.pb"), fmt).unwrap();
+    caffe2_proto::io::write(&predict, model.join("predict_net.pb"), fmt).unwrap();
+    let (ok, _, err) = common::c2q(&["info", "--model", p(&model)]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning") && err.contains("fc_w") && err.contains("NaN"),
+        "{err}"
+    );
+    // A clean model gets no such warning.
+    let clean = dir.path().join("clean");
+    write_example_model(&clean, 3).unwrap();
+    let (ok, _, err) = common::c2q(&["info", "--model", p(&clean)]);
+    assert!(ok && !err.contains("NaN"), "{err}");
+}

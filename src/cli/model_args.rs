@@ -52,6 +52,22 @@ impl ModelArgs {
         if self.reference {
             m.set_reference(true);
         }
+        let bad = m.non_finite_params();
+        if !bad.is_empty() {
+            let shown: Vec<&str> = bad.iter().take(5).map(String::as_str).collect();
+            eprintln!(
+                "warning: {}: {} parameter(s) hold NaN or infinite values ({}{}); outputs \
+                 that depend on them will be NaN",
+                m.paths
+                    .init
+                    .as_deref()
+                    .unwrap_or(&m.paths.predict)
+                    .display(),
+                bad.len(),
+                shown.join(", "),
+                if bad.len() > 5 { ", ..." } else { "" }
+            );
+        }
         Ok(m)
     }
 }

@@ -102,6 +102,21 @@ impl Model {
         Ok(Self::from_parts(paths, init_def, predict_def, params))
     }
 
+    /// Names of the f32 parameters holding a NaN or an infinity, sorted.
+    pub fn non_finite_params(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .params
+            .iter()
+            .filter(|(_, t)| {
+                t.f32_slice()
+                    .is_ok_and(|s| s.iter().any(|x| !x.is_finite()))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The same model after the fp32 rewrite passes (Dropout removal, SpatialBN folded into
     /// Conv, Relu fused into Conv/Sum): fewer ops, the same outputs up to float rounding.
     /// Returns the model and (pass, rewrites) counts.
