@@ -159,23 +159,31 @@ pub fn sample_indices(n: usize, m: usize, seed: u64) -> Vec<usize> {
 /// 16 records whose wire structure is recognised decides. An empty database is reported as
 /// `Datum`. If none of them is recognised, the first one's error is returned.
 pub fn detect_db_format(db: &Lmdb) -> DataResult<RecordFormat> {
-    let mut found: Option<RecordFormat> = None;
+    // A vote over the first 16 records, so that one odd record (say a TensorProtos among
+    // Datums) does not decide the format of the whole database.
+    let mut votes: Vec<(RecordFormat, usize)> = Vec::new();
     let mut first_err: Option<DataError> = None;
     let mut seen = 0usize;
     db.scan(Start::First, |k, v| {
         seen += 1;
         match detect_format(v, &String::from_utf8_lossy(k)) {
-            Ok(f) => {
-                found = Some(f);
-                return Ok(false);
-            }
+            Ok(f) => match votes.iter_mut().find(|(g, _)| *g == f) {
+                Some((_, n)) => *n += 1,
+                None => votes.push((f, 1)),
+            },
             Err(e) => {
                 first_err.get_or_insert(e);
             }
         }
         Ok(seen < 16)
     })?;
-    match (found, first_err) {
+    // Most votes; a tie goes to the format seen first.
+    let best = votes
+        .iter()
+        .enumerate()
+        .max_by(|(i, (_, a)), (j, (_, b))| a.cmp(b).then(j.cmp(i)))
+        .map(|(_, (f, _))| *f);
+    match (best, first_err) {
         (Some(f), _) => Ok(f),
         (None, Some(e)) => Err(e),
         (None, None) => Ok(RecordFormat::Datum),

@@ -306,3 +306,46 @@ fn truncated_data_file_is_an_error_not_a_fault() {
         assert!(err.contains("truncated"), "{keep} bytes: {err}");
     }
 }
+
+/// The record format is a vote over the first records: one TensorProtos record among
+/// Datums (first in key order) does not make every Datum a bad record.
+#[test]
+fn format_is_voted_over_the_first_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("db");
+    let png = {
+        let img = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([x as u8, y as u8, 5]));
+        let mut buf = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut buf, image::ImageFormat::Png)
+            .unwrap();
+        buf.into_inner()
+    };
+    let mut records = vec![(
+        b"000_odd".to_vec(),
+        data::record::tensor_protos_encoded(&png, 1).unwrap(),
+    )];
+    for k in 1..5 {
+        records.push((
+            format!("{k:03}_ok").into_bytes(),
+            data::record::datum_encoded(&png, k).unwrap(),
+        ));
+    }
+    write_records(&out, &records, false).unwrap();
+    let db = Lmdb::open(&out).unwrap();
+    assert_eq!(detect_db_format(&db).unwrap(), RecordFormat::Datum);
+    // One of each: a tie goes to the first seen.
+    let out2 = tmp.path().join("db2");
+    write_records(
+        &out2,
+        &records[..1]
+            .iter()
+            .chain(&records[1..2])
+            .cloned()
+            .collect::<Vec<_>>(),
+        false,
+    )
+    .unwrap();
+    let db2 = Lmdb::open(&out2).unwrap();
+    assert_eq!(detect_db_format(&db2).unwrap(), RecordFormat::TensorProtos);
+}
