@@ -30,8 +30,8 @@
 //! scales are a **c2q extension**: the op gets `quantize_channelwise = 1` and the float list
 //! `W_scales` (one scale per output channel); the weight tensor's own `Y_scale` is the largest
 //! channel scale and the bias is quantized per channel with `s_x · W_scales[m]` (its tensor
-//! scale `s_x · max(W_scales)`). Real Caffe2 would ignore `W_scales`; per-tensor output is the
-//! portable default.
+//! scale `s_x · max(W_scales)`). Real Caffe2 would ignore `W_scales`: per-tensor output
+//! ([`WeightGranularity::PerTensor`]) is the portable form, per-channel the (accurate) default.
 
 use std::collections::{HashMap, HashSet};
 
