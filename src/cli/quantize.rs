@@ -146,14 +146,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     Int8Model::check_dir(&a.out, a.overwrite)?;
     let model = a.model.load(true)?;
     refuse_input_as_output(&a.out, &model.paths)?;
-    let (mut model, _) = model.optimized()?;
-    if a.equalize {
-        let (eq, pairs) = crate::passes::equalize::equalize(&model)?;
-        if !a.json {
-            println!("equalized {pairs} conv pairs");
-        }
-        model = eq;
-    }
+    let (model, _) = model.optimized()?;
     let pre = a.pre.to_preprocess()?;
     let cfg = QuantizeConfig {
         // With --max-loss the first --holdout records are kept for evaluation.
@@ -168,6 +161,10 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         equalize: a.equalize,
         ..a.sample.config(pre.clone())
     };
+    let (model, pairs) = cfg.equalized(model)?;
+    if a.equalize && !a.json {
+        println!("equalized {pairs} conv pairs");
+    }
     let t0 = std::time::Instant::now();
     let (calibration, skipped) = match &a.load_hist {
         Some(path) => {
@@ -383,8 +380,6 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One JSON object per calibrated blob: observed and chosen range, clipped fraction, and the
-/// SQNR/cosine of its int8 version when measured.
 /// One row of the layer report: a calibrated blob of the fp32 net under the label the
 /// per-layer errors use (`name`, or `name#k` for the k-th write of a name reused in place),
 /// with the parameters the int8 net actually carries for it (pass-through ops such as
@@ -402,13 +397,7 @@ fn report_rows<'a>(
     predict: &caffe2_proto::NetDef,
     table: &'a [ChosenRange],
 ) -> Vec<ReportRow<'a>> {
-    let label = |base: &str, k: usize| {
-        if k == 0 {
-            base.to_string()
-        } else {
-            format!("{base}#{k}")
-        }
-    };
+    let label = crate::eval::layer_error::blob_label;
     let mut labels: HashMap<(usize, &str), String> = HashMap::new();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, n) in model.net.nodes.iter().enumerate() {
@@ -428,12 +417,8 @@ fn report_rows<'a>(
             let k = seen.entry(base).or_default();
             let lab = label(base, *k);
             *k += 1;
-            let scale = op.arg.iter().find(|a| a.name() == "Y_scale").map(|a| a.f());
-            let zp = op
-                .arg
-                .iter()
-                .find(|a| a.name() == "Y_zero_point")
-                .map(|a| a.i());
+            let scale = crate::passes::util::arg_f(op, "Y_scale");
+            let zp = crate::passes::util::arg_i(op, "Y_zero_point");
             if let (Some(scale), Some(zp)) = (scale, zp) {
                 written.insert(
                     lab,
@@ -462,6 +447,8 @@ fn report_rows<'a>(
         .collect()
 }
 
+/// One JSON object per calibrated blob: observed and chosen range, clipped fraction, and the
+/// SQNR/cosine of its int8 version when measured.
 fn layer_report(rows: &[ReportRow<'_>], errs: Option<&[BlobError]>) -> Vec<serde_json::Value> {
     let by_blob: HashMap<&str, &BlobError> = errs
         .unwrap_or_default()

@@ -195,7 +195,7 @@ impl<'m> LayerErrors<'m> {
 
 /// How a blob is named in the report: `name` for its first write, `name#k` for the k-th
 /// rewrite of a reused name (k counted from 0).
-fn blob_label(name: &str, nth: usize) -> String {
+pub fn blob_label(name: &str, nth: usize) -> String {
     if nth == 0 {
         name.to_string()
     } else {

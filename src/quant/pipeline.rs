@@ -140,6 +140,16 @@ impl QuantizeConfig {
         measure_channel_means(model, db, opts, self.threads).map(Some)
     }
 
+    /// The optimized fp32 `model`, equalized when [`QuantizeConfig::equalize`] asks, and the
+    /// number of pairs equalized.
+    pub fn equalized(&self, model: Model) -> Result<(Model, usize)> {
+        if self.equalize {
+            crate::passes::equalize::equalize(&model)
+        } else {
+            Ok((model, 0))
+        }
+    }
+
     /// The activation range search.
     pub fn choose_options(&self) -> ChooseOptions {
         ChooseOptions::new(self.kind, self.preserve_sparsity)
@@ -148,10 +158,7 @@ impl QuantizeConfig {
 
 /// Quantizes `model` with activation ranges calibrated on the LMDB `db`.
 pub fn quantize_db(model: &Model, db: &Path, cfg: &QuantizeConfig) -> Result<Quantized> {
-    let (mut fp32, _) = model.optimized()?;
-    if cfg.equalize {
-        fp32 = crate::passes::equalize::equalize(&fp32)?.0;
-    }
+    let (fp32, _) = cfg.equalized(model.optimized()?.0)?;
     let (calibration, _) = calibrate_db(&fp32, db, cfg.batch_options(), cfg.threads, 2048, None)?;
     let activations = calibration.choose(&fp32, &cfg.choose_options())?;
     let mut q = cfg.quantize_options(&fp32)?;

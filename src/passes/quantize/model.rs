@@ -68,12 +68,6 @@ impl Int8Model {
     /// Fails if `dir` already holds one of the nets [`Int8Model::write_dir_with`] writes and
     /// `overwrite` is off (call it before long work, to fail early).
     pub fn check_dir(dir: &std::path::Path, overwrite: bool) -> Result<()> {
-        const NETS: [&str; 4] = [
-            "init_net.pb",
-            "predict_net.pb",
-            "predict_net.pbtxt",
-            "init_net.pbtxt",
-        ];
         if !overwrite && NETS.iter().any(|name| dir.join(name).exists()) {
             return Err(Error::File {
                 path: dir.to_path_buf(),
@@ -133,7 +127,9 @@ impl Int8Model {
             for entry in entries {
                 let name = entry.map_err(|e| err(dir, e))?.file_name();
                 let name = name.to_string_lossy();
-                if !WRITTEN.contains(&name.as_ref()) && !name.starts_with('.') {
+                // The files c2q writes: the nets and the report.
+                let ours = NETS.contains(&name.as_ref()) || name == "report.json";
+                if !ours && !name.starts_with('.') {
                     return Err(Error::File {
                         path: dir.to_path_buf(),
                         msg: format!(
@@ -200,13 +196,12 @@ impl Int8Model {
     }
 }
 
-/// The files a model folder written by c2q may hold.
-const WRITTEN: [&str; 5] = [
+/// The net files of a model folder.
+const NETS: [&str; 4] = [
     "init_net.pb",
     "predict_net.pb",
     "predict_net.pbtxt",
     "init_net.pbtxt",
-    "report.json",
 ];
 
 /// Makes an init-net fill op for a parameter tensor.
