@@ -169,3 +169,122 @@ fn borrowed_feed_runs_like_an_owned_one() {
         assert!(err.contains(&format!("`{data}`")), "{err}");
     }
 }
+
+/// A net with large early activations and a large late weight: Conv (3 → 8, 3×3) on 64×64,
+/// Relu, MaxPool 4×4, then FC (2048 → 512: 4 MiB of weights) and FC (512 → 10).
+fn early_wide_late_heavy(with_fc: bool) -> Model {
+    use c2q::graph::builder::NetBuilder;
+    let mut seed = 17u64;
+    let mut vals = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+            })
+            .collect()
+    };
+    let mut b = NetBuilder::new("early_wide");
+    b.input("data")
+        .param("cw", &[8, 3, 3, 3], vals(8 * 27, 0.5))
+        .param("cb", &[8], vals(8, 0.1))
+        .param("f1w", &[512, 2048], vals(512 * 2048, 0.05))
+        .param("f1b", &[512], vals(512, 0.1))
+        .param("f2w", &[10, 512], vals(10 * 512, 0.1))
+        .param("f2b", &[10], vals(10, 0.1))
+        .op(
+            "Conv",
+            &["data", "cw", "cb"],
+            &["c"],
+            vec![("kernel", Arg::I(3)), ("pad", Arg::I(1))],
+        )
+        .op("Relu", &["c"], &["r"], vec![])
+        .op(
+            "MaxPool",
+            &["r"],
+            &["p"],
+            vec![("kernel", Arg::I(4)), ("stride", Arg::I(4))],
+        )
+        .output("r");
+    if with_fc {
+        b.op("FC", &["p", "f1w", "f1b"], &["f1"], vec![])
+            .op("FC", &["f1", "f2w", "f2b"], &["out"], vec![])
+            .output("out");
+    } else {
+        b.output("p");
+    }
+    let (init, predict) = b.build();
+    Model::from_nets(init, predict).unwrap()
+}
+
+fn wide_feed(n: usize) -> HashMap<String, Tensor> {
+    let x: Vec<f32> = (0..n * 3 * 64 * 64)
+        .map(|i| ((i * 7919) % 1013) as f32 / 506.0 - 1.0)
+        .collect();
+    HashMap::from([("data".to_string(), Tensor::from_f32(&[n, 3, 64, 64], x))])
+}
+
+#[test]
+fn prefix_cut_stops_before_the_heavy_weights_and_only_when_the_batch_spills() {
+    use c2q::runtime::executor::prefix_cut;
+    use ops::TensorInfo;
+    let model = early_wide_late_heavy(true);
+    let sig = |n: usize| vec![("data".to_string(), TensorInfo::f32([n, 3, 64, 64]))];
+    // Per image: Conv 48 KiB in + 128 KiB out, Relu 128 + 128, MaxPool 128 + 8, FC 8 KiB of
+    // activations against 4 MiB of weights: the running gain peaks after MaxPool (node 3).
+    let fc = model
+        .net
+        .nodes
+        .iter()
+        .position(|n| n.op_type == "FC")
+        .unwrap();
+    assert_eq!(fc, 3);
+    assert_eq!(prefix_cut(&model, &sig(8)), Some(3));
+    assert_eq!(prefix_cut(&model, &sig(4)), Some(3));
+    // 1 image: nothing to split; 2 images: 2 × 256 KiB fit in the caches.
+    assert_eq!(prefix_cut(&model, &sig(1)), None);
+    assert_eq!(prefix_cut(&model, &sig(2)), None);
+    // Without the FCs the whole net runs image by image.
+    let light = early_wide_late_heavy(false);
+    assert_eq!(light.net.nodes.len(), 3);
+    assert_eq!(prefix_cut(&light, &sig(8)), Some(3));
+}
+
+#[test]
+fn image_by_image_prefix_gives_the_whole_batch_results() {
+    // One thread at batch 8 and two threads (parts of 4) run the first three nodes image by
+    // image (see the cut test above); every output, including the wide `r` that crosses the
+    // cut, equals the whole-batch run (observed runs are never split) and each image's own
+    // run, bit for bit: each image meets the same kernels in the same order.
+    struct Nothing;
+    impl c2q::Observer for Nothing {
+        fn on_node(&mut self, _: &c2q::Node, _: &[&Tensor]) {}
+    }
+    let model = early_wide_late_heavy(true);
+    let f = wide_feed(8);
+    let one = Executor::new(&model, 1).unwrap();
+    let whole = one.run_observed(f.clone(), Some(&mut Nothing)).unwrap();
+    for threads in [1, 2] {
+        let exec = Executor::new(&model, threads).unwrap();
+        let out = exec.run(f.clone()).unwrap();
+        let borrowed = exec.run_ref(&f).unwrap();
+        for name in ["out", "r"] {
+            assert_eq!(out[name].shape(), whole[name].shape(), "{name}");
+            assert_eq!(out[name], whole[name], "{name}, {threads} threads");
+            assert_eq!(borrowed[name], whole[name], "{name}, {threads} threads");
+        }
+    }
+    let x = &f["data"];
+    let per = one.run_observed(wide_feed(8), None).unwrap();
+    assert_eq!(per["out"], whole["out"]);
+    for i in [0, 5] {
+        let single = HashMap::from([("data".to_string(), x.slice_rows(i..i + 1).unwrap())]);
+        let alone = one.run(single).unwrap();
+        assert_eq!(
+            alone["out"],
+            whole["out"].slice_rows(i..i + 1).unwrap(),
+            "image {i}"
+        );
+    }
+}

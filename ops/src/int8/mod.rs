@@ -208,7 +208,7 @@ impl OutCodes {
     /// the time in `memset`).
     pub fn overwritten(len: usize) -> Self {
         let need = len + crate::kernels::aligned::ALIGN - 1;
-        let spare = SPARE.lock().ok().and_then(|mut spare| {
+        let spare = SPARE.with_borrow_mut(|spare| {
             // The smallest spare that holds `need` without wasting more than half of it.
             let (i, _) = spare
                 .iter()
@@ -242,8 +242,12 @@ impl OutCodes {
     }
 }
 
-/// Code buffers of freed Int8 activations for [`OutCodes::overwritten`].
-static SPARE: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+thread_local! {
+    /// Code buffers of freed Int8 activations for [`OutCodes::overwritten`], per thread: a
+    /// buffer freed on a thread was last written there, so its lines are likely still in that
+    /// core's caches (the threads of a split batch each reuse their own).
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// At most this many spare buffers are kept (the largest are kept when there are more).
 const SPARE_MAX: usize = 6;
@@ -262,14 +266,14 @@ pub fn recycle(t: Tensor) {
         return;
     }
     let (v, _) = a.into_raw_vec_and_offset();
-    if let Ok(mut spare) = SPARE.lock() {
+    SPARE.with_borrow_mut(|spare| {
         spare.push(v);
         if spare.len() > SPARE_MAX {
             if let Some((i, _)) = spare.iter().enumerate().min_by_key(|(_, v)| v.len()) {
                 spare.swap_remove(i);
             }
         }
-    }
+    });
 }
 
 /// Reads `Y_scale` (float, field `f`) and `Y_zero_point` (int, default 0); `None` when
