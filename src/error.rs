@@ -13,6 +13,9 @@ pub struct NodeRef {
     pub op_type: String,
     /// Op name (often empty in Caffe2 nets).
     pub name: String,
+    /// Positions in the file of the ops this one stands for, when the net was rewritten
+    /// (fused or renumbered by the passes); empty when `index` is the position in the file.
+    pub file_ops: Vec<usize>,
 }
 
 impl std::fmt::Display for NodeRef {
@@ -20,6 +23,11 @@ impl std::fmt::Display for NodeRef {
         write!(f, "{} op #{} ({}", self.net, self.index, self.op_type)?;
         if !self.name.is_empty() {
             write!(f, " \"{}\"", self.name)?;
+        }
+        if !self.file_ops.is_empty() && self.file_ops != [self.index] {
+            let list: Vec<String> = self.file_ops.iter().map(|i| format!("#{i}")).collect();
+            let s = if list.len() > 1 { "s" } else { "" };
+            write!(f, "; op{s} {} in the file", list.join(" + "))?;
         }
         write!(f, ")")
     }

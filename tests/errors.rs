@@ -220,3 +220,68 @@ fn absurd_tensor_sizes_are_refused_before_allocating() {
     let err = exec.run(input(&[1, 2, 4, 4])).unwrap_err().to_string();
     assert!(err.contains("op #0") && err.contains("limit"), "{err}");
 }
+
+#[test]
+fn errors_after_the_passes_give_the_op_numbers_of_the_file() {
+    // File: #0 Dropout, #1 Conv, #2 SpatialBN, #3 Relu, #4 FancyOp. The passes drop the
+    // Dropout and fold #2 and #3 into the Conv: the optimized net is ConvRelu, FancyOp.
+    let mut b = NetBuilder::new("renumbered");
+    b.input("data")
+        .param(
+            "w",
+            &[3, 2, 3, 3],
+            (0..54).map(|i| i as f32 * 0.01).collect(),
+        )
+        .param("b", &[3], vec![0.1, 0.2, 0.3])
+        .param("s", &[3], vec![1.0, 2.0, 0.5])
+        .param("o", &[3], vec![0.0, 0.1, 0.2])
+        .param("m", &[3], vec![0.3, 0.2, 0.1])
+        .param("v", &[3], vec![1.0, 1.5, 2.0])
+        .op("Dropout", &["data"], &["d"], vec![("is_test", Arg::I(1))])
+        .op(
+            "Conv",
+            &["d", "w", "b"],
+            &["c"],
+            vec![("kernel", Arg::I(3)), ("pad", Arg::I(1))],
+        )
+        .op(
+            "SpatialBN",
+            &["c", "s", "o", "m", "v"],
+            &["c"],
+            vec![("is_test", Arg::I(1))],
+        )
+        .op("Relu", &["c"], &["r"], vec![])
+        .op("FancyOp", &["r"], &["out"], vec![])
+        .output("out");
+    let (init, predict) = b.build();
+    let model = Model::from_nets(init, predict).unwrap();
+    let (opt, _) = model.optimized().unwrap();
+    let types: Vec<&str> = opt.net.nodes.iter().map(|n| n.op_type.as_str()).collect();
+    assert_eq!(types, ["ConvRelu", "FancyOp"]);
+    assert_eq!(opt.net.nodes[0].file_ops, [1, 2, 3]);
+    assert_eq!(opt.net.nodes[1].file_ops, [4]);
+    // The rewritten net carries no trace of the bookkeeping.
+    assert!(opt
+        .predict_def
+        .op
+        .iter()
+        .all(|o| o.arg.iter().all(|a| !a.name().contains("c2q"))));
+    let err = Executor::new(&opt, 1)
+        .unwrap()
+        .check(&input(&[1, 2, 4, 4]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("op #1 (FancyOp; op #4 in the file)"), "{err}");
+    assert_eq!(
+        opt.net.nodes[0].node_ref().to_string(),
+        "predict_net op #0 (ConvRelu; ops #1 + #2 + #3 in the file)"
+    );
+    // Optimizing again keeps the file's numbers; an unchanged op says only its own.
+    let (again, _) = opt.optimized().unwrap();
+    assert_eq!(again.net.nodes[0].file_ops, [1, 2, 3]);
+    assert_eq!(again.net.nodes[1].file_ops, [4]);
+    assert_eq!(
+        model.net.nodes[4].node_ref().to_string(),
+        "predict_net op #4 (FancyOp)"
+    );
+}

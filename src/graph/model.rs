@@ -123,7 +123,7 @@ impl Model {
     pub fn optimized(&self) -> Result<(Model, Vec<(&'static str, usize)>)> {
         let mut predict_def = self.predict_def.clone();
         let mut params = self.params.clone();
-        let report = crate::passes::optimize_fp32(&mut predict_def, &mut params)?;
+        let (report, origins) = crate::passes::optimize_fp32_traced(&mut predict_def, &mut params)?;
         let read: HashSet<&String> = predict_def.op.iter().flat_map(|o| o.input.iter()).collect();
         params.retain(|k, _| read.contains(k));
         let mut model = Model::from_parts(
@@ -134,6 +134,19 @@ impl Model {
         );
         if self.uses_reference() {
             model.set_reference(true);
+        }
+        // Positions in this model's net, then in its file (when it was rewritten already).
+        for (node, from) in model.net.nodes.iter_mut().zip(origins) {
+            let mut file: Vec<usize> = from
+                .iter()
+                .flat_map(|&k| match self.net.nodes.get(k) {
+                    Some(n) if !n.file_ops.is_empty() => n.file_ops.clone(),
+                    _ => vec![k],
+                })
+                .collect();
+            file.sort_unstable();
+            file.dedup();
+            node.file_ops = file;
         }
         Ok((model, report))
     }

@@ -35,6 +35,9 @@ pub struct Node {
     pub net: &'static str,
     /// Position in the net.
     pub index: usize,
+    /// Positions in the model's file of the ops this node stands for when the net was
+    /// rewritten ([`crate::Model::optimized`]); empty when `index` is the file position.
+    pub file_ops: Vec<usize>,
     /// Op type.
     pub op_type: String,
     /// Op name (may be empty).
@@ -67,6 +70,7 @@ impl Node {
         Node {
             net,
             index,
+            file_ops: Vec::new(),
             op_type: spec.op_type.clone(),
             name: def.name().to_string(),
             engine: spec.engine.clone(),
@@ -84,6 +88,7 @@ impl Node {
             index: self.index,
             op_type: self.op_type.clone(),
             name: self.name.clone(),
+            file_ops: self.file_ops.clone(),
         }
     }
 

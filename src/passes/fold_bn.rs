@@ -48,9 +48,10 @@ pub fn fold_bn(net: &mut NetDef, params: &mut HashMap<String, Tensor>) -> Result
         }
         let at = NodeRef {
             net: "predict_net",
-            index: j,
+            index: super::util::file_op(bn).unwrap_or(j),
             op_type: "SpatialBN".into(),
             name: bn.name().to_string(),
+            file_ops: Vec::new(),
         };
         let (w_name, b_name) = (op.input[1].clone(), op.input.get(2).cloned());
         // Shared weights/biases would change other ops: leave those pairs alone.

@@ -95,6 +95,36 @@ pub fn push_args_prefixed(to: &mut OperatorDef, from: &OperatorDef, prefix: &str
     }
 }
 
+/// The argument that carries an op's position in the input net through the fp32 passes (see
+/// [`super::optimize_fp32_traced`]: added before them, removed after them, never written out).
+/// Passes that copy a fused op's arguments under a prefix carry its position along.
+pub const FILE_OP_ARG: &str = "__c2q_file_op";
+
+/// The op's position in the input net while the passes run (None outside them).
+pub fn file_op(op: &OperatorDef) -> Option<usize> {
+    arg_i(op, FILE_OP_ARG).and_then(|i| usize::try_from(i).ok())
+}
+
+/// Removes the position arguments of [`FILE_OP_ARG`] (its own and prefixed copies) from `op`
+/// and returns their values, its own first.
+pub fn take_file_ops(op: &mut OperatorDef) -> Vec<usize> {
+    let mut own = Vec::new();
+    let mut carried = Vec::new();
+    op.arg.retain(|a| {
+        if a.name() == FILE_OP_ARG {
+            own.extend(usize::try_from(a.i()).ok());
+            false
+        } else if a.name().ends_with(FILE_OP_ARG) {
+            carried.extend(usize::try_from(a.i()).ok());
+            false
+        } else {
+            true
+        }
+    });
+    own.extend(carried);
+    own
+}
+
 /// Removes the ops at the given indices.
 pub fn remove_ops(net: &mut NetDef, mut idx: Vec<usize>) {
     idx.sort_unstable();
