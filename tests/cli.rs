@@ -83,6 +83,20 @@ fn info_run_and_save_on_the_example_model() {
     assert!(!ok && err.contains("/nonexistent/model"), "{err}");
     let (ok, _, err) = c2q(&["run", "--model", p(&model), "--input", "/nonexistent/x.pb"]);
     assert!(!ok && err.contains("/nonexistent/x.pb"), "{err}");
+
+    // NaN and infinite inputs run, with a warning naming the file, the blob and the count.
+    t.float_data[5] = f32::NAN;
+    t.float_data[77] = f32::INFINITY;
+    let bad = dir.path().join("bad.pb");
+    io::write(&t, &bad, Format::Binary).unwrap();
+    let (ok, _, err) = c2q(&["run", "--model", p(&model), "--input", p(&bad)]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning") && err.contains("bad.pb") && err.contains("`data` has 2 NaN"),
+        "{err}"
+    );
+    let (ok, _, err) = c2q(&["run", "--model", p(&model), "--input", p(&input)]);
+    assert!(ok && !err.contains("warning"), "{err}");
 }
 
 #[test]

@@ -121,6 +121,17 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             } else {
                 first_input.clone()
             };
+            if let Ok(v) = t.f32_slice() {
+                let bad = v.iter().filter(|x| !x.is_finite()).count();
+                if bad > 0 {
+                    eprintln!(
+                        "warning: {}: input `{key}` has {bad} NaN or infinite value(s) of {}; \
+                         the outputs computed from them are meaningless",
+                        p.display(),
+                        v.len()
+                    );
+                }
+            }
             feed.insert(key, t);
         }
     } else if let Some(p) = &a.image {
