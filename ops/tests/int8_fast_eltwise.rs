@@ -1154,6 +1154,23 @@ fn concat_fast_copies_rows_and_requantizes() {
     .unwrap();
     // Mismatched shapes fail on both paths.
     assert!(same_both("Int8Concat", &[("order", s("NCHW"))], 1, &[&x, &a]).is_none());
+    // Many rows (several parallel blocks and a partial last one), one input copied and
+    // two mapped, segments of 64 and 65 codes (a whole vector and a masked tail).
+    let (h, w) = (61, 67);
+    let big: Vec<Tensor> = [(64, qp(0.5, 128)), (65, qp(0.25, 10)), (3, qp(0.7, 100))]
+        .iter()
+        .map(|&(c, q)| qu8(&[1, h, w, c], rng.u8s(h * w * c), q))
+        .collect();
+    let refs: Vec<&Tensor> = big.iter().collect();
+    let out = same_both("Int8Concat", &[("order", s("NHWC"))], 2, &refs).unwrap();
+    let (cb, cy) = (codes(&big[1]).0, codes(&out[0]).0);
+    for p in [0, 1, h * w / 2, h * w - 1] {
+        for j in [0, 63, 64] {
+            let q = cb[p * 65 + j] as i32;
+            let want = (((q - 10) as f32 * 0.5).round_ties_even() as i32 + 128).clamp(0, 255);
+            assert_eq!(cy[p * 132 + 64 + j] as i32, want, "pixel {p}, channel {j}");
+        }
+    }
 }
 
 #[test]

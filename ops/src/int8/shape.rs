@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use super::requant::requantize;
 use super::{
     check_dnnlowp_args, qu8_from_vec, qu8_info, qu8_tensor, read_y_params, same_scale, Engine,
+    OutCodes,
 };
 use crate::fp32::concat::Concat;
 use crate::fp32::reshape::{Flatten, Reshape};
@@ -154,29 +155,44 @@ impl Int8Concat {
             })
             .collect();
         let row_out: usize = sizes.iter().sum::<usize>() * inner;
-        let mut y = vec![0u8; outer * row_out];
+        // Every code is written below.
+        let mut out = OutCodes::overwritten(outer * row_out);
+        let y = out.as_mut_slice();
         if !y.is_empty() {
             let rows_per_task = (PAR_CHUNK / row_out).max(1);
             y.par_chunks_mut(rows_per_task * row_out)
                 .enumerate()
                 .for_each(|(t, block)| {
-                    for (r, orow) in block.chunks_exact_mut(row_out).enumerate() {
-                        let o = t * rows_per_task + r;
-                        let mut off = 0;
-                        for (((codes, _), &size), table) in xs.iter().zip(&sizes).zip(&tables) {
-                            let len = size * inner;
-                            let src = &codes[o * len..(o + 1) * len];
-                            let dst = &mut orow[off..off + len];
-                            match table {
-                                Some(t) => crate::kernels::lut::map(src, t, dst),
-                                None => dst.copy_from_slice(src),
+                    let (o0, rows) = (t * rows_per_task, block.len() / row_out);
+                    let mut off = 0;
+                    // Input by input: its segments of this block's rows, copied or mapped
+                    // through its table in one call.
+                    for (((codes, _), &size), table) in xs.iter().zip(&sizes).zip(&tables) {
+                        let len = size * inner;
+                        let src = &codes[o0 * len..(o0 + rows) * len];
+                        match table {
+                            Some(tb) => crate::kernels::lut::map_rows(
+                                src,
+                                len,
+                                tb,
+                                &mut block[off..],
+                                row_out,
+                                len,
+                                rows,
+                            ),
+                            None => {
+                                for (s, d) in
+                                    src.chunks_exact(len).zip(block.chunks_exact_mut(row_out))
+                                {
+                                    d[off..off + len].copy_from_slice(s);
+                                }
                             }
-                            off += len;
                         }
+                        off += len;
                     }
                 });
         }
-        let mut res = vec![qu8_from_vec(&outs[0].shape, y, yq)?];
+        let mut res = vec![out.into_tensor(&outs[0].shape, yq)?];
         if outs.len() == 2 {
             let v = sizes
                 .iter()
