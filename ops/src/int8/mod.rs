@@ -250,7 +250,7 @@ thread_local! {
 }
 
 /// At most this many spare buffers are kept (the largest are kept when there are more).
-const SPARE_MAX: usize = 6;
+const SPARE_MAX: usize = 12;
 
 /// Buffers smaller than this are not worth keeping.
 const SPARE_MIN: usize = 64 << 10;
@@ -498,7 +498,9 @@ pub fn bias_values(
             "{op}: bias {:?} must have shape [{len}]",
             t.shape()
         ))),
-        Some(Tensor::QI32(a, _)) => Ok(a.iter().copied().collect()),
+        Some(Tensor::QI32(a, _)) => Ok(a
+            .as_slice()
+            .map_or_else(|| a.iter().copied().collect(), <[i32]>::to_vec)),
         Some(Tensor::F32(a)) => a
             .iter()
             .zip(w_scales)

@@ -203,6 +203,10 @@ struct TScratch {
     tail: AVec<u8>,
     row: Vec<u8>,
     rowsums: Vec<i32>,
+    /// Per call: tile bases, tile rows and k offsets (kept to avoid allocating per call).
+    bases: Vec<(usize, usize)>,
+    tile_rows: Vec<(usize, usize)>,
+    koff: Vec<usize>,
 }
 
 thread_local! {
@@ -398,9 +402,14 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
         // convolution's padded input as implicit im2col rows (one tile = up to 16 pixels of
         // one output row; offsets = each tap's displacement, see `ImplicitA`).
         let mut tail = std::mem::take(&mut s.tail);
-        let mut bases: Vec<(*const u8, usize)> = Vec::new();
-        let mut tile_rows: Vec<(usize, usize)> = Vec::new();
-        let mut koff: Vec<usize> = Vec::with_capacity(ksteps);
+        // The bases are stored as addresses (`usize`) so that the kept vector holds no
+        // pointer between calls.
+        let mut bases = std::mem::take(&mut s.bases);
+        let mut tile_rows = std::mem::take(&mut s.tile_rows);
+        let mut koff = std::mem::take(&mut s.koff);
+        bases.clear();
+        tile_rows.clear();
+        koff.clear();
         // In place when every tile row starts on a cache line (a 64-byte tile row that
         // straddles two lines makes each tile load several times slower: with a row stride
         // that is a multiple of 64 but a misaligned start, copying the rows pays), and also
@@ -425,7 +434,7 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
             let mut p = r0;
             while p < r0 + rows {
                 let (base, stride, len) = im.tile(p, (r0 + rows - p).min(TR));
-                bases.push((base, stride));
+                bases.push((base as usize, stride));
                 tile_rows.push((p - r0, len));
                 p += len;
             }
@@ -452,7 +461,7 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
                 let valid = TR.min(rows - ti * TR);
                 tile_rows.push((ti * TR, valid));
                 if first + (TR - 1) * ld + kpad <= data.len() {
-                    bases.push((data[first..].as_ptr(), ld));
+                    bases.push((data[first..].as_ptr() as usize, ld));
                 } else {
                     // The last tile would read past the matrix: its valid rows, zero padded.
                     tail.resize(TR * kpad, 0);
@@ -461,15 +470,17 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
                         let row = &data[first + i * ld..][..kpad];
                         tail[i * kpad..(i + 1) * kpad].copy_from_slice(row);
                     }
-                    bases.push((tail.as_ptr(), kpad));
+                    bases.push((tail.as_ptr() as usize, kpad));
                 }
             }
         } else {
             let tiles = rows.div_ceil(TR);
             koff.extend((0..ksteps).map(|j| j * TR * TK));
             // Every byte of the rows is written below; only the padding rows of the last
-            // tile need zeros (no memset of the whole block).
-            block.resize(tiles * TR * kpad, 0);
+            // tile need zeros (no memset of the whole block; the buffer only grows).
+            if block.len() < tiles * TR * kpad {
+                block.resize(tiles * TR * kpad, 0);
+            }
             for i in rows..tiles * TR {
                 let (t, r) = (i / TR, i % TR);
                 for j in 0..ksteps {
@@ -493,7 +504,7 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
                 }
             }
             for ti in 0..tiles {
-                bases.push((block[ti * ksteps * TR * TK..].as_ptr(), TK));
+                bases.push((block[ti * ksteps * TR * TK..].as_ptr() as usize, TK));
                 tile_rows.push((ti * TR, TR.min(rows - ti * TR)));
             }
         }
@@ -518,6 +529,7 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
             let (b0, b1) = (panel(p0), panel(p1));
             let (a0, s0) = bases[tp];
             let (a1, s1) = bases[(tp + 1).min(tiles - 1)];
+            let (a0, a1) = (a0 as *const u8, a1 as *const u8);
             t.zero::<0>();
             t.zero::<1>();
             t.zero::<2>();
@@ -574,6 +586,9 @@ pub(super) unsafe fn run_tiles<T: Tiles, L: Lanes, A: QLhs + ?Sized>(
         }
         t.release();
         s.tail = tail;
+        s.bases = bases;
+        s.tile_rows = tile_rows;
+        s.koff = koff;
     }
     s.block = block;
     TSCRATCH.with(|c| *c.borrow_mut() = s);
