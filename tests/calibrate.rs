@@ -404,6 +404,30 @@ fn quantize_cli_bad_inputs_and_report() {
     assert!(ok, "{err}");
     assert!(out.join("init_net.pbtxt").exists());
     assert_eq!(std::fs::read(out.join("predict_net.pb")).unwrap(), before);
+
+    // Every unusable --out fails before any work (the missing DB is never opened): a file,
+    // a folder with a user's file in it, a folder whose parent does not exist.
+    let file = dir.path().join("a_file");
+    std::fs::write(&file, b"x").unwrap();
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), b"mine").unwrap();
+    let orphan = dir.path().join("no/such/parent/int8");
+    for (bad, want) in [
+        (&file, "exists and is not a folder"),
+        (&foreign, "holds `notes.txt`"),
+        (&orphan, "does not exist"),
+    ] {
+        let mut v = base(&[], "/nonexistent/calib_db");
+        let at = v.iter().position(|x| x == "--out").unwrap();
+        v[at + 1] = bad.to_str().unwrap().to_string();
+        let (ok, _, err) = call(v);
+        assert!(
+            !ok && err.contains(want) && !err.contains("calib_db"),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read(foreign.join("notes.txt")).unwrap(), b"mine");
 }
 
 /// Records the f32 value of one blob as the net runs.
@@ -860,4 +884,31 @@ fn quantize_output_folder_is_replaced_as_a_unit() {
     let (ok, _, err) = q(&["--overwrite"], m);
     assert!(!ok && err.contains("input model"), "{err}");
     assert_eq!(std::fs::read(model.join("init_net.pb")).unwrap(), before);
+}
+
+#[test]
+fn calibration_progress_counts_what_the_database_holds() {
+    // 10,000 images asked of a 5-record database: the progress total is 5, reported before
+    // the first batch and after each (batches of 2: 0, 2, 4, 5).
+    let dir = tempfile::tempdir().unwrap();
+    let db = make_db(dir.path(), 5);
+    let (init, predict) = example_net(3);
+    let model = Model::from_nets(init, predict).unwrap();
+    let opts = data::BatchOptions {
+        batch_size: 2,
+        sample: Some(10_000),
+        preprocess: data::Preprocess {
+            scale: EXAMPLE_SIZE + 4,
+            crop: EXAMPLE_SIZE,
+            ..data::Preprocess::default()
+        },
+        ..data::BatchOptions::default()
+    };
+    let seen = std::sync::Mutex::new(Vec::new());
+    let progress = |done: usize, total: usize| seen.lock().unwrap().push((done, total));
+    let (cal, skipped) =
+        c2q::quant::calibrate::calibrate_db(&model, &db, opts, 1, 64, Some(&progress)).unwrap();
+    assert_eq!(cal.images, 5);
+    assert!(skipped.is_empty());
+    assert_eq!(*seen.lock().unwrap(), [(0, 5), (2, 5), (4, 5), (5, 5)]);
 }

@@ -178,7 +178,11 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
                 .as_ref()
                 .expect("clap requires --calib-db without --load-hist");
             let pb = bar(a.sample.calib_images as u64, "calibrating");
-            let progress = |n: usize| pb.set_position(n as u64);
+            // The total becomes what the database can give once it is opened.
+            let progress = |n: usize, total: usize| {
+                pb.set_length(total as u64);
+                pb.set_position(n as u64);
+            };
             let r = calibrate_db(
                 &model,
                 db,

@@ -239,14 +239,15 @@ impl Calibration {
 
 /// Runs `model` over the images `opts` selects from the LMDB at `db` and returns the
 /// histograms and the records skipped as bad (with `opts.skip_bad`). `progress` gets the
-/// number of images done after each batch. Fails if no image could be used.
+/// number of images done and the number selected (at most the records the database has),
+/// once before the first batch and after each. Fails if no image could be used.
 pub fn calibrate_db(
     model: &Model,
     db: &std::path::Path,
     opts: data::BatchOptions,
     threads: usize,
     nbins: usize,
-    progress: Option<&dyn Fn(usize)>,
+    progress: Option<&dyn Fn(usize, usize)>,
 ) -> Result<(Calibration, Vec<data::Skipped>)> {
     let input = model.data_input()?;
     let pre = opts.preprocess.clone();
@@ -266,6 +267,10 @@ pub fn calibrate_db(
     // Normal priority: observed runs split every op between threads that spin between ops,
     // so there are no idle moments for an idle-priority decoder to fill (measured on
     // SqueezeNet, 100 images, 2 threads: the same time either way).
+    let planned = batches.planned();
+    if let Some(p) = progress {
+        p(0, planned);
+    }
     let mut batches = batches.prefetch(crate::eval::DEFAULT_PREFETCH)?;
     let exec = Executor::new(model, threads)?;
     let mut cal = Calibrator::new(model, nbins);
@@ -275,7 +280,7 @@ pub fn calibrate_db(
         let x = Tensor::from_f32(&shape, b.images);
         cal.run_batch(&exec, HashMap::from([(input.clone(), x)]), b.n)?;
         if let Some(p) = progress {
-            p(cal.images);
+            p(cal.images, planned);
         }
     }
     let skipped = batches.skipped();

@@ -65,15 +65,59 @@ impl Int8Model {
         self.write_dir_with(dir, true, false)
     }
 
-    /// Fails if `dir` already holds one of the nets [`Int8Model::write_dir_with`] writes and
-    /// `overwrite` is off (call it before long work, to fail early).
+    /// Fails for every reason [`Int8Model::write_dir_files`] would refuse `dir` before
+    /// writing: it already holds one of the nets and `overwrite` is off, it is a file, it
+    /// holds files c2q did not write, or its parent is missing or takes no new folder (call it
+    /// before long work, to fail early).
     pub fn check_dir(dir: &std::path::Path, overwrite: bool) -> Result<()> {
+        let err = |path: &std::path::Path, e: std::io::Error| Error::File {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        };
         if !overwrite && NETS.iter().any(|name| dir.join(name).exists()) {
             return Err(Error::File {
                 path: dir.to_path_buf(),
                 msg: "already holds a model (use --overwrite to replace it)".into(),
             });
         }
+        if dir.exists() {
+            if !dir.is_dir() {
+                return Err(Error::File {
+                    path: dir.to_path_buf(),
+                    msg: "exists and is not a folder".into(),
+                });
+            }
+            let entries = std::fs::read_dir(dir).map_err(|e| err(dir, e))?;
+            for entry in entries {
+                let name = entry.map_err(|e| err(dir, e))?.file_name();
+                let name = name.to_string_lossy();
+                // The files c2q writes: the nets and the report.
+                let ours = NETS.contains(&name.as_ref()) || name == "report.json";
+                if !ours && !name.starts_with('.') {
+                    return Err(Error::File {
+                        path: dir.to_path_buf(),
+                        msg: format!(
+                            "holds `{name}`, which c2q did not write: choose a new or empty \
+                             output folder (the folder is replaced as a whole)"
+                        ),
+                    });
+                }
+            }
+        }
+        let (parent, base) = staging_parent(dir)?;
+        if !parent.is_dir() {
+            return Err(Error::File {
+                path: dir.to_path_buf(),
+                msg: format!("its parent folder {} does not exist", parent.display()),
+            });
+        }
+        // The folder is staged beside `dir`: the parent must take a new folder.
+        let probe = parent.join(format!(".{base}.c2q-probe-{}", std::process::id()));
+        std::fs::create_dir(&probe).map_err(|e| Error::File {
+            path: dir.to_path_buf(),
+            msg: format!("cannot create folders in {}: {e}", parent.display()),
+        })?;
+        std::fs::remove_dir(&probe).map_err(|e| err(&probe, e))?;
         Ok(())
     }
 
@@ -116,41 +160,7 @@ impl Int8Model {
         }
         Self::check_dir(dir, overwrite)?;
         let exists = dir.exists();
-        if exists {
-            if !dir.is_dir() {
-                return Err(Error::File {
-                    path: dir.to_path_buf(),
-                    msg: "exists and is not a folder".into(),
-                });
-            }
-            let entries = std::fs::read_dir(dir).map_err(|e| err(dir, e))?;
-            for entry in entries {
-                let name = entry.map_err(|e| err(dir, e))?.file_name();
-                let name = name.to_string_lossy();
-                // The files c2q writes: the nets and the report.
-                let ours = NETS.contains(&name.as_ref()) || name == "report.json";
-                if !ours && !name.starts_with('.') {
-                    return Err(Error::File {
-                        path: dir.to_path_buf(),
-                        msg: format!(
-                            "holds `{name}`, which c2q did not write: choose a new or empty \
-                             output folder (the folder is replaced as a whole)"
-                        ),
-                    });
-                }
-            }
-        }
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
-        let base = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| Error::File {
-                path: dir.to_path_buf(),
-                msg: "has no folder name".into(),
-            })?;
+        let (parent, base) = staging_parent(dir)?;
         let pid = std::process::id();
         let staging = parent.join(format!(".{base}.c2q-new-{pid}"));
         let old = parent.join(format!(".{base}.c2q-old-{pid}"));
@@ -194,6 +204,22 @@ impl Int8Model {
         }
         Ok(())
     }
+}
+
+/// The folder a model folder is staged in (its parent, `.` for a bare name) and its name.
+fn staging_parent(dir: &std::path::Path) -> Result<(std::path::PathBuf, String)> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let base = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| Error::File {
+            path: dir.to_path_buf(),
+            msg: "has no folder name".into(),
+        })?;
+    Ok((parent, base))
 }
 
 /// The net files of a model folder.
