@@ -442,3 +442,80 @@ fn nan_parameters_are_named_in_a_warning() {
     let (ok, _, err) = common::c2q(&["info", "--model", p(&clean)]);
     assert!(ok && !err.contains("NaN"), "{err}");
 }
+
+#[test]
+fn run_image_takes_the_preprocessing_flags_and_checks_synsets() {
+    // `run --image` with MobileNet-style flags equals `run --input` of the same image
+    // preprocessed by the library with those flags, and differs from the default flags.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    write_example_model(&model, 4).unwrap();
+    let img = dir.path().join("cat.png");
+    example_image(48, 40, 3).save(&img).unwrap();
+    let pre = data::Preprocess {
+        scale: 36,
+        crop: 32,
+        mean: [128.0; 3],
+        std: [128.0; 3],
+        order: data::ChannelOrder::Rgb,
+        ..data::Preprocess::default()
+    };
+    let decoded = data::decode_bgr(&std::fs::read(&img).unwrap(), "cat.png").unwrap();
+    let mut buf = vec![0f32; pre.image_len()];
+    pre.apply(&decoded, &mut buf).unwrap();
+    let mut t = TensorProto::new();
+    t.dims = pre.batch_shape(1).iter().map(|&d| d as i64).collect();
+    t.float_data = buf;
+    t.set_name("data".into());
+    let input = dir.path().join("x.pb");
+    io::write(&t, &input, Format::Binary).unwrap();
+    let top = |args: &[&str]| -> serde_json::Value {
+        let mut v = vec!["run", "--model", p(&model), "--json", "--top", "10"];
+        v.extend_from_slice(args);
+        let (ok, out, err) = c2q(&v);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["top"].clone()
+    };
+    let flags = [
+        "--scale", "36", "--crop", "32", "--mean", "128", "--std", "128", "--rgb",
+    ];
+    let mut with_flags = vec!["--image", p(&img)];
+    with_flags.extend_from_slice(&flags);
+    let by_image = top(&with_flags);
+    assert_eq!(by_image, top(&["--input", p(&input)]));
+    assert_ne!(
+        by_image,
+        top(&["--image", p(&img), "--scale", "36", "--crop", "32"])
+    );
+
+    // Class names: one per output class (10), blank lines at the end ignored; a wrong
+    // count is refused with both counts.
+    let names: String = (0..10).map(|i| format!("class{i}\n")).collect();
+    let good = dir.path().join("synsets.txt");
+    std::fs::write(&good, format!("{names}\n")).unwrap();
+    let (ok, out, err) = c2q(&[
+        "run",
+        "--model",
+        p(&model),
+        "--input",
+        p(&input),
+        "--synsets",
+        p(&good),
+    ]);
+    assert!(ok && out.contains("class"), "{err}");
+    let bad = dir.path().join("labels.tsv");
+    std::fs::write(&bad, "a\t0\nb\t1\n").unwrap();
+    let (ok, _, err) = c2q(&[
+        "run",
+        "--model",
+        p(&model),
+        "--input",
+        p(&input),
+        "--synsets",
+        p(&bad),
+    ]);
+    assert!(
+        !ok && err.contains("labels.tsv") && err.contains("2 lines") && err.contains("10 classes"),
+        "{err}"
+    );
+}

@@ -9,6 +9,7 @@ use ops::Tensor;
 use serde_json::json;
 
 use super::model_args::ModelArgs;
+use super::preprocess_args::PreprocessArgs;
 use crate::graph::convert::{tensor_from_proto, tensor_to_proto};
 use crate::Executor;
 
@@ -24,10 +25,14 @@ pub struct RunArgs {
     /// Input tensor file: a serialized caffe2 TensorProto or TensorProtos (.pb or .pbtxt).
     #[arg(long, conflicts_with = "image", required_unless_present = "image")]
     pub input: Option<PathBuf>,
-    /// Input image (JPEG/PNG), preprocessed as Caffe2 image_input (shorter side 256, centre
-    /// crop 224, zoo ResNet-50 mean/std, BGR planes, NCHW).
+    /// Input image (JPEG/PNG), preprocessed as Caffe2 image_input with the preprocessing
+    /// flags below (by default: shorter side 256, centre crop 224, zoo ResNet-50 mean/std,
+    /// BGR planes, NCHW).
     #[arg(long)]
     pub image: Option<PathBuf>,
+    /// Preprocessing of --image (as for `calibrate` and `eval`).
+    #[command(flatten)]
+    pub pre: PreprocessArgs,
     /// Class names, one per line (line i = class i).
     #[arg(long)]
     pub synsets: Option<PathBuf>,
@@ -137,7 +142,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     } else if let Some(p) = &a.image {
         feed.insert(
             first_input.clone(),
-            image_tensor(p, &data::Preprocess::default())?,
+            image_tensor(p, &a.pre.to_preprocess()?)?,
         );
     }
     let exec = Executor::new(&model, a.threads)?;
@@ -157,6 +162,22 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let out = outputs
         .get(&out_name)
         .ok_or_else(|| anyhow::anyhow!("output `{out_name}` missing"))?;
+    if let (Some(names), Some(path)) = (&synsets, &a.synsets) {
+        let classes = out.shape().last().copied().unwrap_or(0);
+        // Blank lines at the end do not count.
+        let lines = names
+            .iter()
+            .rposition(|l| !l.is_empty())
+            .map_or(0, |i| i + 1);
+        if lines != classes {
+            anyhow::bail!(
+                "--synsets {}: {} lines, but output `{out_name}` has {classes} classes (one \
+                 class name per line, line i = class i)",
+                path.display(),
+                lines
+            );
+        }
+    }
     let tops = crate::eval::top_k(out, a.top)?;
     let label = |i: usize| {
         synsets
