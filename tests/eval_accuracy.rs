@@ -129,6 +129,27 @@ fn evaluate_counts_like_a_plain_loop() {
             "{what}"
         );
     }
+
+    // Three models: each one after the first is compared with the first. The first model
+    // again agrees on every image with no difference; the second model in third place gives
+    // the counts of the independent loop.
+    let opts = EvalOptions {
+        batches: batches.clone(),
+        threads: 1,
+        ..EvalOptions::default()
+    };
+    let three = [&models[0], &models[0], &models[1]];
+    let r = evaluate(&three, &db, &opts, None).unwrap();
+    assert_eq!(r.agreement_with_first(0), None);
+    assert_eq!(r.models[1].agree_with_first, 11);
+    assert_eq!(r.mean_abs_delta_with_first(1), Some(0.0));
+    assert_eq!(r.models[2].agree_with_first, agree);
+    assert_eq!(r.agreement_with_first(2), Some(agree as f64 / 11.0));
+    let mean = dsum / 11.0;
+    let got = r.mean_abs_delta_with_first(2).unwrap();
+    assert!((got - mean).abs() <= 1e-12 * mean.max(1.0));
+    assert_eq!(r.agreement(), Some(1.0));
+    assert_eq!(r.agreement_with_first(3), None);
 }
 
 /// A model whose outputs are NaN for some images: those images are counted and named, never

@@ -114,7 +114,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "models": a.models.iter().enumerate().map(|(i, m)| json!({"model": m, "top1": r.top1(i),
                 "top5": r.top5(i), "images_per_s": r.images_per_s(i),
                 "inference_seconds": r.models[i].secs, "non_finite_images": r.models[i].non_finite,
-                "first_non_finite_key": r.models[i].first_non_finite})).collect::<Vec<_>>(),
+                "first_non_finite_key": r.models[i].first_non_finite,
+                "top1_agreement_with_first": r.agreement_with_first(i),
+                "mean_abs_delta_with_first": r.mean_abs_delta_with_first(i)})).collect::<Vec<_>>(),
             "top1_agreement": r.agreement(),
             "mean_abs_delta_softmax": (models.len() >= 2).then_some(r.mean_abs_delta),
             "skipped": r.skipped.iter().map(|s| json!({"key": s.key, "reason": s.reason})).collect::<Vec<_>>(),
@@ -128,23 +130,36 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             n as f64 / r.wall_secs,
             r.overhead_secs()
         );
-        println!(
+        // Four decimals once an image is worth less than 0.1 point.
+        let prec = if n > 1000 { 4 } else { 3 };
+        let several = models.len() >= 2;
+        print!(
             "{:<40} {:>7} {:>7} {:>10}",
             "model", "top-1", "top-5", "images/s"
         );
+        if several {
+            print!(" {:>9} {:>10}", "agree", "mean |Δ|");
+        }
+        println!();
         for (i, m) in a.models.iter().enumerate() {
-            println!(
-                "{:<40} {:>7.3} {:>7.3} {:>10.1}",
+            print!(
+                "{:<40} {:>7.prec$} {:>7.prec$} {:>10.1}",
                 m.display(),
                 r.top1(i),
                 r.top5(i),
                 r.images_per_s(i)
             );
+            match (r.agreement_with_first(i), r.mean_abs_delta_with_first(i)) {
+                (Some(agree), Some(delta)) => print!(" {agree:>9.prec$} {delta:>10.2e}"),
+                _ if several => print!(" {:>9} {:>10}", "(ref)", ""),
+                _ => {}
+            }
+            println!();
         }
-        if let Some(agree) = r.agreement() {
+        if several {
             println!(
-                "top-1 agreement (first two): {agree:.3}; mean |Δ output| per element: {:.2e}",
-                r.mean_abs_delta
+                "agree: top-1 agreement with the first model; mean |Δ|: mean absolute \
+                 difference of the outputs per element"
             );
         }
     }

@@ -2,8 +2,8 @@
 //!
 //! Every model sees the same preprocessed batches, decoded on a prefetch thread while the
 //! models run (at idle priority when inference uses every core; see
-//! [`default_decode_priority`]). With two or more models the first two are also compared:
-//! top-1 agreement and the mean absolute difference of their outputs.
+//! [`default_decode_priority`]). With two or more models every other model is also compared
+//! with the first: top-1 agreement and the mean absolute difference of their outputs.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -66,6 +66,11 @@ pub struct ModelScore {
     pub non_finite: usize,
     /// The LMDB key of the first such image.
     pub first_non_finite: Option<String>,
+    /// Images where this model's top-1 class is the first model's (0 for the first model).
+    pub agree_with_first: usize,
+    /// Sum over images of the mean absolute difference between this model's output and the
+    /// first model's (0 for the first model).
+    pub abs_delta_sum: f64,
 }
 
 /// The result of [`evaluate`].
@@ -75,7 +80,8 @@ pub struct EvalReport {
     pub images: usize,
     /// One score per model, in the order given.
     pub models: Vec<ModelScore>,
-    /// Images where the first two models agree on the top-1 class.
+    /// Images where the first two models agree on the top-1 class (`models[1]`'s
+    /// `agree_with_first`).
     pub agree: usize,
     /// Mean over images of the mean absolute difference of the first two models' outputs.
     pub mean_abs_delta: f64,
@@ -109,7 +115,21 @@ impl EvalReport {
 
     /// Top-1 agreement of the first two models (None with one model).
     pub fn agreement(&self) -> Option<f64> {
-        (self.models.len() >= 2).then(|| self.agree as f64 / self.images.max(1) as f64)
+        self.agreement_with_first(1)
+    }
+
+    /// Top-1 agreement of model `i` with the first model (None for the first model itself or
+    /// a model that was not evaluated).
+    pub fn agreement_with_first(&self, i: usize) -> Option<f64> {
+        (i >= 1 && i < self.models.len())
+            .then(|| self.models[i].agree_with_first as f64 / self.images.max(1) as f64)
+    }
+
+    /// Mean over images of the mean absolute difference between model `i`'s output and the
+    /// first model's (None as for [`EvalReport::agreement_with_first`]).
+    pub fn mean_abs_delta_with_first(&self, i: usize) -> Option<f64> {
+        (i >= 1 && i < self.models.len())
+            .then(|| self.models[i].abs_delta_sum / self.images.max(1) as f64)
     }
 }
 
@@ -216,7 +236,6 @@ pub fn evaluate(
         models: vec![ModelScore::default(); models.len()],
         ..EvalReport::default()
     };
-    let mut dsum = 0f64;
     while let Some(b) = next() {
         let b = b?;
         let x = Tensor::from_f32(&pre.batch_shape(b.n), b.images);
@@ -278,19 +297,20 @@ pub fn evaluate(
             }
             outs.push((y, tops));
         }
-        if outs.len() >= 2 {
-            for (r0, r1) in outs[0].1.iter().zip(&outs[1].1) {
-                if !r0.is_empty() && r0.first().map(|t| t.0) == r1.first().map(|t| t.0) {
-                    r.agree += 1;
+        let err = |e| Error::Input(format!("model output: {e}"));
+        let y0 = outs[0].0.f32_slice().map_err(err)?;
+        for (k, (yk, tk)) in outs.iter().enumerate().skip(1) {
+            let m = &mut r.models[k];
+            for (r0, rk) in outs[0].1.iter().zip(tk) {
+                if !r0.is_empty() && r0.first().map(|t| t.0) == rk.first().map(|t| t.0) {
+                    m.agree_with_first += 1;
                 }
             }
-            let err = |e| Error::Input(format!("model output: {e}"));
-            let y0 = outs[0].0.f32_slice().map_err(err)?;
-            let y1 = outs[1].0.f32_slice().map_err(err)?;
-            if y0.len() == y1.len() && b.n > 0 {
-                dsum += y0
+            let yk = yk.f32_slice().map_err(err)?;
+            if y0.len() == yk.len() && b.n > 0 {
+                m.abs_delta_sum += y0
                     .iter()
-                    .zip(y1)
+                    .zip(yk)
                     .map(|(p, q)| f64::from((p - q).abs()))
                     .sum::<f64>()
                     / (y0.len() / b.n) as f64;
@@ -312,7 +332,10 @@ pub fn evaluate(
             db.display()
         )));
     }
-    r.mean_abs_delta = dsum / r.images as f64;
+    if let Some(m) = r.models.get(1) {
+        r.agree = m.agree_with_first;
+        r.mean_abs_delta = m.abs_delta_sum / r.images as f64;
+    }
     Ok(r)
 }
 
