@@ -160,6 +160,47 @@ fn make_db_info_show_and_bench_with_a_bad_record() {
     ]);
     assert!(!ok && err.contains("no_such_key"), "{err}");
 
+    // The stored image, full size, colours as written: equal to the PNG that made the record.
+    let original = dir.path().join("orig.png");
+    let (ok, out, err) = c2q(&[
+        "db",
+        "show",
+        p(&db),
+        "--key",
+        &key0,
+        "--out",
+        p(&original),
+        "--original",
+    ]);
+    assert!(ok && out.contains("stored"), "{err}");
+    let src = key0.split_once('_').unwrap().1.replacen('_', "/", 1);
+    let want = image::open(imgs.join(&src)).unwrap().to_rgb8();
+    assert_eq!(image::open(&original).unwrap().to_rgb8(), want, "{src}");
+
+    // `db ls`: every key in order with its label, stored bytes, kind and size.
+    let (ok, out, err) = c2q(&["db", "ls", p(&db), "--json"]);
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = j.as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    let handle = data::Lmdb::open(&db).unwrap();
+    for (row, k) in rows.iter().zip(&keys) {
+        let key = String::from_utf8(k.clone()).unwrap();
+        assert_eq!(row["key"], key.as_str());
+        assert_eq!(row["bytes"], handle.get(k).unwrap().unwrap().len());
+        assert_eq!(row["kind"], "png");
+        let class: i64 = if key.contains("dog") { 1 } else { 0 };
+        assert_eq!(row["label"], class);
+        let name = key.split_once('_').unwrap().1.replacen('_', "/", 1);
+        let img = image::open(imgs.join(&name)).unwrap();
+        assert_eq!(row["width"], img.width(), "{key}");
+        assert_eq!(row["height"], img.height(), "{key}");
+    }
+    let (ok, out, err) = c2q(&["db", "ls", p(&db), "--from", &key0[..9], "--limit", "2"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.lines().nth(1).unwrap().starts_with(&key0), "{out}");
+
     // A database with one corrupt image among good ones.
     let bad_db = dir.path().join("bad_db");
     let mut records = Vec::new();

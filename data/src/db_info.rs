@@ -142,6 +142,94 @@ pub fn db_info(
     Ok(info)
 }
 
+/// One record as `c2q db ls` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordEntry {
+    /// The key (lossy UTF-8).
+    pub key: String,
+    /// Bytes of the stored value.
+    pub bytes: usize,
+    /// The label (None when the record does not parse).
+    pub label: Option<i64>,
+    /// `jpeg`, `png`, … from the encoded image's header, or `raw`.
+    pub kind: Option<String>,
+    /// Stored image height and width (from the header for encoded images).
+    pub size: Option<(usize, usize)>,
+    /// Why the record or its image header cannot be read, if so.
+    pub problem: Option<String>,
+}
+
+/// The records of `db` in key order from the first key at or after `from` (all with
+/// `None`), at most `limit` of them: key, size, label and image kind and size read from the
+/// header (nothing is decoded). A bad record is listed with its problem, not fatal.
+pub fn list_records(
+    db: &Lmdb,
+    format: Option<RecordFormat>,
+    from: Option<&str>,
+    limit: Option<usize>,
+) -> DataResult<Vec<RecordEntry>> {
+    let format = match format {
+        Some(f) => f,
+        None => detect_db_format(db)?,
+    };
+    let start = match from {
+        Some(k) => Start::AtOrAfter(k.as_bytes()),
+        None => Start::First,
+    };
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    db.scan(start, |k, v| {
+        let key = String::from_utf8_lossy(k).into_owned();
+        let mut e = RecordEntry {
+            key: key.clone(),
+            bytes: v.len(),
+            label: None,
+            kind: None,
+            size: None,
+            problem: None,
+        };
+        match parse_record(v, format, &key) {
+            Err(err) => e.problem = Some(err.to_string()),
+            Ok(rec) => {
+                e.label = Some(rec.label.as_i64());
+                match &rec.payload {
+                    Payload::Raw(img) => {
+                        e.kind = Some("raw".into());
+                        e.size = Some((img.height, img.width));
+                    }
+                    Payload::Encoded(bytes) => match header_info(bytes) {
+                        Ok((kind, h, w)) => {
+                            e.kind = Some(kind);
+                            e.size = Some((h, w));
+                        }
+                        Err(msg) => e.problem = Some(msg),
+                    },
+                }
+            }
+        }
+        out.push(e);
+        Ok(out.len() < limit)
+    })?;
+    Ok(out)
+}
+
+/// The stored image of the record under `key`, decoded (BGR or gray as stored), for
+/// `c2q db show --original`. The format is detected from the record if `None`.
+pub fn original_image(db: &Lmdb, key: &str, format: Option<RecordFormat>) -> DataResult<Image> {
+    let value = db.get(key.as_bytes())?.ok_or_else(|| DataError::Record {
+        key: key.to_string(),
+        msg: format!("no such key in {}", db.path().display()),
+    })?;
+    let format = match format {
+        Some(f) => f,
+        None => detect_format(&value, key)?,
+    };
+    parse_record(&value, format, key)?.into_image(key)
+}
+
 /// Turns preprocessed floats (one image, `pre.image_len()` of them, in `pre`'s layout and
 /// channel order) back into an 8-bit **RGB** interleaved image of `crop` x `crop`:
 /// `v = x * std[c] + mean[c]` with `c` the source BGR channel of the plane (as

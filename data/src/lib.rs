@@ -14,7 +14,7 @@ pub mod record;
 pub mod resize;
 
 pub use batch::{Batch, BatchOptions, Batches, DecodePriority, Prefetch, Skipped};
-pub use db_info::{db_info, DbInfo};
+pub use db_info::{db_info, list_records, DbInfo, RecordEntry};
 pub use error::{DataError, DataResult};
 pub use file::{read_bounded, read_text_bounded, MAX_IMAGE_BYTES, MAX_TEXT_BYTES};
 pub use image::{decode_bgr, decode_bgr_window, Image, PixelWindow, WindowFn};

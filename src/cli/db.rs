@@ -1,4 +1,4 @@
-//! `c2q db info` and `c2q db show`: look inside an image LMDB.
+//! `c2q db info`, `c2q db ls` and `c2q db show`: look inside an image LMDB.
 
 use std::path::PathBuf;
 
@@ -13,7 +13,10 @@ use super::progress::bar;
 pub enum DbCommand {
     /// Count, record format, label histogram and image size range of an LMDB.
     Info(DbInfoArgs),
-    /// Write the preprocessed crop of one record, de-normalized, as a picture.
+    /// List records in key order: key, label, stored bytes, image kind and size.
+    Ls(DbLsArgs),
+    /// Write one record's image as a picture: the preprocessed crop, de-normalized, or with
+    /// --original the stored image.
     Show(DbShowArgs),
     /// Read, decode and preprocess records in batches and report images/s (the input
     /// pipeline alone, no model).
@@ -64,6 +67,25 @@ pub struct DbInfoArgs {
     pub labels: bool,
 }
 
+/// Flags of `c2q db ls`.
+#[derive(Debug, Args)]
+pub struct DbLsArgs {
+    /// The LMDB folder (or its data.mdb).
+    pub db: PathBuf,
+    /// Start at the first key at or after this one.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// List at most this many records.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Record format (`datum` or `tensorprotos`); detected when omitted.
+    #[arg(long)]
+    pub format: Option<data::RecordFormat>,
+    /// Machine-readable output (one JSON array).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Flags of `c2q db show`.
 #[derive(Debug, Args)]
 pub struct DbShowArgs {
@@ -75,6 +97,10 @@ pub struct DbShowArgs {
     /// Output picture (PNG or JPEG by extension).
     #[arg(long)]
     pub out: PathBuf,
+    /// Write the stored image as it is (decoded, full size) instead of the preprocessed
+    /// crop.
+    #[arg(long)]
+    pub original: bool,
     /// Record format; detected when omitted.
     #[arg(long)]
     pub format: Option<data::RecordFormat>,
@@ -87,6 +113,7 @@ pub struct DbShowArgs {
 pub fn run(cmd: DbCommand) -> anyhow::Result<()> {
     match cmd {
         DbCommand::Info(a) => info(a),
+        DbCommand::Ls(a) => ls(a),
         DbCommand::Show(a) => show(a),
         DbCommand::Bench(a) => bench(a),
     }
@@ -146,10 +173,79 @@ fn info(a: DbInfoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show(a: DbShowArgs) -> anyhow::Result<()> {
-    let pre = a.pre.to_preprocess()?;
+fn ls(a: DbLsArgs) -> anyhow::Result<()> {
     let db = data::Lmdb::open(&a.db)?;
-    let img = data::db_info::preprocessed_rgb(&db, &a.key, a.format, &pre)?;
+    let entries = data::list_records(&db, a.format, a.from.as_deref(), a.limit)?;
+    if a.json {
+        let j: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                json!({"key": e.key, "bytes": e.bytes, "label": e.label, "kind": e.kind,
+                       "height": e.size.map(|s| s.0), "width": e.size.map(|s| s.1),
+                       "problem": e.problem})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
+    let width = entries
+        .iter()
+        .map(|e| e.key.len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    println!(
+        "{:<width$} {:>7} {:>9} {:>5} {:>11}",
+        "key", "label", "bytes", "kind", "HxW"
+    );
+    for e in &entries {
+        let label = e.label.map_or("?".to_string(), |l| l.to_string());
+        let size = e.size.map_or("?".to_string(), |(h, w)| format!("{h}x{w}"));
+        print!(
+            "{:<width$} {:>7} {:>9} {:>5} {:>11}",
+            e.key,
+            label,
+            e.bytes,
+            e.kind.as_deref().unwrap_or("?"),
+            size
+        );
+        match &e.problem {
+            Some(p) => println!("  ({p})"),
+            None => println!(),
+        }
+    }
+    Ok(())
+}
+
+fn show(a: DbShowArgs) -> anyhow::Result<()> {
+    let db = data::Lmdb::open(&a.db)?;
+    let (img, what) = if a.original {
+        let img = data::db_info::original_image(&db, &a.key, a.format)?;
+        let what = format!("stored {}x{} image", img.width, img.height);
+        // Stored images are BGR (or gray): the picture is RGB.
+        let rgb: Vec<u8> = match img.channels {
+            3 => img
+                .data
+                .chunks_exact(3)
+                .flat_map(|p| [p[2], p[1], p[0]])
+                .collect(),
+            1 => img.data.iter().flat_map(|&g| [g, g, g]).collect(),
+            c => anyhow::bail!("record `{}`: cannot show an image of {c} channels", a.key),
+        };
+        (
+            data::Image {
+                data: rgb,
+                channels: 3,
+                ..img
+            },
+            what,
+        )
+    } else {
+        let pre = a.pre.to_preprocess()?;
+        let img = data::db_info::preprocessed_rgb(&db, &a.key, a.format, &pre)?;
+        let what = format!("{}x{} crop", img.width, img.height);
+        (img, what)
+    };
     let rgb = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data)
         .ok_or_else(|| anyhow::anyhow!("internal: image buffer size mismatch"))?;
     let tmp = a.out.with_file_name(format!(
@@ -164,13 +260,7 @@ fn show(a: DbShowArgs) -> anyhow::Result<()> {
     rgb.save_with_format(&tmp, fmt)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.out.display()))?;
     std::fs::rename(&tmp, &a.out).map_err(|e| anyhow::anyhow!("{}: {e}", a.out.display()))?;
-    println!(
-        "wrote {} ({}x{} crop of `{}`)",
-        a.out.display(),
-        img.width,
-        img.height,
-        a.key
-    );
+    println!("wrote {} ({what} of `{}`)", a.out.display(), a.key);
     Ok(())
 }
 
