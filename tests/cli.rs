@@ -560,3 +560,34 @@ fn run_image_takes_the_preprocessing_flags_and_checks_synsets() {
         "{err}"
     );
 }
+
+#[test]
+fn info_gives_no_shape_for_an_output_whose_last_writer_was_not_inferred() {
+    // `out` is written by a Relu, then by a Conv whose weights are unknown without the
+    // init_net: shape inference stops at the Conv, so `out`'s final shape is unknown (not
+    // the Relu's).
+    use c2q::graph::builder::{Arg, NetBuilder};
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = NetBuilder::new("reused");
+    b.input("data")
+        .op("Relu", &["data"], &["out"], vec![])
+        .op(
+            "Conv",
+            &["out", "w", "b"],
+            &["out"],
+            vec![("kernel", Arg::I(3))],
+        )
+        .output("out");
+    let (_, predict) = b.build();
+    let path = dir.path().join("predict_net.pb");
+    io::write(&predict, &path, Format::Binary).unwrap();
+    let (ok, out, err) = c2q(&["info", "--predict", p(&path)]);
+    assert!(ok, "{err}");
+    let line = out.lines().find(|l| l.starts_with("output:")).unwrap();
+    assert_eq!(line.trim_end(), "output:      out", "{out}");
+    assert!(out.contains("shape inference stopped"), "{out}");
+    let (ok, out, err) = c2q(&["info", "--predict", p(&path), "--json"]);
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(j["outputs"][0]["shape"].is_null(), "{j}");
+}

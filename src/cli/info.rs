@@ -67,7 +67,11 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
         .outputs()
         .into_iter()
         .map(|o| {
-            let i = shapes.blobs.get(&o).cloned();
+            // Known only if the op that writes it last was inferred (inference may stop
+            // earlier, after an op that wrote the same name).
+            let last = net.nodes.iter().rposition(|n| n.outputs.contains(&o));
+            let inferred = last.is_none_or(|k| shapes.per_node.get(k).is_some_and(|p| p.is_some()));
+            let i = inferred.then(|| shapes.blobs.get(&o).cloned()).flatten();
             (o, i)
         })
         .collect();
