@@ -539,6 +539,32 @@ fn compare_cli_and_layer_errors_match_an_independent_sqnr() {
         .unwrap();
     let row = layers.iter().find(|l| l["blob"] == "pred").unwrap();
     assert_eq!(row["fp32_op_index"], fc);
+
+    // Progress over the database: before the first batch and after each (6 images, batches
+    // of 4), with the same figures as without it.
+    let seen = std::sync::Mutex::new(Vec::new());
+    let progress = |done: usize, total: usize| seen.lock().unwrap().push((done, total));
+    let opts = || data::BatchOptions {
+        batch_size: 4,
+        preprocess: data::Preprocess {
+            scale: 36,
+            crop: 32,
+            ..data::Preprocess::default()
+        },
+        ..data::BatchOptions::default()
+    };
+    let (with, n) =
+        c2q::eval::layer_errors_on_db_with(&fp32, &int8, &db, opts(), 1, Some(&progress)).unwrap();
+    let (without, _) = c2q::eval::layer_errors_on_db(&fp32, &int8, &db, opts(), 1).unwrap();
+    assert_eq!(n, 6);
+    assert_eq!(*seen.lock().unwrap(), [(0, 6), (4, 6), (6, 6)]);
+    assert_eq!(with.len(), without.len());
+    for (a, b) in with.iter().zip(&without) {
+        assert_eq!(
+            (&a.blob, a.sqnr_db.to_bits()),
+            (&b.blob, b.sqnr_db.to_bits())
+        );
+    }
 }
 
 #[test]

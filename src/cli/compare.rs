@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::preprocess_args::PreprocessArgs;
-use crate::eval::{blob_owners, layer_errors_on_db};
+use crate::eval::{blob_owners, layer_errors_on_db_with};
 use crate::Model;
 
 /// Flags of `c2q compare`.
@@ -60,7 +60,14 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         preprocess: a.pre.to_preprocess()?,
         ..data::BatchOptions::default()
     };
-    let (errs, images) = layer_errors_on_db(&fp32, &int8, &a.db, opts, a.threads)?;
+    let pb = super::progress::bar(0, "comparing");
+    let progress = |done: usize, total: usize| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    };
+    let (errs, images) =
+        layer_errors_on_db_with(&fp32, &int8, &a.db, opts, a.threads, Some(&progress))?;
+    pb.finish_and_clear();
     // The fp32 op index of each blob: what `quantize --exclude-nodes` takes.
     let owners = blob_owners(&fp32);
     let fp32_op = |blob: &str| owners.get(blob).map(|(i, _)| *i);

@@ -250,11 +250,29 @@ pub fn layer_errors_on_db(
     opts: data::BatchOptions,
     threads: usize,
 ) -> Result<(Vec<BlobError>, usize)> {
+    layer_errors_on_db_with(fp32, int8, db, opts, threads, None)
+}
+
+/// [`layer_errors_on_db`] calling `progress(images done, images selected)` before the first
+/// batch and after each.
+pub fn layer_errors_on_db_with(
+    fp32: &Model,
+    int8: &Model,
+    db: &std::path::Path,
+    opts: data::BatchOptions,
+    threads: usize,
+    progress: Option<&dyn Fn(usize, usize)>,
+) -> Result<(Vec<BlobError>, usize)> {
     let pre = opts.preprocess.clone();
     let input = fp32.data_input()?;
     let int8_input = int8.data_input()?;
     let mut le = LayerErrors::new(fp32, int8, threads)?;
-    for b in data::Batches::open(db, opts)? {
+    let batches = data::Batches::open(db, opts)?;
+    let planned = batches.planned();
+    if let Some(p) = progress {
+        p(0, planned);
+    }
+    for b in batches {
         let b = b?;
         let x = Tensor::from_f32(&pre.batch_shape(b.n), b.images);
         let mut feed = HashMap::from([(input.clone(), x.clone())]);
@@ -262,6 +280,9 @@ pub fn layer_errors_on_db(
             feed.insert(int8_input.clone(), x);
         }
         le.add_batch(feed, b.n)?;
+        if let Some(p) = progress {
+            p(le.images(), planned);
+        }
     }
     if le.images() == 0 {
         return Err(Error::Input(format!(

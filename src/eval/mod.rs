@@ -6,4 +6,7 @@ pub mod layer_error;
 pub use accuracy::{
     default_decode_priority, evaluate, top_k, EvalOptions, EvalReport, ModelScore, DEFAULT_PREFETCH,
 };
-pub use layer_error::{blob_owners, cosine, layer_errors_on_db, sqnr_db, BlobError, LayerErrors};
+pub use layer_error::{
+    blob_owners, cosine, layer_errors_on_db, layer_errors_on_db_with, sqnr_db, BlobError,
+    LayerErrors,
+};
