@@ -1,5 +1,5 @@
 //! Fuzzing harnesses: one plain function per target, called by the cargo-fuzz targets in
-//! `fuzz/` (nightly, `cargo +nightly fuzz run <target>`) and by `tests/fuzz_corpus.rs`,
+//! `fuzz/` (nightly, `cargo +nightly fuzz run <target>`) and by `tests/it/fuzz_corpus.rs`,
 //! which replays the committed corpus (`fuzz/corpus/<target>/`) on stable Rust. Each
 //! harness accepts any bytes: errors are fine, a panic (or an abort) is a finding. Where a
 //! property is cheap to state it is asserted too.

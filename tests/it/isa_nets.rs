@@ -5,7 +5,7 @@
 //!
 //! A test binary of its own: forcing a level is process-wide.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

@@ -1,6 +1,6 @@
 //! Sum and Add/Sub/Mul/Div (legacy and numpy broadcasting) against naive references.
 
-mod ops_util;
+use crate::ops_util;
 
 use ndarray::{ArrayD, IxDyn};
 use ops::{DType, Tensor, TensorInfo};

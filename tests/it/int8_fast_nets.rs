@@ -2,7 +2,7 @@
 //! every blob of real-sized nets (SqueezeNet and ResNet-50 quantized by c2q, and the published
 //! `resnet50_quantized` graph with synthetic weights).
 
-mod common;
+use crate::common;
 
 use common::int8::{first_images, quantized};
 

@@ -1,6 +1,6 @@
 //! The `c2q` binary end to end on data the tests make themselves.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

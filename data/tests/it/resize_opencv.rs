@@ -23,7 +23,7 @@ fn u32_at(b: &[u8], pos: &mut usize) -> u32 {
 }
 
 fn load_cases() -> Vec<Case> {
-    let bytes = include_bytes!("fixtures/resize_area.bin");
+    let bytes = include_bytes!("../fixtures/resize_area.bin");
     assert_eq!(&bytes[..8], b"C2QRSZ1\n");
     let mut pos = 8;
     let n = u32_at(bytes, &mut pos);

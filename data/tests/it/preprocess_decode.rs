@@ -18,7 +18,7 @@ fn u32_at(b: &[u8], pos: &mut usize) -> usize {
 }
 
 fn cases() -> Vec<Case> {
-    let b = include_bytes!("fixtures/decode_cases.bin");
+    let b = include_bytes!("../fixtures/decode_cases.bin");
     assert_eq!(&b[..8], b"C2QDEC1\n");
     let mut pos = 8;
     let n = u32_at(b, &mut pos);

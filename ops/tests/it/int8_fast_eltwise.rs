@@ -9,7 +9,7 @@ use ops::{build_op, ArgValue, OpError, QParams, Tensor};
 use ops_util::{build_int8, codes, f, i, qp, qu8, s, spec_int8};
 use proptest::prelude::*;
 
-mod ops_util;
+use crate::ops_util;
 use ops_util::TestRng as Rng;
 
 // ---------------------------------------------------------------------------------------

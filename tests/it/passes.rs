@@ -1,6 +1,6 @@
 //! The fp32 rewrite passes leave outputs unchanged and produce the expected graphs.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

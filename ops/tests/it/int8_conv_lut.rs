@@ -4,7 +4,7 @@
 use ops::{ArgValue, OpError, Tensor};
 use ops_util::{build_int8, codes, f, i, ints, qi32, qp, qu8, s, try_build_int8};
 
-mod ops_util;
+use crate::ops_util;
 use ops_util::TestRng as Rng;
 
 fn clip6_args(prefix: &str) -> Vec<(String, ArgValue)> {

@@ -1,6 +1,6 @@
 //! Concat, Flatten, Reshape, Transpose, NCHW2NHWC/NHWC2NCHW, ChannelShuffle, Copy, Dropout.
 
-mod ops_util;
+use crate::ops_util;
 
 use ndarray::{ArrayD, IxDyn};
 use ops::{DType, QParams, Tensor, TensorInfo};

@@ -5,7 +5,7 @@
 
 use ops::kernels::gemm::{set_backend_override, Backend, Kernel};
 
-mod ops_util;
+use crate::ops_util;
 use ops::{build_op, ArgValue, Args, NodeSpec, Tensor};
 use ops_util::rnd;
 

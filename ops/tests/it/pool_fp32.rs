@@ -2,7 +2,7 @@
 
 use ops::{build_op, ArgValue, Args, NodeSpec, Op, OpError, Tensor, TensorInfo};
 
-mod ops_util;
+use crate::ops_util;
 
 /// Values on the grid of multiples of 1e-3 in `[-10, 10]`.
 fn rnd(n: usize, seed: u64) -> Vec<f32> {

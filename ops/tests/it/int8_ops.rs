@@ -6,7 +6,7 @@ use ndarray::{ArrayD, IxDyn};
 use ops::{build_op, ArgValue, DType, NodeSpec, Op, OpError, QParams, Tensor, TensorInfo};
 use ops_util::{build_int8, codes, f, i, ints, qi32, qp, qu8, s, spec, try_build_int8};
 
-mod ops_util;
+use crate::ops_util;
 use ops_util::TestRng as Rng;
 
 // ---------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! The int8 rewrite pass: op sequences, weight/bias codes, fp32 boundaries, and int8 runs
 //! close to fp32.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

@@ -1,6 +1,6 @@
 //! Relu, Clip, Sigmoid, Tanh, SpatialBN, Softmax and LRN against naive references.
 
-mod ops_util;
+use crate::ops_util;
 
 use ops::{DType, Tensor, TensorInfo};
 use ops_util::*;

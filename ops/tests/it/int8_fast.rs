@@ -16,7 +16,7 @@ use ops::{ArgValue, Op, OpError, Tensor};
 use ops_util::{build_int8, codes, f, floats, i, ints, qi32, qp, qu8, s, try_build_int8};
 use proptest::prelude::*;
 
-mod ops_util;
+use crate::ops_util;
 use ops_util::TestRng as Rng;
 
 // ---------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 //! init_net fill ops: values, types, shapes, random statistics and error cases.
 
-mod ops_util;
+use crate::ops_util;
 
 use ndarray::{ArrayD, IxDyn};
 use ops::{ArgValue, DType, NodeSpec, OpError, QParams, Tensor, TensorInfo};

@@ -1,6 +1,6 @@
 //! Calibration over an LMDB: histograms cover exactly the activations the executor computes.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::process::Command;

@@ -2,7 +2,7 @@
 
 use ops::{build_op, ArgValue, Args, NodeSpec, Op, OpError, Tensor, TensorInfo};
 
-mod ops_util;
+use crate::ops_util;
 use ops_util::rnd;
 
 fn build(op: &str, args: &[(&str, ArgValue)]) -> Box<dyn Op> {

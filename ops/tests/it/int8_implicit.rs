@@ -9,7 +9,7 @@ use ops::kernels::qgemm::{
 use ops::{ArgValue, Tensor};
 use ops_util::{build_int8, codes, f, i, ints, qi32, qp, qu8, s};
 
-mod ops_util;
+use crate::ops_util;
 use ops_util::TestRng as Rng;
 
 /// One NHWC convolution geometry.

@@ -1,7 +1,7 @@
 //! The real models in ../shared: SqueezeNet golden outputs, ResNet-50 load/infer/run, and the
 //! published int8 ResNet-50 graph in `info`. Skipped with a message when ../shared is absent.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
