@@ -184,8 +184,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let exec = Executor::new(&model, a.threads)?;
     let feed = || HashMap::from([(input.clone(), x.clone())]);
     exec.check(&feed())?;
+    // Warm-up and timed runs on one bar (drawn only on a terminal; between runs, outside
+    // the timed part).
+    let pb = super::progress::bar((a.warmup + a.runs) as u64, "benchmarking");
     for _ in 0..a.warmup {
         exec.run(feed())?;
+        pb.inc(1);
     }
     let mut times = Vec::with_capacity(a.runs);
     for _ in 0..a.runs {
@@ -193,7 +197,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let t0 = Instant::now();
         exec.run(f)?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
+        pb.inc(1);
     }
+    pb.finish_and_clear();
     let (median, p90) = median_p90(times);
     if a.profile {
         let mut timer = OpTimer {
