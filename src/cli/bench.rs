@@ -217,6 +217,29 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         }
         timer.by_type.sort_by(|x, y| y.1.total_cmp(&x.1));
         let total: f64 = timer.by_type.iter().map(|t| t.1).sum();
+        // Profiled runs see every op's whole output, so they run the whole batch on all
+        // threads; the timed runs may split it (per-thread parts, early layers image by
+        // image): say so when they differ.
+        let parts = exec.batch_streams(a.batch);
+        let mut part = x.info();
+        part.shape[0] = a.batch.div_ceil(parts);
+        let cut = crate::runtime::executor::prefix_cut(&model, &[(input.clone(), part)]);
+        if parts > 1 || cut.is_some() {
+            eprintln!(
+                "note: the profile runs the whole batch on all threads; the timed runs above {}{} \
+                 (per-op times here can add up to more than the median)",
+                if parts > 1 {
+                    format!("split it into {parts} per-thread parts")
+                } else {
+                    String::new()
+                },
+                match cut {
+                    Some(k) if parts > 1 => format!(" and run the first {k} ops image by image"),
+                    Some(k) => format!("run the first {k} ops image by image"),
+                    None => String::new(),
+                }
+            );
+        }
         eprintln!("per-op time (mean per run, {} runs):", a.runs);
         for (t, ms, n) in &timer.by_type {
             eprintln!(

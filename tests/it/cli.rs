@@ -591,3 +591,44 @@ fn info_gives_no_shape_for_an_output_whose_last_writer_was_not_inferred() {
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(j["outputs"][0]["shape"].is_null(), "{j}");
 }
+
+#[test]
+fn bench_profile_says_when_the_timed_runs_split_the_batch() {
+    // The example net at batch 4 on 2 threads: the timed runs split the batch into 2 parts
+    // while the profile runs it whole, and the profile says so; at batch 1 nothing differs.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    write_example_model(&model, 2).unwrap();
+    let run = |batch: &str| {
+        let (ok, _, err) = c2q(&[
+            "bench",
+            "--model",
+            p(&model),
+            "--batch",
+            batch,
+            "--threads",
+            "2",
+            "--runs",
+            "2",
+            "--warmup",
+            "0",
+            "--profile",
+            "--input-shape",
+            "3,32,32",
+        ]);
+        assert!(ok, "{err}");
+        err
+    };
+    let err = run("4");
+    assert!(
+        err.contains("note: the profile runs the whole batch")
+            && err.contains("2 per-thread parts"),
+        "{err}"
+    );
+    assert!(err.contains("per-op time"), "{err}");
+    let err = run("1");
+    assert!(
+        !err.contains("note:") && err.contains("per-op time"),
+        "{err}"
+    );
+}
