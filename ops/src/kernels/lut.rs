@@ -89,7 +89,8 @@ pub fn vbmi() -> bool {
     false
 }
 
-/// [`map_rows`] with `vpermi2b` (as [`map_vbmi`], the table loaded once).
+/// [`map_rows`] with `vpermi2b`: the table loaded once into four registers, then 64 codes
+/// per step, each row's tail through a masked load and store.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW and VBMI; `rows` rows of `len` codes at strides `ldx`
@@ -139,38 +140,18 @@ unsafe fn map_rows_vbmi(
     }
 }
 
-/// [`map`] with `vpermi2b`, 64 codes per step, the tail through a masked load and store.
+/// [`map`] with `vpermi2b`: one row of [`map_rows_vbmi`].
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW and VBMI.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 pub unsafe fn map_vbmi(x: &[u8], table: &[u8; 256], y: &mut [u8]) {
-    use std::arch::x86_64::*;
     assert_eq!(x.len(), y.len());
-    // SAFETY: every load and store below stays within `table` (256 bytes: four 64-byte
-    // loads), `x` and `y` (full chunks of 64, then a tail masked to its length).
-    unsafe {
-        let t = table.as_ptr() as *const __m512i;
-        let (t0, t1) = (_mm512_loadu_si512(t), _mm512_loadu_si512(t.add(1)));
-        let (t2, t3) = (_mm512_loadu_si512(t.add(2)), _mm512_loadu_si512(t.add(3)));
-        let look = |i: __m512i| -> __m512i {
-            let lo = _mm512_permutex2var_epi8(t0, i, t1);
-            let hi = _mm512_permutex2var_epi8(t2, i, t3);
-            _mm512_mask_blend_epi8(_mm512_movepi8_mask(i), lo, hi)
-        };
-        let n = x.len();
-        let full = n / 64 * 64;
-        for at in (0..full).step_by(64) {
-            let i = _mm512_loadu_si512(x.as_ptr().add(at) as *const __m512i);
-            _mm512_storeu_si512(y.as_mut_ptr().add(at) as *mut __m512i, look(i));
-        }
-        if full < n {
-            let m: __mmask64 = (1u64 << (n - full)) - 1;
-            let i = _mm512_maskz_loadu_epi8(m, x.as_ptr().add(full) as *const i8);
-            _mm512_mask_storeu_epi8(y.as_mut_ptr().add(full) as *mut i8, m, look(i));
-        }
-    }
+    let n = x.len();
+    // SAFETY: VBMI and AVX-512 F/BW present (caller); one row of `n` codes lies within `x`
+    // and `y` (equal lengths, asserted above).
+    unsafe { map_rows_vbmi(x, n, table, y, n, n, 1) }
 }
 
 #[cfg(test)]
