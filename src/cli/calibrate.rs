@@ -57,12 +57,8 @@ pub fn run(a: CalibrateArgs) -> anyhow::Result<()> {
     };
     let pre = a.pre.to_preprocess()?;
     let opts = a.sample.config(pre).batch_options();
-    let pb = bar(a.sample.calib_images as u64, "calibrating");
-    // The total becomes what the database can give once it is opened.
-    let progress = |n: usize, total: usize| {
-        pb.set_length(total as u64);
-        pb.set_position(n as u64);
-    };
+    let pb = bar(0, "calibrating");
+    let progress = |done: usize, total: usize| super::progress::show(&pb, done, total);
     let t0 = std::time::Instant::now();
     let (calibration, skipped) = calibrate_db(
         &model,

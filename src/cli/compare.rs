@@ -61,10 +61,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         ..data::BatchOptions::default()
     };
     let pb = super::progress::bar(0, "comparing");
-    let progress = |done: usize, total: usize| {
-        pb.set_length(total as u64);
-        pb.set_position(done as u64);
-    };
+    let progress = |done: usize, total: usize| super::progress::show(&pb, done, total);
     let (errs, images) =
         layer_errors_on_db_with(&fp32, &int8, &a.db, opts, a.threads, Some(&progress))?;
     pb.finish_and_clear();

@@ -97,10 +97,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         },
     };
     let pb = bar(0, "evaluating");
-    let progress = |done: usize, planned: usize| {
-        pb.set_length(planned as u64);
-        pb.set_position(done as u64);
-    };
+    let progress = |done: usize, total: usize| super::progress::show(&pb, done, total);
     let refs: Vec<&Model> = models.iter().collect();
     let r = evaluate(&refs, &a.db, &opts, Some(&progress))?;
     pb.finish_and_clear();

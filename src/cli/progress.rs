@@ -20,3 +20,10 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     pb.set_message(what.to_string());
     pb
 }
+
+/// Shows `done` of `total` items on `pb` (for work whose total is known only once it starts,
+/// such as the images a database can give).
+pub fn show(pb: &ProgressBar, done: usize, total: usize) {
+    pb.set_length(total as u64);
+    pb.set_position(done as u64);
+}

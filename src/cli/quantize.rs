@@ -177,12 +177,8 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
                 .calib_db
                 .as_ref()
                 .expect("clap requires --calib-db without --load-hist");
-            let pb = bar(a.sample.calib_images as u64, "calibrating");
-            // The total becomes what the database can give once it is opened.
-            let progress = |n: usize, total: usize| {
-                pb.set_length(total as u64);
-                pb.set_position(n as u64);
-            };
+            let pb = bar(0, "calibrating");
+            let progress = |done: usize, total: usize| super::progress::show(&pb, done, total);
             let r = calibrate_db(
                 &model,
                 db,
