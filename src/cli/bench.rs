@@ -220,10 +220,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         // Profiled runs see every op's whole output, so they run the whole batch on all
         // threads; the timed runs may split it (per-thread parts, early layers image by
         // image): say so when they differ.
-        let parts = exec.batch_streams(a.batch);
-        let mut part = x.info();
-        part.shape[0] = a.batch.div_ceil(parts);
-        let cut = crate::runtime::executor::prefix_cut(&model, &[(input.clone(), part)]);
+        let (parts, cut) = exec.plan(&feed())?;
         if parts > 1 || cut.is_some() {
             eprintln!(
                 "note: the profile runs the whole batch on all threads; the timed runs above {}{} \

@@ -86,6 +86,18 @@ impl<'m> Executor<'m> {
         self.streams.len().min(n).max(1)
     }
 
+    /// How [`Executor::run`] executes a feed with these inputs: the number of per-thread
+    /// parts the batch is cut into (1: not split), and how many of the first nodes the
+    /// (first) part runs image by image (None: whole batches). No computation.
+    pub fn plan(&self, inputs: &HashMap<String, Tensor>) -> Result<(usize, Option<usize>)> {
+        let n = batch_size(inputs);
+        let parts = self.batch_streams(n);
+        // The parts are rows `p·n/parts .. (p+1)·n/parts` (see `run_split`).
+        let rows = if parts > 1 { n / parts } else { n };
+        let cut = self.check_sizes(inputs, &HashMap::new(), (parts > 1).then_some(rows))?;
+        Ok((parts, cut.filter(|_| rows >= 2)))
+    }
+
     /// Checks the fed inputs against the model and infers every shape (no computation).
     pub fn check(&self, inputs: &HashMap<String, Tensor>) -> Result<()> {
         let infos: HashMap<String, TensorInfo> =
@@ -384,14 +396,10 @@ impl<'m> Executor<'m> {
         let empty = HashMap::new();
         let mut parts: Vec<HashMap<String, Tensor>> = Vec::with_capacity(rows.len());
         for i in rows {
-            let mut live = HashMap::with_capacity(inputs.len() + feed.len());
+            let mut live = slice_feed(&inputs, i..i + 1)?;
             // An owned input shadows a borrowed one of the same name (as in `run_nodes`).
-            let borrowed = feed.iter().filter(|(k, _)| !inputs.contains_key(*k));
-            for (k, t) in inputs.iter().chain(borrowed) {
-                let row = t
-                    .slice_rows(i..i + 1)
-                    .map_err(|e| Error::Input(format!("input `{k}`: {e}")))?;
-                live.insert(k.clone(), row);
+            for (k, t) in slice_feed(feed, i..i + 1)? {
+                live.entry(k).or_insert(t);
             }
             self.run_nodes(0..cut, &mut live, &empty, None)?;
             parts.push(live);
